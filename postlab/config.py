@@ -1,0 +1,261 @@
+"""Typed configuration: dataclasses in, YAML and dotted command-line overrides on top.
+
+Every stage (SFT, RL, ...) has one dataclass tree. `load_config(Cls, path, overrides)` builds
+it strictly: an unknown key, a value of the wrong type or an invalid choice raises
+`ConfigError` naming the key, the value, what is valid and the nearest valid key, before any
+work starts. `__post_init__` hooks on the dataclasses reject invalid combinations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message says which key and how."""
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(tp))}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only lossless cases (int->float)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            hint = _suggest(str(value), [str(c) for c in choices]) if isinstance(value, str) else ""
+            raise ConfigError(f"{key}: invalid value {value!r}; valid values: {', '.join(map(repr, choices))}.{hint}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: value {value!r} is not a valid {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_) = get_args(tp) or (Any,)
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in fields:
+            raise ConfigError(
+                f"unknown config key '{key}'.{_suggest(name, list(fields))} "
+                f"Valid keys{' under ' + prefix if prefix else ''}: {', '.join(fields)}"
+            )
+        kwargs[name] = _coerce(value, hints[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if prefix and not str(e).startswith(prefix):
+            raise ConfigError(f"{prefix}: {e}") from None
+        raise
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`optim.lr=3e-4` -> (['optim', 'lr'], 0.0003). Values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+    return key.split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: '{part}' is not a section")
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> Any:
+    """Build `cls` from an optional YAML file, an optional dict and dotted overrides (in that order)."""
+    data: dict = {}
+    if base:
+        data = _deep_merge(data, base)
+    if path is not None:
+        data = _deep_merge(data, read_yaml(path))
+    for text in overrides or []:
+        apply_override(data, *parse_override(text))
+    return _build(cls, data)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- shared sections
+
+
+@dataclasses.dataclass
+class TokenizerConfig:
+    """Tokenizer built by postlab for lab-scale models trained from scratch."""
+
+    kind: Literal["char", "bpe"] = "char"
+    vocab_size: int = 512  # bpe only; char vocab = characters seen in the corpus + specials
+
+    def __post_init__(self):
+        if self.kind == "bpe" and self.vocab_size < 300:
+            raise ConfigError(f"tokenizer.vocab_size: {self.vocab_size} is too small for bpe (>= 300: 256 bytes + specials)")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Either `path` (a Hugging Face directory or hub id) or `preset` (a tiny model from scratch)."""
+
+    path: str | None = None
+    preset: str | None = None
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if (self.path is None) == (self.preset is None):
+            raise ConfigError("model: set exactly one of model.path (a checkpoint) or model.preset (a tiny model from scratch)")
+        if self.preset is not None:
+            from postlab.models.presets import PRESETS
+
+            if self.preset not in PRESETS:
+                raise ConfigError(f"model.preset: unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}.{_suggest(self.preset, list(PRESETS))}")
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # used when warmup_steps == 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr: must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"optim.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"optim.grad_clip: must be > 0 or null, got {self.grad_clip}")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    out_dir: str = "runs/sft"
+    seed: int = 0
+    max_steps: int = 100
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    num_samples: int = 4  # generated samples written at each eval
+    device: str = "auto"
+    tensorboard: bool = True
+    wandb: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.max_steps <= 0:
+            raise ConfigError(f"run.max_steps: must be > 0, got {self.max_steps}")
+        for name in ("log_every", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"run.{name}: must be >= 0, got {getattr(self, name)}")

@@ -15,6 +15,13 @@ from pathlib import Path
 
 import torch
 
+def _quiet_transformers() -> None:
+    """transformers' per-shard progress bars drown postlab's own progress output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -81,6 +88,7 @@ def load_model(path: str, dtype: str = "float32", attn_implementation: str = "sd
                trust_remote_code: bool = False, device: str | torch.device = "cpu"):
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     local = Path(path)
     if local.exists():
         if not (local / "config.json").exists():
@@ -103,6 +111,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 def save_pretrained_atomic(model, tokenizer, out: str | Path, extra_files: dict[str, bytes] | None = None) -> Path:
     """Write a Hugging Face directory to `out` atomically (tmp dir + rename)."""
+    _quiet_transformers()
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():

@@ -1,0 +1,54 @@
+"""`postlab` command line. Each command group lives in its own module with `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Command modules, each adding its subcommands; a module missing here is simply skipped.
+COMMAND_MODULES = ["postlab.cli.train", "postlab.cli.model", "postlab.cli.envs", "postlab.cli.eval",
+                   "postlab.cli.study"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from postlab import __version__
+
+    parser = argparse.ArgumentParser(prog="postlab", description="SFT vs RL post-training research: train, evaluate, "
+                                     "and rerun the seed studies at lab or paper scale.")
+    parser.add_argument("--version", action="version", version=f"postlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from postlab.config import ConfigError
+    from postlab.data.records import DataError
+    from postlab.models.io import CheckpointError
+    from postlab.trainers.common import TrainingError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args) or 0
+    except (ConfigError, DataError, CheckpointError, TrainingError) as e:
+        print(f"postlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("postlab: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The run directory: one per run, everything needed to inspect or resume it.
+
+    RUN/
+      config.yaml        resolved config
+      meta.json          seed, git revision, versions, command line
+      metrics.jsonl      one JSON object per logged step (and per eval)
+      samples.jsonl      generated samples at each eval
+      tb/                TensorBoard event files
+      checkpoints/step_000100/   Hugging Face model dir + trainer_state.{json,safetensors}
+      final/             Hugging Face model dir of the last step
+
+Checkpoints never use pickle: optimizer tensors and RNG states go to safetensors, the rest to
+JSON. A checkpoint directory appears only complete (written to a temp dir, then renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from postlab.models.io import CheckpointError, save_pretrained_atomic
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _json_default(x):
+    if isinstance(x, torch.Tensor):
+        return x.item() if x.numel() == 1 else x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    return str(x)
+
+
+class RunDir:
+    def __init__(self, path: str | Path, tensorboard: bool = True, wandb: bool = False, rank: int = 0):
+        self.path = Path(path)
+        self.rank = rank
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "checkpoints").mkdir(exist_ok=True)
+        self._tb = None
+        self._wandb = None
+        if rank == 0 and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.path / "tb"))
+            except ImportError:
+                self._tb = None
+        if rank == 0 and wandb:
+            try:
+                import wandb as wb
+
+                self._wandb = wb.init(dir=str(self.path), config=self.read_config())
+            except ImportError:
+                print("wandb not installed; logging to JSONL and TensorBoard only", file=sys.stderr)
+
+    # --------------------------------------------------------------- metadata
+    def write_meta(self, cfg, seed: int) -> None:
+        from postlab import __version__
+        from postlab.config import dump_yaml
+
+        if self.rank:
+            return
+        dump_yaml(cfg, self.path / "config.yaml")
+        meta = {"seed": seed, "git_revision": git_revision(), "postlab": __version__, "torch": torch.__version__,
+                "python": sys.version.split()[0], "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (self.path / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    def read_config(self) -> dict:
+        import yaml
+
+        p = self.path / "config.yaml"
+        return yaml.safe_load(p.read_text()) if p.exists() else {}
+
+    # --------------------------------------------------------------- logging
+    def log(self, step: int, metrics: dict, kind: str = "train") -> None:
+        if self.rank:
+            return
+        rec = {"step": step, "kind": kind, "time": round(time.time(), 3), **metrics}
+        with open(self.path / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(rec, default=_json_default) + "\n")
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                if self._tb is not None:
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{kind}/{k}": v for k, v in metrics.items()}, step=step)
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        if self.rank:
+            return
+        with open(self.path / "samples.jsonl", "a") as fh:
+            for s in samples:
+                fh.write(json.dumps({"step": step, **s}, ensure_ascii=False, default=_json_default) + "\n")
+
+    def read_metrics(self, kind: str | None = None) -> list[dict]:
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return [r for r in rows if kind is None or r.get("kind") == kind]
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metrics logged after `step` (they belong to a run that died before checkpointing)."""
+        p = self.path / "metrics.jsonl"
+        if p.exists():
+            keep = [line for line in p.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+            p.write_text("".join(line + "\n" for line in keep))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+    # --------------------------------------------------------------- checkpoints
+    def checkpoint_dirs(self) -> list[Path]:
+        dirs = [d for d in (self.path / "checkpoints").glob("step_*") if d.is_dir() and not d.name.endswith((".tmp", ".old"))]
+        return sorted(dirs, key=lambda d: int(d.name.split("_")[1]))
+
+    def latest_checkpoint(self) -> Path | None:
+        dirs = [d for d in self.checkpoint_dirs() if (d / "trainer_state.json").exists()]
+        return dirs[-1] if dirs else None
+
+    def save_checkpoint(self, step: int, model, tokenizer, optimizer, state: dict, keep: int = 2) -> Path:
+        tensors, opt_meta = optimizer_to_flat(optimizer)
+        tensors.update(rng_tensors())
+        state = {**state, "step": step, "optimizer": opt_meta, "python_random": _py_random_state()}
+        from safetensors.torch import save as st_save
+
+        extra = {"trainer_state.safetensors": st_save({k: v.contiguous() for k, v in tensors.items()}),
+                 "trainer_state.json": json.dumps(state, default=_json_default).encode()}
+        unwrapped = getattr(model, "module", model)
+        out = save_pretrained_atomic(unwrapped, tokenizer, self.path / "checkpoints" / f"step_{step:06d}", extra)
+        for old in self.checkpoint_dirs()[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        return out
+
+
+def load_trainer_state(ckpt: Path, optimizer) -> dict:
+    """Restore optimizer and RNG states from a checkpoint; return its JSON state."""
+    from safetensors.torch import load_file
+
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        tensors = load_file(str(ckpt / "trainer_state.safetensors"))
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{ckpt}: cannot read trainer state ({e}); pick an older checkpoint") from None
+    optimizer_from_flat(optimizer, tensors, state["optimizer"])
+    restore_rng(tensors)
+    random.setstate(_py_random_from_json(state["python_random"]))
+    return state
+
+
+# ------------------------------------------------------------------------- no-pickle state helpers
+
+
+def optimizer_to_flat(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = val.detach().cpu()
+            else:
+                scalars[f"{idx}.{name}"] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, val in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = val
+    for key, val in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = val
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = s
+    return out
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _py_random_state():
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _py_random_from_json(s):
+    return (s[0], tuple(s[1]), s[2])

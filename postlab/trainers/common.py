@@ -1,0 +1,175 @@
+"""Pieces every trainer shares: optimizer, schedule, the accumulate-then-step update, seeds,
+data-parallel counts, and model set-up. Trainers compose these; none of them is a base class.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+from postlab.config import ModelConfig, OptimConfig
+from postlab.data.batching import PackedBatch, pack
+from postlab.data.records import Encoded
+from postlab.models.forward import token_outputs
+from postlab.objectives.registry import LossInputs, Normalizer, Objective, aggregate
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) without torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(values: list[float], device="cpu") -> list[float]:
+    """Sum counts over data-parallel ranks (identity on one process)."""
+    if world()[1] == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def lr_at(step: int, total_steps: int, base_lr: float, cfg: OptimConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then the schedule."""
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    if warmup and step < warmup:
+        return base_lr * (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return base_lr
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if cfg.schedule == "linear":
+        factor = 1.0 - progress
+    else:
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base_lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * factor)
+
+
+def make_optimizer(model, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms and embeddings' 1-D params."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def step_normalizer(micro_batches: Sequence[PackedBatch], constant: float = 1.0, device="cpu") -> Normalizer:
+    """Global counts of one optimizer step: all micro-batches here, summed over ranks."""
+    tokens = sum(b.num_targets for b in micro_batches)
+    seqs = sum(b.num_seqs for b in micro_batches)
+    tokens, seqs = all_reduce_sum([float(tokens), float(seqs)], device)
+    return Normalizer(tokens=tokens, seqs=seqs, constant=constant)
+
+
+# Per-target extras a PackedBatch may carry, copied to the LossInputs field of the same name.
+_TOKEN_FIELDS = ("token_weights", "advantages", "old_logp", "ref_logp", "returns", "old_values")
+
+
+def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None, want_entropy: bool = False,
+                value_fn=None) -> tuple[LossInputs, torch.Tensor | None]:
+    """Run the policy (and the reference when the objective needs it) on one micro-batch."""
+    out = token_outputs(model, batch, want_logits=objective.needs_logits, want_entropy=want_entropy,
+                        want_hidden=value_fn is not None)
+    inp = LossInputs(logp=out.logp, seq_idx=batch.seq_idx, num_seqs=batch.num_seqs, seq_weights=batch.seq_weights,
+                     logits=out.logits)
+    for name in _TOKEN_FIELDS:
+        if name in batch.extras:
+            setattr(inp, name, batch.extras[name])
+    if objective.needs_ref and inp.ref_logp is None:
+        if ref_model is None:
+            raise TrainingError(f"objective {objective.name!r} needs a reference model")
+        with torch.no_grad():
+            ref = token_outputs(ref_model, batch, want_logits=objective.needs_logits)
+        inp.ref_logp, inp.ref_logits = ref.logp, ref.logits
+    if value_fn is not None:
+        inp.values = value_fn(out.hidden, batch)
+    return inp, out.entropy
+
+
+def accumulate_gradients(model, micro_batches: Sequence[PackedBatch], objective: Objective, hparams: dict,
+                         aggregation: str, norm: Normalizer, ref_model=None, want_entropy: bool = False,
+                         value_fn=None) -> dict:
+    """Forward/backward every micro-batch of one optimizer step; gradients add up to the step's loss."""
+    total = 0.0
+    metrics: dict[str, float] = {}
+    entropy_sum, entropy_n = 0.0, 0
+    device = next(model.parameters()).device
+    for mb in micro_batches:
+        mb = mb.to(device)
+        inp, entropy = loss_inputs(model, mb, objective, ref_model, want_entropy, value_fn)
+        per_token, m = objective.fn(inp, **hparams)
+        loss = aggregate(per_token, inp.seq_idx, inp.num_seqs, aggregation, norm)
+        if not torch.isfinite(loss):
+            raise TrainingError("non-finite loss")
+        loss.backward()
+        total += loss.item()
+        share = mb.num_targets / max(norm.tokens, 1.0)
+        for k, v in m.items():
+            metrics[k] = metrics.get(k, 0.0) + v * share
+        if entropy is not None:
+            entropy_sum += entropy.sum().item()
+            entropy_n += entropy.numel()
+    metrics["loss"] = total
+    if entropy_n:
+        metrics["entropy"] = entropy_sum / entropy_n
+    return metrics
+
+
+def optimizer_step(model, optimizer, grad_clip: float | None) -> float:
+    """Clip, check and apply the accumulated gradients; returns the pre-clip gradient norm."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if grad_clip is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    if not torch.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise TrainingError("non-finite gradient norm")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def pack_micro_batches(seqs: Sequence[Encoded], micro_batch_sequences: int) -> list[PackedBatch]:
+    return [pack(seqs[i:i + micro_batch_sequences]) for i in range(0, len(seqs), micro_batch_sequences)]
+
+
+def setup_model(cfg: ModelConfig, device, texts_for_tokenizer=None, seed: int = 0):
+    """(model, tokenizer) from a checkpoint path, or a fresh tiny preset with a tokenizer built from texts."""
+    from postlab.models import build_tokenizer, init_model, load_model, load_tokenizer
+
+    if cfg.path is not None:
+        tok = load_tokenizer(cfg.path, trust_remote_code=cfg.trust_remote_code)
+        model = load_model(cfg.path, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
+                           trust_remote_code=cfg.trust_remote_code, device=device)
+    else:
+        tok = build_tokenizer(texts_for_tokenizer or [], cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
+        model = init_model(cfg.preset, tok, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation, seed=seed)
+        model.to(device)
+    return model, tok
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -118,7 +118,7 @@ class RunDir:
     def truncate_metrics(self, step: int) -> None:
         """Drop metrics logged after `step` (they belong to a run that died before checkpointing)."""
         p = self.path / "metrics.jsonl"
-        if p.exists():
+        if self.rank == 0 and p.exists():
             keep = [line for line in p.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
             p.write_text("".join(line + "\n" for line in keep))
 

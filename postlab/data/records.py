@@ -53,6 +53,12 @@ def validate_record(rec: object, where: str = "record") -> dict:
                 raise DataError(f"{where}: messages[{i}] must be an object with string 'role' and 'content'")
         if not any(m["role"] == "assistant" for m in msgs):
             raise DataError(f"{where}: 'messages' has no assistant turn, nothing to train on")
+        for i, m in enumerate(msgs):
+            if "train" in m and not isinstance(m["train"], bool):
+                raise DataError(f"{where}: messages[{i}].train must be true or false, got {m['train']!r}")
+        if not any(m["role"] == "assistant" and m.get("train", True) for m in msgs):
+            raise DataError(f"{where}: every assistant turn has \"train\": false, so the record has no trainable "
+                            "token; mark at least one assistant turn trainable or drop the record")
     elif kind == "prompt/completion":
         if not isinstance(rec["prompt"], str) or not isinstance(rec["completion"], str):
             raise DataError(f"{where}: 'prompt' and 'completion' must be strings")

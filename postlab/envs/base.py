@@ -19,6 +19,7 @@ answer at this point), which is what SFT trains on.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, Callable
 
@@ -68,6 +69,20 @@ class Env:
     def base_corpus(self, n: int, seed: int = 0) -> list[str]:
         """Plain texts for lab-scale pre-training: knowledge OOD needs, never the ID task itself."""
         return []
+
+    def clone(self) -> "Env":
+        """An independent env for batched rollouts: shares what construction built (worlds,
+        cities, solver caches), while `reset` gives each copy its own episode state."""
+        return copy.copy(self)
+
+
+def reject_unknown_options(env_name: str, cls: type, kwargs: dict) -> None:
+    """Environments built from configs should not swallow typos: name the bad and the valid keys."""
+    if kwargs:
+        import inspect
+
+        valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+        raise ValueError(f"{env_name}: unknown option(s) {', '.join(sorted(kwargs))}; valid: {', '.join(valid)}")
 
 
 ENV_REGISTRY: dict[str, Callable[..., Env]] = {}

@@ -32,7 +32,9 @@ class CheckpointError(RuntimeError):
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
         return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():  # under torchrun each process takes its own GPU
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def init_model(preset: str, tokenizer, dtype: str = "float32", attn_implementation: str = "sdpa", seed: int = 0):
@@ -102,7 +104,18 @@ def load_model(path: str, dtype: str = "float32", attn_implementation: str = "sd
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    local = Path(path)
+    if local.exists():
+        if not local.is_dir() or not (local / "config.json").exists():
+            raise CheckpointError(f"{local}: not a model directory (no config.json)")
+        if not any((local / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                                                   "vocab.json")):
+            raise CheckpointError(f"{local}: no tokenizer files (tokenizer.json / tokenizer_config.json); "
+                                  "save the tokenizer next to the model")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({e})") from None
     if tok.pad_token is None:
         # Padding is only used at generation time; reusing EOS is the usual convention.
         tok.pad_token = tok.eos_token

@@ -7,10 +7,7 @@ from postlab.objectives import sft  # noqa: F401  (registers)
 from postlab.objectives.registry import (AGGREGATION_MODES, OBJECTIVES, LossInputs, Normalizer, Objective, aggregate,
                                          get_objective, per_sequence_mean, register_objective)
 
-try:  # RL objectives live in their own module (registered when present)
-    from postlab.objectives import rl  # noqa: F401
-except ImportError:  # pragma: no cover - during bootstrap only
-    pass
+from postlab.objectives import rl  # noqa: F401,E402  (registers the RL objectives)
 
 __all__ = ["AGGREGATION_MODES", "OBJECTIVES", "LossInputs", "Normalizer", "Objective", "aggregate", "get_objective",
            "per_sequence_mean", "register_objective"]

@@ -1,8 +1,24 @@
-"""Batched sampling (interface used by trainers and evaluation).
+"""Batched sampling with a KV cache: the one `generate` every trainer and evaluation calls.
 
 `generate(model, tokenizer, prompts, params)` takes prompt token ids and returns one
-`Completion` per (prompt, sample). Temperature 0 means greedy. This first implementation
-uses a simple KV-cache loop; see the rollout issue for the fast engine.
+`Completion` per (prompt, sample), prompt-major (prompt 0's n samples, then prompt 1's, ...).
+
+Why it is fast (RL time is dominated by generation at paper scale and by per-token
+overhead at lab scale):
+- rows are left-padded once; every buffer (tokens, log-probs, KV cache, key mask) is
+  preallocated for prompt + max_new_tokens, so the decode loop allocates nothing per row;
+- finished rows are tracked with a boolean tensor; there is no Python loop over rows per
+  token (stop strings, which need text, are checked every `STOP_CHECK_EVERY` tokens only);
+- for Qwen2/Llama checkpoints (all lab presets) decoding bypasses the generic
+  `transformers` forward (mask builders, cache objects) and calls the model's own modules
+  on a static cache (`postlab.rollout.fastdecode`); other architectures use the HF forward
+  with a DynamicCache. Both paths use the model's weights and modules, so the sampler's
+  log-probs are the policy's (tests/rl check them against the trainer's recomputation).
+
+Log-probs are of the temperature-1 distribution (the policy pi_theta), whatever the sampling
+temperature, top-p or top-k: that is what the trainer recomputes and what importance ratios
+need. Temperature 0 is greedy. Sampling draws from a `torch.Generator` seeded with
+`params.seed`, so the same seed gives the same samples.
 """
 
 from __future__ import annotations
@@ -11,76 +27,194 @@ import dataclasses
 
 import torch
 
+STOP_CHECK_EVERY = 4  # decode steps between stop-string checks (text is needed, so not every token)
+
 
 @dataclasses.dataclass
 class SamplingParams:
     max_new_tokens: int = 64
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
-    top_k: int = 0
-    n: int = 1
-    stop: tuple[str, ...] = ()
+    top_k: int = 0  # 0 = no top-k
+    n: int = 1  # samples per prompt
+    stop: tuple[str, ...] = ()  # stop strings (kept in the output, like EOS ends a turn)
     seed: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.n < 1:
+            raise ValueError(f"top_k must be >= 0 and n >= 1, got top_k={self.top_k}, n={self.n}")
+        self.stop = tuple(self.stop)
 
 
 @dataclasses.dataclass
 class Completion:
     prompt_index: int
-    token_ids: list[int]
-    text: str
-    logprobs: list[float]
+    token_ids: list[int]  # sampled tokens, including the EOS token when the model emitted it
+    text: str  # decoded tokens without EOS
+    logprobs: list[float]  # log pi_theta(token) at temperature 1, one per token_ids entry
     finish_reason: str  # "stop" (EOS or stop string) or "length"
 
 
+def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature, top-k and top-p applied to [B, V] logits (masked entries become -inf)."""
+    logits = logits / params.temperature
+    if params.top_k and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens strictly more likely already cover top_p
+        drop = (probs.cumsum(-1) - probs) >= params.top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next tokens [B], their temperature-1 log-probs [B]) from float logits [B, V]."""
+    logp = torch.log_softmax(logits, dim=-1)
+    if params.temperature == 0:
+        nxt = logits.argmax(-1)
+    else:
+        probs = torch.softmax(process_logits(logits, params), dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    return nxt, logp.gather(-1, nxt[:, None]).squeeze(-1)
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    gc_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gc_eos if isinstance(gc_eos, (list, tuple)) else [gc_eos])
+    return sorted(i for i in ids if i is not None)
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+def generate(model, tokenizer, prompts: list[list[int]], params: SamplingParams, backend=None) -> list[Completion]:
+    """Sample `params.n` completions per prompt. `backend` (e.g. `VLLMBackend`) replaces the local engine."""
+    if backend is not None:
+        return backend.generate(prompts, params)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs a non-empty list of non-empty prompts")
+    from postlab.rollout.fastdecode import make_decoder
+
     device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    gen = torch.Generator(device="cpu").manual_seed(params.seed)
-    expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(params.n)]
-    width = max(len(p) for _, p in expanded)
-    ids = torch.full((len(expanded), width), pad, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for r, (_, p) in enumerate(expanded):
-        ids[r, width - len(p):] = torch.tensor(p)
-        attn[r, width - len(p):] = 1
-    ids, attn = ids.to(device), attn.to(device)
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    stops = torch.tensor(stop_token_ids(model, tokenizer), device=device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(stops[0])
+    # identical prompts (the n samples, and groups of episodes sharing a seed) are prefilled once
+    distinct: dict[tuple, int] = {}
+    rows = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts for _ in range(params.n)]
+    uniq = list(distinct)
+    P, W, T, B = len(uniq), max(len(p) for p in uniq), params.max_new_tokens, len(rows)
+    ids = torch.full((P, W), pad, dtype=torch.long)
+    valid = torch.zeros(P, W, dtype=torch.bool)  # key mask: real (non-padding) prompt positions
+    for r, p in enumerate(uniq):
+        ids[r, W - len(p):] = torch.tensor(p)
+        valid[r, W - len(p):] = True
+    ids, valid = ids.to(device), valid.to(device)
+    pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+    gen = torch.Generator(device=device).manual_seed(params.seed)
+    out_tokens = torch.full((B, T), pad, dtype=torch.long, device=device)
+    out_logp = torch.zeros(B, T, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    by_string = torch.zeros(B, dtype=torch.bool, device=device)
+    alive = torch.arange(B, device=device)  # original row of each row still in the decoder's batch
     was_training = model.training
     model.eval()
-    out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=True)
-    past = out.past_key_values
-    logits = out.logits[:, -1].float()
-    next_pos = position_ids[:, -1] + 1
-    B = len(expanded)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    tokens = [[] for _ in range(B)]
-    lps = [[] for _ in range(B)]
-    for _ in range(params.max_new_tokens):
-        logp = torch.log_softmax(logits, -1)
-        if params.temperature == 0:
-            nxt = logp.argmax(-1)
-        else:
-            probs = torch.softmax(logits / params.temperature, -1)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(device)
-        chosen = logp.gather(-1, nxt[:, None]).squeeze(-1)
-        for r in range(B):
-            if not done[r]:
-                tokens[r].append(int(nxt[r]))
-                lps[r].append(float(chosen[r]))
-        done |= nxt == eos
-        if done.all():
-            break
-        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], 1)
-        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=next_pos[:, None], past_key_values=past,
-                    use_cache=True)
-        past, logits, next_pos = out.past_key_values, out.logits[:, -1].float(), next_pos + 1
-    model.train(was_training)
+    try:
+        decoder = make_decoder(model, B, W + T)
+        rows_t = torch.tensor(rows, device=device)
+        logits = decoder.prefill(ids, pos, valid, rows_t)
+        next_pos = (pos[:, -1] + 1).index_select(0, rows_t)
+        steps = 0
+        for t in range(T):
+            nxt, lp = sample_next(logits, params, gen)
+            finished = done[alive]
+            nxt = nxt.masked_fill(finished, pad)
+            out_tokens[alive, t], out_logp[alive, t] = nxt, lp.masked_fill(finished, 0.0)
+            done[alive] = finished | torch.isin(nxt, stops)
+            steps = t + 1
+            if params.stop and (steps % STOP_CHECK_EVERY == 0 or steps == T):
+                hit = _stop_string_rows(tokenizer, out_tokens[:, :steps], done, params.stop)
+                by_string |= hit
+                done |= hit
+            if steps == T:
+                break
+            keep = ~done[alive]
+            n_keep = int(keep.sum())
+            if n_keep == 0:
+                break
+            if decoder.can_select and n_keep <= 0.75 * len(alive):  # drop finished rows from the batch
+                idx = keep.nonzero().flatten()
+                decoder.select(idx)
+                alive, nxt, next_pos = alive[idx], nxt[idx], next_pos[idx]
+            logits = decoder.step(nxt, next_pos, W + t)
+            next_pos = next_pos + 1
+    finally:
+        model.train(was_training)
+    return _completions(tokenizer, params, out_tokens[:, :steps].tolist(), out_logp[:, :steps].tolist(),
+                        stops.tolist(), by_string.tolist())
+
+
+def _stop_string_rows(tokenizer, tokens: torch.Tensor, done: torch.Tensor, stop: tuple[str, ...]) -> torch.Tensor:
+    """Rows (not yet done) whose text so far contains a stop string."""
+    hit = torch.zeros_like(done)
+    active = (~done).nonzero().flatten().tolist()
+    if active:
+        texts = tokenizer.batch_decode(tokens[active].tolist(), skip_special_tokens=False)
+        for r, text in zip(active, texts):
+            hit[r] = any(s in text for s in stop)
+    return hit
+
+
+def _completions(tokenizer, params, tokens, logps, stops, by_string) -> list[Completion]:
     results = []
-    for r, (pi, _) in enumerate(expanded):
-        toks = tokens[r]
-        finish = "stop" if toks and toks[-1] == eos else "length"
-        text = tokenizer.decode([t for t in toks if t != eos], skip_special_tokens=False)
-        results.append(Completion(pi, toks, text, lps[r], finish))
+    per = params.n
+    for r, (toks, lps) in enumerate(zip(tokens, logps)):
+        # cut at the first stop token (kept), or just after the token completing a stop string
+        end = next((i + 1 for i, t in enumerate(toks) if t in stops), None)
+        finish = "stop" if end is not None else "length"
+        if by_string[r]:
+            end = _stop_string_end(tokenizer, toks, params.stop)
+            finish = "stop"
+        end = end if end is not None else len(toks)
+        toks, lps = toks[:end], lps[:end]
+        text = tokenizer.decode([t for t in toks if t not in stops], skip_special_tokens=False)
+        results.append(Completion(r // per, toks, text, lps, finish))
     return results
+
+
+def _stop_string_end(tokenizer, toks: list[int], stop: tuple[str, ...]) -> int:
+    for i in range(1, len(toks) + 1):
+        if any(s in tokenizer.decode(toks[:i], skip_special_tokens=False) for s in stop):
+            return i
+    return len(toks)
+
+
+def hf_generate(model, tokenizer, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+    """Fallback and speed baseline: `model.generate` (its scores are of the processed distribution)."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = [p for p in prompts for _ in range(params.n)]
+    W = max(len(p) for p in rows)
+    ids = torch.tensor([[pad] * (W - len(p)) + p for p in rows], device=device)
+    attn = (torch.arange(W, device=device)[None] >= torch.tensor([W - len(p) for p in rows], device=device)[:, None])
+    torch.manual_seed(params.seed)
+    sample = params.temperature > 0
+    kw = dict(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None) if sample else {}
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=attn.long(), max_new_tokens=params.max_new_tokens,
+                             do_sample=sample, pad_token_id=pad, eos_token_id=stop_token_ids(model, tokenizer),
+                             output_scores=True, return_dict_in_generate=True, **kw)
+    seqs = out.sequences[:, W:].tolist()
+    stops = stop_token_ids(model, tokenizer)
+    logps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)  # [B, T, V]
+    lp = logps.gather(-1, out.sequences[:, W:, None]).squeeze(-1).tolist()
+    return _completions(tokenizer, params, seqs, lp, stops, [False] * len(rows))

@@ -45,6 +45,47 @@ def all_reduce_sum(values: list[float], device="cpu") -> list[float]:
     return t.tolist()
 
 
+def all_reduce_gradients(model) -> None:
+    """Sum gradients over data-parallel ranks (identity on one process).
+
+    `aggregate` already divides by the step's GLOBAL counts, so each rank's gradient is its
+    share of the step's loss and the step's gradient is the plain SUM over ranks (not the mean
+    DistributedDataParallel computes). One flat all-reduce per step, after all micro-batches.
+    """
+    if world()[1] == 1:
+        return
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    missing = [i for i, g in enumerate(grads) if g is None]
+    if missing:  # a rank whose micro-batches skipped some parameter: contribute zeros
+        params = [p for p in model.parameters() if p.requires_grad]
+        for i in missing:
+            params[i].grad = torch.zeros_like(params[i])
+        grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_parameters(model, src: int = 0) -> None:
+    """Make every rank start from rank `src`'s weights (identity on one process)."""
+    if world()[1] == 1:
+        return
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src)
+
+
+def shard_for_rank(items: Sequence, rank: int | None = None, world_size: int | None = None) -> list:
+    """This rank's share of one step's sequences (strided, so ranks get similar lengths)."""
+    r, w = world()
+    rank = r if rank is None else rank
+    world_size = w if world_size is None else world_size
+    return list(items[rank::world_size])
+
+
 def lr_at(step: int, total_steps: int, base_lr: float, cfg: OptimConfig) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then the schedule."""
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
@@ -67,7 +108,14 @@ def make_optimizer(model, cfg: OptimConfig) -> torch.optim.AdamW:
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    # The fused kernel (CPU and CUDA, torch >= 2.4) updates all parameters in a few vectorized
+    # passes instead of a Python loop of small ops per tensor.
+    devices = {p.device.type for g in groups for p in g["params"]}
+    fused = devices <= {"cpu", "cuda"} and all(p.dtype.is_floating_point for g in groups for p in g["params"])
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+    except (RuntimeError, TypeError):  # older torch or an unsupported device/dtype
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
 def set_lr(optimizer, lr: float) -> None:
@@ -88,10 +136,14 @@ _TOKEN_FIELDS = ("token_weights", "advantages", "old_logp", "ref_logp", "returns
 
 
 def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None, want_entropy: bool = False,
-                value_fn=None) -> tuple[LossInputs, torch.Tensor | None]:
-    """Run the policy (and the reference when the objective needs it) on one micro-batch."""
-    out = token_outputs(model, batch, want_logits=objective.needs_logits, want_entropy=want_entropy,
-                        want_hidden=value_fn is not None)
+                value_fn=None, forward_fn=None) -> tuple[LossInputs, torch.Tensor | None]:
+    """Run the policy (and the reference when the objective needs it) on one micro-batch.
+
+    `forward_fn` replaces `token_outputs` (same signature), e.g. RL's shared-prompt packing.
+    """
+    forward_fn = forward_fn or token_outputs
+    out = forward_fn(model, batch, want_logits=objective.needs_logits, want_entropy=want_entropy,
+                     want_hidden=value_fn is not None)
     inp = LossInputs(logp=out.logp, seq_idx=batch.seq_idx, num_seqs=batch.num_seqs, seq_weights=batch.seq_weights,
                      logits=out.logits)
     for name in _TOKEN_FIELDS:
@@ -101,7 +153,7 @@ def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None,
         if ref_model is None:
             raise TrainingError(f"objective {objective.name!r} needs a reference model")
         with torch.no_grad():
-            ref = token_outputs(ref_model, batch, want_logits=objective.needs_logits)
+            ref = forward_fn(ref_model, batch, want_logits=objective.needs_logits)
         inp.ref_logp, inp.ref_logits = ref.logp, ref.logits
     if value_fn is not None:
         inp.values = value_fn(out.hidden, batch)
@@ -110,15 +162,17 @@ def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None,
 
 def accumulate_gradients(model, micro_batches: Sequence[PackedBatch], objective: Objective, hparams: dict,
                          aggregation: str, norm: Normalizer, ref_model=None, want_entropy: bool = False,
-                         value_fn=None) -> dict:
+                         value_fn=None, forward_fn=None) -> dict:
     """Forward/backward every micro-batch of one optimizer step; gradients add up to the step's loss."""
     total = 0.0
     metrics: dict[str, float] = {}
     entropy_sum, entropy_n = 0.0, 0
     device = next(model.parameters()).device
     for mb in micro_batches:
+        if mb.num_targets == 0:  # nothing trained here (e.g. every turn masked): contributes 0
+            continue
         mb = mb.to(device)
-        inp, entropy = loss_inputs(model, mb, objective, ref_model, want_entropy, value_fn)
+        inp, entropy = loss_inputs(model, mb, objective, ref_model, want_entropy, value_fn, forward_fn)
         per_token, m = objective.fn(inp, **hparams)
         loss = aggregate(per_token, inp.seq_idx, inp.num_seqs, aggregation, norm)
         if not torch.isfinite(loss):

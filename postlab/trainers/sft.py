@@ -28,9 +28,9 @@ from postlab.objectives.registry import AGGREGATION_MODES, AggregationMode, get_
 from postlab.progress import StepProgress, console, summary_table
 from postlab.rollout.engine import SamplingParams, generate
 from postlab.runs import RunDir, load_trainer_state
-from postlab.trainers.common import (TrainingError, accumulate_gradients, count_parameters, lr_at, make_optimizer,
-                                     optimizer_step, pack_micro_batches, seed_everything, set_lr, setup_model,
-                                     step_normalizer, world)
+from postlab.trainers.common import (TrainingError, accumulate_gradients, all_reduce_gradients, broadcast_parameters,
+                                     count_parameters, lr_at, make_optimizer, optimizer_step, pack_micro_batches,
+                                     seed_everything, set_lr, setup_model, shard_for_rank, step_normalizer, world)
 
 
 @dataclasses.dataclass
@@ -137,6 +137,8 @@ def heldout_loss(model, seqs, micro: int) -> float:
     for mb in pack_micro_batches(seqs, micro):
         from postlab.models.forward import token_outputs
 
+        if mb.num_targets == 0:
+            continue
         lp = token_outputs(model, mb.to(next(model.parameters()).device)).logp
         total, count = total - lp.sum().item(), count + lp.numel()
     return total / max(count, 1)
@@ -145,8 +147,11 @@ def heldout_loss(model, seqs, micro: int) -> float:
 def train_sft(cfg: SFTConfig, train_records: list[dict] | None = None, eval_records: list[dict] | None = None,
               resume: str | Path | None = None, tokenizer_texts: list[str] | None = None) -> Path:
     """Run SFT; returns the path of the final Hugging Face checkpoint (RUN/final)."""
-    rank, _ = world()
+    rank, world_size = world()
     device = pick_device(cfg.run.device)
+    if cfg.batch.sequences_per_step < world_size:
+        raise ConfigError(f"batch.sequences_per_step ({cfg.batch.sequences_per_step}) must be >= the number of "
+                          f"data-parallel processes ({world_size})")
     if train_records is None:
         if cfg.data.train is None:
             raise ConfigError("data.train: no training data given (a JSONL path)")
@@ -160,6 +165,9 @@ def train_sft(cfg: SFTConfig, train_records: list[dict] | None = None, eval_reco
     if not train_records:
         raise DataError("training data is empty")
 
+    if not resume and ((Path(cfg.run.out_dir) / "final").exists() or any(Path(cfg.run.out_dir).glob("checkpoints/step_*"))):
+        raise ConfigError(f"run.out_dir: {cfg.run.out_dir} already holds a run; continue it with --resume "
+                          f"{cfg.run.out_dir} (train_sft(..., resume=...)), or choose another run.out_dir")
     run = RunDir(resume or cfg.run.out_dir, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb, rank=rank)
     seed_everything(cfg.run.seed)
     ckpt = run.latest_checkpoint() if resume else None
@@ -169,6 +177,9 @@ def train_sft(cfg: SFTConfig, train_records: list[dict] | None = None, eval_reco
         texts = tokenizer_texts or list(iter_texts(train_records + (eval_records or [])))
         model, tokenizer = setup_model(cfg.model, device, texts_for_tokenizer=texts, seed=cfg.run.seed)
         run.write_meta(cfg, cfg.run.seed)
+        if resume:  # killed before its first checkpoint: start over, dropping the dead run's metrics
+            run.truncate_metrics(0)
+    broadcast_parameters(model)
     objective = get_objective(cfg.objective)
     ref_model = None
     if objective.needs_ref:  # the frozen initial checkpoint
@@ -177,7 +188,7 @@ def train_sft(cfg: SFTConfig, train_records: list[dict] | None = None, eval_reco
             raise ConfigError(f"objective {cfg.objective!r} needs a reference: set model.path to a checkpoint")
         ref_model.eval().requires_grad_(False)
 
-    train_seqs = encode_all(tokenizer, train_records, cfg.data.max_length)
+    train_seqs = _trainable(encode_all(tokenizer, train_records, cfg.data.max_length), "training")
     eval_seqs = encode_all(tokenizer, eval_records, cfg.data.max_length) if eval_records else []
     optimizer = make_optimizer(model, cfg.optim)
     order = DataOrder(len(train_seqs), cfg.run.seed, cfg.data.shuffle)
@@ -198,6 +209,7 @@ def train_sft(cfg: SFTConfig, train_records: list[dict] | None = None, eval_reco
     with StepProgress(cfg.run.max_steps, "sft", start=step, enabled=cfg.run.progress) as progress:
         while step < cfg.run.max_steps:
             seqs = [train_seqs[i] for i in order.take(cfg.batch.sequences_per_step)]
+            seqs = shard_for_rank(seqs, rank, world_size)  # data parallel: this rank's share of the step
             micro = pack_micro_batches(seqs, cfg.batch.micro_batch_sequences)
             norm = step_normalizer(micro, device=device)
             lr = lr_at(step, cfg.run.max_steps, cfg.optim.lr, cfg.optim)
@@ -205,6 +217,7 @@ def train_sft(cfg: SFTConfig, train_records: list[dict] | None = None, eval_reco
             try:
                 metrics = accumulate_gradients(model, micro, objective, cfg.objective_args, cfg.aggregation, norm,
                                                ref_model=ref_model)
+                all_reduce_gradients(model)  # sum over ranks (aggregate used global counts)
                 metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
             except TrainingError as e:
                 good = run.latest_checkpoint()
@@ -217,10 +230,13 @@ def train_sft(cfg: SFTConfig, train_records: list[dict] | None = None, eval_reco
             if step % max(cfg.run.log_every, 1) == 0 or step == cfg.run.max_steps:
                 run.log(step, {**metrics, "tokens_per_s": progress.tokens_per_second()})
             last = metrics
-            if (cfg.run.eval_every and step % cfg.run.eval_every == 0) or step == cfg.run.max_steps:
+            if rank == 0 and ((cfg.run.eval_every and step % cfg.run.eval_every == 0) or step == cfg.run.max_steps):
                 last.update(_evaluate(cfg, run, model, tokenizer, eval_records, eval_seqs, step))
             if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == cfg.run.max_steps:
-                run.save_checkpoint(step, model, tokenizer, optimizer, {"data": order.state()}, cfg.run.keep_checkpoints)
+                if rank == 0:
+                    run.save_checkpoint(step, model, tokenizer, optimizer, {"data": order.state()},
+                                        cfg.run.keep_checkpoints)
+                _barrier()
 
     final = run.path / "final"
     from postlab.models.io import save_pretrained_atomic
@@ -233,6 +249,22 @@ def train_sft(cfg: SFTConfig, train_records: list[dict] | None = None, eval_reco
     summary_table(f"SFT finished: {run.path}", summary)
     run.close()
     return final
+
+
+def _trainable(seqs: list, what: str) -> list:
+    """Drop sequences with no trained token (e.g. truncated away by data.max_length), saying how many."""
+    keep = [s for s in seqs if any(s.loss_mask)]
+    if len(keep) < len(seqs):
+        console.print(f"warning: {len(seqs) - len(keep)} of {len(seqs)} {what} records have no trainable token "
+                      "(all turns masked or truncated by data.max_length); skipped")
+    return keep
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        dist.barrier()
 
 
 def _evaluate(cfg: SFTConfig, run: RunDir, model, tokenizer, eval_records, eval_seqs, step: int) -> dict:

@@ -1,0 +1,55 @@
+"""`postlab eval CKPT --env NAME --split S [--split S2 ...] [--decoding sampled --k 8 ...]`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on environment splits",
+                       description="Evaluate a Hugging Face checkpoint on an environment's splits: success rate with a "
+                                   "bootstrap 95%% CI, pass@k (sampled decoding), multi-turn success by turn, per-reason "
+                                   "failure counts. Prints a table; --out writes JSON.")
+    p.add_argument("checkpoint", help="model directory (e.g. RUN/final)")
+    p.add_argument("--env", required=True, help="environment name (e.g. generalpoints, navigation)")
+    p.add_argument("--split", action="append", help="split to evaluate; repeat for several (default: id)")
+    p.add_argument("--episodes", type=int, default=64, help="problems per split (default 64)")
+    p.add_argument("--decoding", choices=["greedy", "sampled"], default="greedy")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampled decoding temperature")
+    p.add_argument("--k", type=int, default=1, help="pass@k (sampled decoding)")
+    p.add_argument("--samples", type=int, default=0, help="samples per problem for pass@k (default: k)")
+    p.add_argument("--max-turns", "--verify-iter", dest="max_turns", type=int, default=None,
+                   help="verification iterations: attempts with verifier feedback (default: the env's)")
+    p.add_argument("--style", default="compact", help="prompt style (compact | paper)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE", help="extra env constructor argument")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="write the results as JSON to this file")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from postlab.config import ConfigError, parse_override
+    from postlab.eval.evaluate import evaluate_checkpoint, results_table
+    from postlab.progress import console
+
+    env_args = {}
+    for text in args.env_arg:
+        key, value = parse_override(text)
+        env_args[".".join(key)] = value
+    try:
+        results = evaluate_checkpoint(args.checkpoint, args.env, args.split or ["id"], device=args.device,
+                                      n_episodes=args.episodes, decoding=args.decoding, temperature=args.temperature,
+                                      k=args.k, n_samples=args.samples, max_turns=args.max_turns, style=args.style,
+                                      seed=args.seed, max_new_tokens=args.max_new_tokens, env_args=env_args)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    console.print(results_table(results, title=f"eval {args.checkpoint}"))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        console.print(f"wrote {args.out}")
+    else:
+        print(json.dumps([{k: v for k, v in r.items() if k != "examples"} for r in results], indent=2))
+    return 0

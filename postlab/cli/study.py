@@ -1,0 +1,75 @@
+"""`postlab study NAME [--preset demo|tiny|paper] [--seeds N] [--out DIR]` and `postlab report RUN_DIR`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("study", help="run a study (a pipeline of stages, cached per stage) and print its table",
+                       description="Run a study declared in configs/studies/NAME.yaml (or a YAML path): every stage "
+                                   "over every seed, each cached by the hash of its config and inputs, so an "
+                                   "interrupted or changed study reruns only what is needed. Prints the final ID/OOD "
+                                   "table and writes report.html / report.md.")
+    p.add_argument("name", help="study name (configs/studies/NAME.yaml) or a path to a study YAML")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the study, e.g. stages.rl.config.optim.lr=1e-5")
+    p.add_argument("-s", "--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dotted override (repeatable; use this form after other options)")
+    p.add_argument("--preset", default=None, help="override layer defined by the study (demo | tiny | paper)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the study's / preset's)")
+    p.add_argument("--out", default="runs/studies", help="root directory of study runs (default runs/studies)")
+    p.add_argument("--plan", action="store_true", help="only show the stages and whether each is cached")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html / report.md")
+    p.set_defaults(func=_run_study)
+
+    r = sub.add_parser("report", help="write a study run's HTML and Markdown report",
+                       description="Build report.html (self-contained: plots embedded) and report.md for a study run "
+                                   "directory (runs/studies/NAME/PRESET).")
+    r.add_argument("run_dir")
+    r.add_argument("--out", default=None, help="directory for the report files (default: the run dir)")
+    r.set_defaults(func=_run_report)
+
+
+def _run_study(args) -> int:
+    from rich.table import Table
+
+    from postlab.progress import console
+    from postlab.studies.report import build_report, rich_tables
+    from postlab.studies.runner import StudyRunner
+    from postlab.studies.spec import load_study
+
+    study = load_study(args.name, preset=args.preset, overrides=[*args.overrides, *args.set_overrides],
+                       seeds=args.seeds)
+    runner = StudyRunner(study, args.out)
+    if args.plan:
+        table = Table(title=f"study {study.name} ({study.preset or 'default'}): {runner.root}")
+        for col in ("seed", "stage", "kind", "after", "status", "directory"):
+            table.add_column(col)
+        plan, status = runner.plan(), runner.status()
+        for seed, dirs in plan.items():
+            for name, d in dirs.items():
+                st = study.stages[name]
+                table.add_row(str(seed), name, st.kind, ",".join(st.after), status[seed][name], d.name)
+        console.print(table)
+        return 0
+    console.print(f"study {study.name} preset={study.preset or 'default'} seeds={study.seeds} "
+                  f"stages={len(study.stages)} -> {runner.root}", highlight=False)
+    runner.run()
+    for t in rich_tables(runner.root):
+        console.print(t)
+    if not args.no_report:
+        html_path, md_path = build_report(runner.root)
+        console.print(f"report: {html_path} and {md_path}")
+    return 0
+
+
+def _run_report(args) -> int:
+    from postlab.config import ConfigError
+    from postlab.progress import console
+    from postlab.studies.report import build_report
+
+    if not (Path(args.run_dir) / "study.json").exists():
+        raise ConfigError(f"{args.run_dir}: not a study run directory (no study.json); pass runs/studies/NAME/PRESET")
+    html_path, md_path = build_report(args.run_dir, args.out)
+    console.print(f"wrote {html_path} and {md_path}")
+    return 0

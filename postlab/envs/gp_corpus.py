@@ -1,0 +1,113 @@
+"""The GeneralPoints base corpus: what a from-scratch model must know for OOD to be possible.
+
+design.md's lab-scale world principle: a tiny model trained only on ID episodes (J/Q/K = 10,
+black suits) has never seen what 11, 12 and 13 are, nor a red suit, so its OOD success is 0
+by construction. The base corpus fixes that without showing the ID task (cards -> formula
+reaching the target). It mixes, in plain lines:
+
+- arithmetic over 1..13 and beyond: binary facts ("12*2=24", "13-8=5", "26/13=2") and
+  random expressions over 2-4 numbers with their exact value, fractions included
+  ("3-8/3=1/3"), written in the compact answer notation. An expression over 4
+  numbers whose value is the target is never included: that would be a 24-points episode;
+- both face-card conventions stated in sentences, and card values under each rule for all
+  four suits ("rule J=11 Q=12 K=13 | Q♥ is 12", "Under the rule J=Q=K=10, the king of hearts
+  counts as 10.");
+- card reading: a hand under a rule and its numbers ("rule J=11 Q=12 K=13 | cards K♠ 3♥ 8♦ A♣
+  are 13 3 8 1"), never with a formula.
+"""
+
+from __future__ import annotations
+
+import random
+from fractions import Fraction
+
+from postlab.verifiers.arith import format_fraction
+
+_RANKS = {1: "A", 11: "J", 12: "Q", 13: "K"}
+_RANK_WORDS = {1: "ace", 11: "jack", 12: "queen", 13: "king"}
+_SUITS = {"♠": "spades", "♣": "clubs", "♥": "hearts", "♦": "diamonds"}
+_RULES = {10: "rule J=Q=K=10", 11: "rule J=11 Q=12 K=13"}
+_RULE_WORDS = {10: "J, Q and K count as 10", 11: "J, Q and K count as 11, 12 and 13"}
+
+
+def _value(rank: int, face: int) -> int:
+    return rank if rank <= 10 or face == 11 else 10
+
+
+def _name(rank: int) -> str:
+    return _RANKS.get(rank, str(rank))
+
+
+def _binary_fact(rng: random.Random) -> str:
+    a, b = rng.randint(1, 13), rng.randint(1, 13)
+    if rng.random() < 0.3:  # intermediate results reach beyond 13
+        a = rng.randint(1, 40)
+    op = rng.choice("+-*/")
+    if op == "/":
+        a = b * rng.randint(1, 13)  # exact quotients; fractions come from `_expression`
+    value = {"+": a + b, "-": a - b, "*": a * b, "/": Fraction(a, b)}[op]
+    return f"{a}{op}{b}={format_fraction(Fraction(value))}"
+
+
+def _expression(rng: random.Random, target: int) -> str:
+    from postlab.envs.gp_solver import _join  # the solver's printer: same bracket conventions as answers
+
+    while True:
+        k = rng.choice((2, 3, 3, 4))
+        items = [(Fraction(v), str(v), 3) for v in (rng.randint(1, 13) for _ in range(k))]
+        while len(items) > 1:
+            i, j = rng.sample(range(len(items)), 2)
+            a, b = items[i], items[j]
+            op = rng.choice([op for op in "+-*/" if op != "/" or b[0] != 0])
+            value = {"+": a[0] + b[0], "-": a[0] - b[0], "*": a[0] * b[0], "/": a[0] / b[0] if b[0] else 0}[op]
+            c = (value, *_join(a[1:], op, b[1:]))
+            items = [x for n, x in enumerate(items) if n not in (i, j)] + [c]
+        value, text, _ = items[0]
+        if k == 4 and value == target:  # a 4-card solution is the ID task itself: never shown
+            continue
+        return f"{text}={format_fraction(value)}"
+
+
+def _card_fact(rng: random.Random) -> str:
+    rank, suit, face = rng.randint(1, 13), rng.choice(list(_SUITS)), rng.choice((10, 11))
+    if rng.random() < 0.5:
+        return f"{_RULES[face]} | {_name(rank)}{suit} is {_value(rank, face)}"
+    word = _RANK_WORDS.get(rank, str(rank))
+    return f"When {_RULE_WORDS[face]}, the {word} of {_SUITS[suit]} counts as {_value(rank, face)}."
+
+
+def _hand_reading(rng: random.Random) -> str:
+    face = rng.choice((10, 11))
+    ranks = [rng.randint(1, 13) for _ in range(4)]
+    cards = " ".join(f"{_name(r)}{rng.choice(list(_SUITS))}" for r in ranks)
+    return f"{_RULES[face]} | cards {cards} are {' '.join(str(_value(r, face)) for r in ranks)}"
+
+
+def _rule_sentence(rng: random.Random) -> str:
+    return rng.choice([
+        "In one game J, Q and K count as 10. In another game J counts as 11, Q as 12 and K as 13.",
+        "rule J=Q=K=10 means J is 10, Q is 10 and K is 10.",
+        "rule J=11 Q=12 K=13 means J is 11, Q is 12 and K is 13.",
+        "A is 1 under every rule. Cards 2 to 10 count as their number.",
+        "Suits do not change the value of a card: K♠, K♣, K♥ and K♦ are worth the same.",
+        "Hearts ♥ and diamonds ♦ are red suits. Spades ♠ and clubs ♣ are black suits.",
+    ])
+
+
+_MIX = ((0.35, _expression), (0.2, _binary_fact), (0.25, _card_fact), (0.15, _hand_reading), (0.05, _rule_sentence))
+
+
+def gp_base_corpus(n: int, seed: int = 0, target: int = 24) -> list[str]:
+    """`n` short lines, deterministic from `seed`."""
+    if n < 0:
+        raise ValueError(f"base_corpus: n must be >= 0, got {n}")
+    rng = random.Random(f"generalpoints-corpus/{seed}")
+    out = []
+    for _ in range(n):
+        r, acc = rng.random(), 0.0
+        for p, fn in _MIX:
+            acc += p
+            if r < acc or fn is _MIX[-1][1]:
+                out.append(fn(rng, target) if fn is _expression else fn(rng))
+                break
+    return out

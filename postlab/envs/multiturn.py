@@ -1,0 +1,149 @@
+"""Unary-feedback multi-turn wrapper (DRIFT, Mu et al.; methods.md section 4).
+
+Turns any single-answer environment into a dialogue of up to `max_attempts` (default 5)
+answers. Each answer must be inside `<answer>...</answer>`:
+
+- a correct answer: reward 1, the episode ends (stop at the first correct answer);
+- a wrong answer: reward 0 and the user turn "Incorrect. Please think again.";
+- a turn with no `<answer>...</answer>` (or an empty one): reward -0.1 (format penalty), the
+  same unary feedback, and it uses no attempt. So that a model that never formats cannot
+  loop forever, the total number of turns is bounded by `max_turns` (default
+  2 * max_attempts); reaching it ends the episode as a failure.
+
+`info` exposes what DRIFT's return needs: per-turn correctness (`turn_correct`: True /
+False / None for unparsable), the answers given (`answers`), the number of answers N and of
+distinct non-empty answers U (`n_answers`, `n_distinct`), and `format_errors`. The
+trajectory return R = sum_t gamma^(t-1) r_t + penalties - 0.5 (1 - U/N) is the trainer's.
+
+The inner env must offer `check_answer(answer) -> bool` and `expert_answer()`, and may
+offer `expert_reasoning()`; every single-turn env of postlab does, and so does
+GeneralPoints (its formula is the answer).
+"""
+
+from __future__ import annotations
+
+from postlab.envs.base import ENV_REGISTRY, Env, Observation, StepResult, make, register_env
+
+FEEDBACK = "Incorrect. Please think again."
+FORMAT_PENALTY = -0.1
+FORMAT_HINT = {"paper": "Put your final answer within <answer>...</answer>.", "compact": "<answer>"}
+MAX_ANSWER_SCAN = 16_384
+
+
+def parse_answer_tag(text: str) -> str | None:
+    """The content of the last <answer>...</answer>, or None (also for an empty one)."""
+    if not isinstance(text, str) or len(text) > MAX_ANSWER_SCAN:
+        return None
+    end = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+    if start < 0:
+        return None
+    ans = text[start + len("<answer>"):end].strip()
+    return ans or None
+
+
+@register_env("unary-feedback")
+class UnaryFeedback(Env):
+    """Any single-answer env, retried up to 5 times with "Incorrect. Please think again." (DRIFT)."""
+
+    splits: tuple[str, ...] = ()
+    styles = ("compact", "paper")
+
+    def __init__(self, env: str | Env = "math", split: str | None = None, style: str | None = None,
+                 max_attempts: int | None = None, max_turns: int | None = None, feedback: str = FEEDBACK,
+                 **env_kwargs):
+        # max_attempts: evaluated answers (DRIFT: 5). max_turns: all model turns, unparsable ones
+        # included. Given only max_turns (as generic trainers do), attempts = min(5, max_turns).
+        if max_attempts is None:
+            max_attempts = 5 if max_turns is None else min(5, max_turns)
+        if isinstance(env, str):
+            if env == "unary-feedback" or env not in ENV_REGISTRY and env not in _lazy_names():
+                raise ValueError(f"unary-feedback: unknown inner env {env!r}; valid: "
+                                 f"{', '.join(n for n in sorted(_lazy_names()) if n != 'unary-feedback')}")
+            kw = dict(env_kwargs)
+            if split is not None:
+                kw["split"] = split
+            if style is not None:
+                kw["style"] = style
+            env = make(env, **kw)
+        elif env_kwargs:
+            raise ValueError(f"unary-feedback: env is already built; unexpected arguments {sorted(env_kwargs)}")
+        for need in ("check_answer", "expert_answer"):
+            if not callable(getattr(env, need, None)):
+                raise ValueError(f"unary-feedback: inner env {env.name!r} has no {need}(); it cannot be wrapped")
+        if max_attempts < 1:
+            raise ValueError(f"unary-feedback: max_attempts must be >= 1, got {max_attempts}")
+        self.inner = env
+        self.splits = env.splits  # instance attribute: the wrapper has the inner env's splits
+        turns = max_turns if max_turns is not None else 2 * max_attempts
+        super().__init__(split=env.split, style=env.style, max_turns=turns)
+        if turns < max_attempts:
+            raise ValueError(f"unary-feedback: max_turns ({turns}) must be >= max_attempts ({max_attempts})")
+        self.max_attempts, self.feedback_text = max_attempts, feedback
+        self.name = f"unary-feedback({env.name})"
+
+    def reset(self, seed: int) -> Observation:
+        obs = self.inner.reset(seed)
+        msgs = [dict(m) for m in obs.messages]
+        sep = "\n" if self.style == "paper" else " "
+        msgs[-1]["content"] = f"{msgs[-1]['content']}{sep}{FORMAT_HINT[self.style]}"
+        self.messages = msgs
+        self.turn_correct: list[bool | None] = []
+        self.answers: list[str | None] = []
+        self.attempts, self.format_errors, self.done, self.solved = 0, 0, False, False
+        return Observation(messages=list(msgs), info=dict(obs.info))
+
+    def step(self, text: str) -> StepResult:
+        if self.done:
+            raise RuntimeError(f"{self.name}: episode is over; call reset(seed)")
+        ans = parse_answer_tag(text)
+        self.messages.append({"role": "assistant", "content": text if isinstance(text, str) else ""})
+        self.answers.append(ans)
+        if ans is None:
+            reward, correct = FORMAT_PENALTY, None
+            self.format_errors += 1
+        else:
+            correct = bool(self.inner.check_answer(ans))
+            reward = 1.0 if correct else 0.0
+            self.attempts += 1
+        self.turn_correct.append(correct)
+        self.solved = bool(correct)
+        self.done = self.solved or self.attempts >= self.max_attempts or len(self.answers) >= self.max_turns
+        feedback = [] if self.done else [{"role": "user", "content": self.feedback_text}]
+        self.messages += feedback
+        return StepResult(feedback=feedback, reward=reward, done=self.done, success=self.solved, info=self.info())
+
+    def info(self) -> dict:
+        given = [a for a in self.answers if a is not None]
+        return {"turn_correct": list(self.turn_correct), "answers": list(self.answers), "attempts": self.attempts,
+                "n_answers": len(given), "n_distinct": len({a for a in given if a.strip()}),
+                "format_errors": self.format_errors, "verdict": "correct" if self.solved else "wrong"}
+
+    def expert_answer(self) -> str:
+        return self.inner.expert_answer()
+
+    def expert_reasoning(self) -> str:
+        fn = getattr(self.inner, "expert_reasoning", None)
+        return fn() if callable(fn) else ""
+
+    def expert(self) -> str:
+        reasoning = self.expert_reasoning()
+        tag = f"<answer>{self.expert_answer()}</answer>"
+        return f"{reasoning}{' ' if self.style == 'compact' else chr(10)}{tag}" if reasoning else tag
+
+    def check_answer(self, answer: str) -> bool:
+        return bool(self.inner.check_answer(answer))
+
+    def clone(self) -> "UnaryFeedback":
+        new = super().clone()
+        new.inner = self.inner.clone()  # the wrapper's episode lives in the inner env too
+        return new
+
+    def base_corpus(self, n: int, seed: int = 0) -> list[str]:
+        return self.inner.base_corpus(n, seed)
+
+
+def _lazy_names() -> set[str]:
+    import postlab.envs  # noqa: F401 - populates the registry
+
+    return set(ENV_REGISTRY)

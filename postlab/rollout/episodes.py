@@ -1,0 +1,169 @@
+"""Multi-turn episodes against any `Env`, in lock-step, and evaluation of a model on an env.
+
+All active episodes generate together each turn (one `generate` call per turn). The training
+sequence of an episode is built token by token: the rendered prompt, then the sampled tokens
+exactly as sampled (mask 1, with the sampler's log-probs), then the environment's feedback
+rendered with the chat template (mask 0), and so on. Nothing is re-tokenized, so the loss
+mask covers exactly the model's tokens and the stored log-probs align with the trained
+tokens (the trainer's `old_logp`).
+
+The feedback segment is the chat-template text that rendering the dialogue with the new
+turns adds to what has been rendered so far; a template that is not prefix-stable (it
+rewrites earlier turns) raises a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from postlab.data.records import Encoded
+from postlab.envs.base import Env
+from postlab.rollout.engine import SamplingParams, generate
+
+
+@dataclasses.dataclass
+class Turn:
+    start: int  # index in Episode.input_ids of the turn's first generated token (context length before it)
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str
+    reward: float = 0.0
+    success: bool = False
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Episode:
+    seed: int
+    messages: list[dict]
+    input_ids: list[int]
+    loss_mask: list[int]
+    logprobs: list[float]  # aligned with input_ids; 0 on prompt and feedback tokens
+    turns: list[Turn] = dataclasses.field(default_factory=list)
+    done: bool = False
+    success: bool = False
+    _rendered: str = ""
+
+    @property
+    def reward(self) -> float:
+        """Episode return: the sum of turn rewards."""
+        return sum(t.reward for t in self.turns)
+
+    @property
+    def truncated(self) -> bool:
+        return any(t.finish_reason == "length" for t in self.turns)
+
+    def encoded(self) -> Encoded:
+        return Encoded(list(self.input_ids), list(self.loss_mask))
+
+    def target_logprobs(self) -> list[float]:
+        """Sampler log-probs of the trained tokens, in the order `pack` lists targets."""
+        return [lp for lp, m in zip(self.logprobs[1:], self.loss_mask[1:]) if m]
+
+    def target_turns(self) -> list[int]:
+        """Turn index of every trained token, in target order."""
+        return [k for k, t in enumerate(self.turns) for _ in t.token_ids]
+
+
+def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _append(ep: Episode, tokenizer, text: str, mask: int) -> None:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    ep.input_ids += ids
+    ep.loss_mask += [mask] * len(ids)
+    ep.logprobs += [0.0] * len(ids)
+
+
+def start_episode(env: Env, tokenizer, seed: int) -> Episode:
+    obs = env.reset(seed=seed)
+    ep = Episode(seed=seed, messages=list(obs.messages), input_ids=[], loss_mask=[], logprobs=[])
+    ep._rendered = _render(tokenizer, ep.messages, True)
+    _append(ep, tokenizer, ep._rendered, 0)
+    return ep
+
+
+def _after_turn(ep: Episode, env: Env, tokenizer, completion, max_turns: int, stop_ids: set) -> None:
+    """Record the model's turn, score it with the env, append feedback or finish."""
+    turn = Turn(len(ep.input_ids), completion.token_ids, completion.logprobs, completion.text, completion.finish_reason)
+    ep.input_ids += completion.token_ids
+    ep.loss_mask += [1] * len(completion.token_ids)
+    ep.logprobs += completion.logprobs
+    ep.turns.append(turn)
+    ended_by_token = bool(completion.token_ids) and completion.token_ids[-1] in stop_ids
+    ep._rendered += completion.text + (tokenizer.decode(completion.token_ids[-1:]) if ended_by_token else "")
+    ep.messages.append({"role": "assistant", "content": completion.text})
+    res = env.step(completion.text)
+    turn.reward, turn.success, turn.info = float(res.reward), bool(res.success), dict(res.info)
+    ep.success = ep.success or turn.success
+    if res.done or len(ep.turns) >= max_turns:
+        ep.done = True
+        return
+    ep.messages += list(res.feedback)
+    full = _render(tokenizer, ep.messages, True)
+    if not full.startswith(ep._rendered):
+        raise ValueError("the chat template is not prefix-stable after a model turn (it rewrites earlier text); "
+                         "multi-turn episodes need a prefix-stable template")
+    _append(ep, tokenizer, full[len(ep._rendered):], 0)
+    ep._rendered = full
+
+
+def run_episodes(model, tokenizer, envs: Sequence[Env], seeds: Sequence[int], params: SamplingParams,
+                 max_turns: int | None = None, backend=None) -> list[Episode]:
+    """Play one episode per (env, seed) in lock-step; `params.n` must be 1 (pass one env per sample).
+
+    Episodes whose envs share a seed start from the same prompt, which the engine prefills once.
+    Turn k samples with seed params.seed + k, so a batch is reproducible from params.seed.
+    """
+    if params.n != 1:
+        raise ValueError("run_episodes samples once per env; for G samples per prompt pass G envs with the same seed")
+    if len(envs) != len(seeds):
+        raise ValueError(f"{len(envs)} envs but {len(seeds)} seeds")
+    from postlab.rollout.engine import stop_token_ids
+
+    stop_ids = set(stop_token_ids(model, tokenizer))
+    eps = [start_episode(env, tokenizer, s) for env, s in zip(envs, seeds)]
+    limits = [max_turns or env.max_turns for env in envs]
+    turn = 0
+    while True:
+        active = [i for i, e in enumerate(eps) if not e.done]
+        if not active:
+            return eps
+        outs = generate(model, tokenizer, [eps[i].input_ids for i in active],
+                        dataclasses.replace(params, seed=params.seed + 1_000_003 * turn), backend=backend)
+        for i, c in zip(active, outs):
+            _after_turn(eps[i], envs[i], tokenizer, c, limits[i], stop_ids)
+        turn += 1
+
+
+def evaluate(model, tokenizer, make_env: Callable[[], Env], episodes: int = 64, seed: int = 0,
+             params: SamplingParams | None = None, max_turns: int | None = None, batch_size: int = 256,
+             backend=None) -> dict:
+    """Success rate of a model on an environment over `episodes` episodes (env seeds seed..seed+N-1).
+
+    Greedy by default (`SamplingParams(temperature=0)`); multi-turn verify iterations come from
+    `max_turns` (or the env's own). Returns success_rate, mean_reward, success_by_turn (fraction of
+    episodes solved within k+1 turns), mean_turns, truncation, and the episodes themselves.
+    """
+    params = params or SamplingParams(max_new_tokens=64, temperature=0.0)
+    eps: list[Episode] = []
+    for lo in range(0, episodes, batch_size):
+        seeds = list(range(seed + lo, seed + min(episodes, lo + batch_size)))
+        envs = [make_env() for _ in seeds]
+        eps += run_episodes(model, tokenizer, envs, seeds, dataclasses.replace(params, seed=params.seed + lo),
+                            max_turns, backend)
+    n = max(len(eps), 1)
+    horizon = max((len(e.turns) for e in eps), default=0)
+    first = [next((k for k, t in enumerate(e.turns) if t.success), None) for e in eps]
+    return {
+        "success_rate": sum(e.success for e in eps) / n,
+        "mean_reward": sum(e.reward for e in eps) / n,
+        "success_by_turn": [sum(f is not None and f <= k for f in first) / n for k in range(horizon)],
+        "mean_turns": sum(len(e.turns) for e in eps) / n,
+        "truncation": sum(e.truncated for e in eps) / n,
+        "episodes": eps,
+    }

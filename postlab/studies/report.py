@@ -1,0 +1,373 @@
+"""Study reports: tables, plots (success vs compute), paper-vs-measured findings; HTML + Markdown.
+
+The study YAML's ``report`` section says what to show::
+
+    report:
+      tables:                      # final success per split, mean ± std over seeds
+        - title: GeneralPoints, final success
+          rows: {SFT warm-up: eval-warmup, SFT: eval-sft, RL: eval-rl}   # label -> eval stage
+          splits: {ID: id, rule OOD: ood-rule, visual OOD: ood-visual}   # column -> split (or a list)
+      deltas:                      # change from a baseline, in the paper's format (points of %)
+        - title: OOD change from the SFT warm-up
+          baseline: eval-warmup
+          columns: {RL: eval-rl, SFT: eval-sft}
+          rows: {GeneralPoints rule OOD: ood-rule, GeneralPoints visual OOD: ood-visual}
+      curves:                      # success vs training compute, one panel per split
+        - title: GeneralPoints
+          baseline: eval-warmup    # plotted at 0 FLOPs (where every series starts)
+          series: {SFT: eval-sft, RL: eval-rl}
+          splits: [id, ood-rule, ood-visual]
+      findings:                    # the paper's headline numbers and whether the direction reproduced
+        - claim: RL improves rule OOD over the warm-up
+          paper: "+3.5%"
+          metric: {delta: [eval-rl, eval-warmup], split: ood-rule}   # or {value: [stage, split]}
+          expect: positive          # or {diff: [[stage, split], [stage, split]]}; positive | negative
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_run(root: str | Path) -> dict:
+    """The manifest of a study run dir plus every completed stage's result, per seed."""
+    root = Path(root)
+    mf = root / "study.json"
+    if not mf.exists():
+        raise FileNotFoundError(f"{root}: not a study run directory (no study.json); expected "
+                                "runs/studies/NAME/PRESET")
+    manifest = json.loads(mf.read_text())
+    results: dict[str, dict[str, dict]] = {}
+    for seed, dirs in manifest["dirs"].items():
+        results[seed] = {}
+        for stage, rel in dirs.items():
+            d = root / rel
+            if (d / "DONE").exists():
+                results[seed][stage] = json.loads((d / "result.json").read_text())
+    manifest["results"] = results
+    manifest["root"] = str(root)
+    return manifest
+
+
+def _final(res: dict, split: str) -> float | None:
+    pts = res.get("points") or []
+    if not pts or split not in pts[-1]["results"]:
+        return None
+    return pts[-1]["results"][split]["success_rate"]
+
+
+def values(run: dict, stage: str, split: str) -> list[float]:
+    """Final success of `stage` on `split`, one value per seed that has it."""
+    out = []
+    for seed in sorted(run["results"], key=int):
+        r = run["results"][seed].get(stage)
+        v = _final(r, split) if r else None
+        if v is not None:
+            out.append(v)
+    return out
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return (math.nan, math.nan)
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def _fmt(m: float, sd: float, n: int, pct: bool = True, signed: bool = False) -> str:
+    if math.isnan(m):
+        return "–"
+    scale = 100 if pct else 1
+    s = f"{m * scale:+.1f}" if signed else f"{m * scale:.1f}"
+    if n > 1:
+        s += f" ± {sd * scale:.1f}"
+    return s + ("%" if pct else "")
+
+
+def _splits(spec) -> dict[str, str]:
+    if isinstance(spec, dict):
+        return dict(spec)
+    return {s: s for s in (spec or [])}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def final_tables(run: dict) -> list[dict]:
+    """[{title, header, rows: [[label, cells...]]}] of final success (mean ± std over seeds)."""
+    rep = run["study"].get("report") or {}
+    tables = []
+    specs = rep.get("tables")
+    if not specs:  # default: every eval stage x its splits
+        evals = [s for s in run["stages"] if any("points" in (seed.get(s) or {}) for seed in run["results"].values())]
+        splits = []
+        for seed in run["results"].values():
+            for s in evals:
+                for sp in (seed.get(s) or {}).get("splits", []):
+                    if sp not in splits:
+                        splits.append(sp)
+        specs = [{"title": "final success", "rows": {s: s for s in evals}, "splits": splits}]
+    for t in specs:
+        cols = _splits(t.get("splits"))
+        rows = []
+        for label, stage in (t.get("rows") or {}).items():
+            if stage not in run["stages"]:
+                continue
+            cells = []
+            for col, split in cols.items():
+                xs = values(run, stage, split)
+                cells.append(_fmt(*_mean_std(xs), len(xs)))
+            rows.append([label, *cells])
+        tables.append({"title": t.get("title", ""), "header": ["", *cols], "rows": rows})
+    return tables
+
+
+def delta_tables(run: dict) -> list[dict]:
+    rep = run["study"].get("report") or {}
+    out = []
+    for t in rep.get("deltas") or []:
+        base = t["baseline"]
+        cols = t.get("columns") or {}
+        rows = []
+        for label, split in _splits(t.get("rows")).items():
+            cells = []
+            for col, stage in cols.items():
+                d = _paired(run, stage, base, split)
+                cells.append(_fmt(*_mean_std(d), len(d), signed=True))
+            rows.append([label, *cells])
+        out.append({"title": t.get("title", "change from baseline"), "header": ["", *cols], "rows": rows,
+                    "paper": t.get("paper")})
+    return out
+
+
+def _paired(run: dict, a: str, b: str, split: str, split_b: str | None = None) -> list[float]:
+    """Per seed: final(a, split) - final(b, split_b)."""
+    out = []
+    for seed in sorted(run["results"], key=int):
+        ra, rb = run["results"][seed].get(a), run["results"][seed].get(b)
+        va = _final(ra, split) if ra else None
+        vb = _final(rb, split_b or split) if rb else None
+        if va is not None and vb is not None:
+            out.append(va - vb)
+    return out
+
+
+def findings(run: dict) -> list[dict]:
+    rep = run["study"].get("report") or {}
+    out = []
+    for f in rep.get("findings") or []:
+        m = f.get("metric") or {}
+        if "delta" in m:
+            per_seed = _paired(run, m["delta"][0], m["delta"][1], m["split"])
+        elif "diff" in m:
+            (a, sa), (b, sb) = m["diff"]
+            per_seed = _paired(run, a, b, sa, sb)
+        elif "value" in m:
+            per_seed = values(run, *m["value"])
+        else:
+            raise ValueError(f"report.findings: metric needs 'delta', 'diff' or 'value': {m}")
+        mean, sd = _mean_std(per_seed)
+        expect = f.get("expect", "positive")
+        if not per_seed:
+            verdict, agree = "not run", 0
+        else:
+            ok = (lambda x: x > 0) if expect == "positive" else (lambda x: x < 0) if expect == "negative" else \
+                (lambda x: x >= float(expect))
+            agree = sum(ok(x) for x in per_seed)
+            verdict = "yes" if ok(mean) and agree > len(per_seed) / 2 else "no"
+        signed = "value" not in m
+        out.append({"claim": f["claim"], "paper": str(f.get("paper", "")), "expect": expect,
+                    "measured": _fmt(mean, sd, len(per_seed), signed=signed), "mean": mean, "seeds": len(per_seed),
+                    "seeds_agree": agree, "reproduced": verdict})
+    return out
+
+
+def compute_table(run: dict) -> dict:
+    rows = []
+    tot = {"tokens_trained": 0, "tokens_generated": 0, "flops": 0.0, "wall_time_s": 0.0}
+    for stage in run["stages"]:
+        agg = {k: 0.0 for k in tot}
+        n = 0
+        for seed in run["results"].values():
+            r = seed.get(stage)
+            if r:
+                n += 1
+                for k in agg:
+                    agg[k] += float(r["compute"].get(k, 0))
+        for k in tot:
+            tot[k] += agg[k]
+        rows.append([stage, run["stages"][stage]["kind"], str(n), f"{int(agg['tokens_trained']):,}",
+                     f"{int(agg['tokens_generated']):,}", f"{agg['flops']:.3g}", f"{agg['wall_time_s']:.0f}"])
+    rows.append(["total", "", "", f"{int(tot['tokens_trained']):,}", f"{int(tot['tokens_generated']):,}",
+                 f"{tot['flops']:.3g}", f"{tot['wall_time_s']:.0f}"])
+    return {"title": "compute per stage (summed over seeds; FLOPs ≈ 6·N·D_train + 2·N·D_gen)",
+            "header": ["stage", "kind", "seeds", "tokens trained", "tokens generated", "FLOPs", "wall time (s)"],
+            "rows": rows}
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def curve_data(run: dict, spec: dict, split: str) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """label -> (FLOPs, mean success, std) along training, averaged over seeds by point index."""
+    out = {}
+    base_vals = values(run, spec["baseline"], split) if spec.get("baseline") else []
+    for label, stage in (spec.get("series") or {}).items():
+        per_seed = [r[stage]["points"] for r in run["results"].values() if r.get(stage)]
+        if not per_seed:
+            continue
+        n = min(len(p) for p in per_seed)
+        xs, ms, sds = [], [], []
+        if base_vals:
+            m, sd = _mean_std(base_vals)
+            xs.append(0.0), ms.append(m), sds.append(sd)
+        for i in range(n):
+            pts = [p[i] for p in per_seed if split in p[i]["results"]]
+            if not pts:
+                continue
+            xs.append(sum(p["flops"] for p in pts) / len(pts))
+            m, sd = _mean_std([p["results"][split]["success_rate"] for p in pts])
+            ms.append(m), sds.append(sd)
+        out[label] = (xs, ms, sds)
+    return out
+
+
+def plot_curves(run: dict) -> list[tuple[str, bytes]]:
+    """PNG bytes of each `curves` figure: success vs compute, one panel per split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rep = run["study"].get("report") or {}
+    figs = []
+    for spec in rep.get("curves") or []:
+        splits = _splits(spec.get("splits"))
+        fig, axes = plt.subplots(1, max(1, len(splits)), figsize=(4.2 * max(1, len(splits)), 3.4), squeeze=False)
+        any_data = False
+        for ax, (title, split) in zip(axes[0], splits.items()):
+            for label, (xs, ms, sds) in curve_data(run, spec, split).items():
+                any_data = True
+                ax.plot(xs, [100 * m for m in ms], marker="o", label=label)
+                ax.fill_between(xs, [100 * (m - s) for m, s in zip(ms, sds)], [100 * (m + s) for m, s in zip(ms, sds)],
+                                alpha=0.15)
+            ax.set_title(title)
+            ax.set_xlabel("training compute (FLOPs)")
+            ax.set_ylabel("success (%)")
+            ax.grid(alpha=0.3)
+        if any_data:
+            axes[0][0].legend()
+        fig.suptitle(spec.get("title", ""))
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        figs.append((spec.get("title", "curves"), buf.getvalue()))
+    return figs
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _md_table(t: dict) -> str:
+    lines = [f"**{t['title']}**", "", "| " + " | ".join(t["header"]) + " |", "|" + "---|" * len(t["header"])]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in t["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(t: dict) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in t["header"])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in t["rows"])
+    return f"<h3>{html.escape(t['title'])}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _findings_table(fs: list[dict]) -> dict:
+    return {"title": "paper headline vs this run", "header": ["finding", "paper", "measured", "direction reproduced"],
+            "rows": [[f["claim"], f["paper"], f["measured"],
+                      f["reproduced"] + (f" ({f['seeds_agree']}/{f['seeds']} seeds)" if f["seeds"] else "")] for f in fs]}
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
+background:#fff}h1{font-size:1.6em}table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;
+padding:4px 10px;text-align:right}th:first-child,td:first-child{text-align:left}thead{background:#f0f3f8}
+pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}img{max-width:100%;border:1px solid #eee}
+.yes{color:#176f2c;font-weight:bold}.no{color:#a11;font-weight:bold}"""
+
+
+def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """Write report.html (self-contained) and report.md (+ PNGs in report_files/) into the run dir."""
+    run = load_run(root)
+    out = Path(out_dir or root)
+    out.mkdir(parents=True, exist_ok=True)
+    tables, deltas, fs = final_tables(run), delta_tables(run), findings(run)
+    comp = compute_table(run)
+    figs = plot_curves(run)
+    study = run["study"]
+    title = f"postlab study {run['name']} — preset {run['preset']}, seeds {run['seeds']}"
+    fig_dir = out / "report_files"
+    fig_dir.mkdir(exist_ok=True)
+    md = [f"# {title}", "", study.get("description", "").strip(), "", f"Paper: {study.get('paper', '')}", "",
+          f"Command: `postlab study {run['name']} --preset {run['preset']} --seeds {len(run['seeds'])}`", ""]
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
+         f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(study.get('description', ''))}</p>"
+         f"<p>Paper: {html.escape(str(study.get('paper', '')))}</p>"]
+    if fs:
+        ft = _findings_table(fs)
+        md += ["## Findings", "", _md_table(ft)]
+        rows = "".join(f"<tr><td>{html.escape(r[0])}</td><td>{html.escape(r[1])}</td><td>{html.escape(r[2])}</td>"
+                       f"<td class='{r[3].split()[0]}'>{html.escape(r[3])}</td></tr>" for r in ft["rows"])
+        h.append("<h2>Findings</h2><table><thead><tr>" + "".join(f"<th>{x}</th>" for x in ft["header"]) +
+                 f"</tr></thead><tbody>{rows}</tbody></table>")
+    md += ["## Results", ""]
+    h.append("<h2>Results</h2>")
+    for t in tables + deltas:
+        md.append(_md_table(t))
+        h.append(_html_table(t))
+        if t.get("paper"):
+            md.append(f"Paper: {t['paper']}\n")
+            h.append(f"<p>Paper: {html.escape(str(t['paper']))}</p>")
+    if figs:
+        md += ["## Success vs compute", ""]
+        h.append("<h2>Success vs compute</h2>")
+        for i, (name, png) in enumerate(figs):
+            f = fig_dir / f"curves_{i}.png"
+            f.write_bytes(png)
+            md.append(f"![{name}](report_files/{f.name})\n")
+            h.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
+                     f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(name)}</figcaption></figure>")
+    md += ["## Compute", "", _md_table(comp)]
+    h += ["<h2>Compute</h2>", _html_table(comp)]
+    cfg = yaml.safe_dump(study, sort_keys=False, allow_unicode=True)
+    md += ["## Configuration", "", "```yaml", cfg, "```"]
+    h.append(f"<h2>Configuration</h2><pre>{html.escape(cfg)}</pre></body></html>")
+    html_path, md_path = out / "report.html", out / "report.md"
+    html_path.write_text("".join(h), encoding="utf-8")
+    md_path.write_text("\n".join(md), encoding="utf-8")
+    return html_path, md_path
+
+
+def rich_tables(root: str | Path):
+    """The final and delta tables as rich Tables (what `postlab study` prints)."""
+    from rich.table import Table
+
+    run = load_run(root)
+    out = []
+    for t in final_tables(run) + delta_tables(run) + ([_findings_table(findings(run))] if findings(run) else []):
+        table = Table(title=t["title"])
+        for i, col in enumerate(t["header"]):
+            table.add_column(str(col), justify="left" if i == 0 else "right")
+        for row in t["rows"]:
+            table.add_row(*[str(c) for c in row])
+        out.append(table)
+    return out

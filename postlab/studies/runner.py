@@ -1,0 +1,160 @@
+"""Run a study: every seed, every stage in dependency order, each cached by its hash.
+
+Layout::
+
+    OUT/NAME/PRESET/
+      study.json                 resolved study, seeds, and per seed: stage -> directory
+      seed_0/
+        base-3f2a9c1b0d4e/       one directory per stage: NAME-HASH
+          run/                   the trainer's run directory (checkpoints, metrics.jsonl, final/)
+          result.json            what the stage produced (checkpoint, compute, eval results)
+          DONE                   written last, atomically: the stage is complete
+
+The hash covers the stage's resolved spec, the seed and the hashes of its inputs, so changing
+one value reruns that stage and exactly the stages downstream of it, and nothing else. A
+stage directory without DONE is an interrupted stage: trainer stages resume from the run's
+latest checkpoint (`resume=`), other stages start over.
+
+Compute accounting per stage: tokens trained (D_train) and generated (D_gen), the parameter
+count N, FLOPs ~= 6 N D_train + 2 N D_gen, wall time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from postlab.progress import console
+from postlab.studies.spec import BUILTIN_KINDS, Stage, Study, stage_hash
+
+DEFAULT_OUT = "runs/studies"
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def flops(params: int, tokens_trained: int, tokens_generated: int) -> float:
+    return 6.0 * params * tokens_trained + 2.0 * params * tokens_generated
+
+
+class StageContext:
+    """What a stage function gets: its spec, its directory, its inputs' results, the seed."""
+
+    def __init__(self, study: Study, stage: Stage, seed: int, path: Path, inputs: list[dict], input_dirs: list[Path]):
+        self.study, self.stage, self.seed, self.path = study, stage, seed, path
+        self.inputs, self.input_dirs = inputs, input_dirs
+        self.spec = stage.spec
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path / "run"
+
+    def input_checkpoint(self, i: int = 0) -> Path:
+        if not self.inputs:
+            raise ValueError(f"stage {self.stage.name!r} needs an input stage with a checkpoint (after: ...)")
+        ck = self.inputs[i].get("checkpoint")
+        if not ck:
+            raise ValueError(f"stage {self.stage.name!r}: input {self.stage.after[i]!r} produced no checkpoint")
+        return self.input_dirs[i] / ck
+
+
+def resolve_kind(kind: str):
+    if kind in BUILTIN_KINDS:
+        from postlab.studies import kinds
+
+        return getattr(kinds, f"run_{kind}")
+    module, _, fn = kind.partition(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+class StudyRunner:
+    def __init__(self, study: Study, out: str | Path = DEFAULT_OUT):
+        self.study = study
+        self.root = Path(out) / study.name / (study.preset or "default")
+        self.calls: list[tuple[int, str]] = []  # (seed, stage) actually run in this process
+
+    # ------------------------------------------------------------------ planning
+    def plan(self) -> dict[int, dict[str, Path]]:
+        """seed -> stage -> directory (hashes only depend on configs, so the plan is known up front)."""
+        plan = {}
+        for seed in self.study.seeds:
+            hashes: dict[str, str] = {}
+            dirs = {}
+            for name, st in self.study.stages.items():
+                h = stage_hash(st, seed, [hashes[d] for d in st.after])
+                hashes[name] = h
+                dirs[name] = self.root / f"seed_{seed}" / f"{name}-{h}"
+            plan[seed] = dirs
+        return plan
+
+    def status(self) -> dict[int, dict[str, str]]:
+        return {seed: {n: ("done" if (d / "DONE").exists() else "partial" if d.exists() else "todo")
+                       for n, d in dirs.items()} for seed, dirs in self.plan().items()}
+
+    def write_manifest(self, plan) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.root / "study.json", {
+            "name": self.study.name, "preset": self.study.preset, "source": self.study.source,
+            "seeds": self.study.seeds, "study": self.study.raw,
+            "stages": {n: {"kind": s.kind, "after": s.after} for n, s in self.study.stages.items()},
+            "dirs": {str(seed): {n: str(d.relative_to(self.root)) for n, d in dirs.items()} for seed, dirs in plan.items()},
+        })
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> dict[int, dict[str, dict]]:
+        plan = self.plan()
+        self.write_manifest(plan)
+        results: dict[int, dict[str, dict]] = {}
+        total = len(plan) * len(self.study.stages)
+        i = 0
+        for seed, dirs in plan.items():
+            results[seed] = {}
+            for name, st in self.study.stages.items():
+                i += 1
+                results[seed][name] = self.run_stage(st, seed, dirs[name], [results[seed][d] for d in st.after],
+                                                     [dirs[d] for d in st.after], f"[{i}/{total}]")
+        return results
+
+    def run_stage(self, st: Stage, seed: int, path: Path, inputs: list[dict], input_dirs: list[Path], tag: str = "") -> dict:
+        label = f"{tag} seed {seed} {st.name} ({st.kind})"
+        if (path / "DONE").exists():
+            result = json.loads((path / "result.json").read_text())
+            console.print(f"{label}: cached {path.name}", highlight=False)
+            return result
+        resumed = path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path / "stage.json", {"name": st.name, "kind": st.kind, "after": st.after, "seed": seed,
+                                                "spec": st.spec, "inputs": [str(d) for d in input_dirs]})
+        console.print(f"{label}: {'resuming' if resumed else 'running'} -> {path}", highlight=False)
+        start = time.time()
+        ctx = StageContext(self.study, st, seed, path, inputs, input_dirs)
+        self.calls.append((seed, st.name))
+        result = resolve_kind(st.kind)(ctx) or {}
+        compute = dict(result.get("compute") or {})
+        compute.setdefault("tokens_trained", 0)
+        compute.setdefault("tokens_generated", 0)
+        compute.setdefault("params", 0)
+        compute["flops"] = flops(compute["params"], compute["tokens_trained"], compute["tokens_generated"])
+        compute["wall_time_s"] = round(time.time() - start, 2)
+        compute["resumed"] = resumed
+        result.update({"stage": st.name, "kind": st.kind, "seed": seed, "hash": path.name.rsplit("-", 1)[-1],
+                       "compute": compute})
+        write_json_atomic(path / "result.json", result)
+        write_json_atomic(path / "DONE", {"finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        console.print(f"{label}: done in {compute['wall_time_s']:.1f}s, {compute['flops']:.3g} FLOPs "
+                      f"(trained {compute['tokens_trained']:,} / generated {compute['tokens_generated']:,} tokens)",
+                      highlight=False)
+        return result
+
+
+def clean_partial(path: Path) -> None:
+    """Remove a trainer run directory that has no checkpoint (nothing to resume from)."""
+    if path.exists():
+        shutil.rmtree(path)

@@ -1,0 +1,184 @@
+"""A study: a declarative pipeline of stages, read from one YAML file.
+
+Schema (configs/studies/NAME.yaml)::
+
+    name: sft-vs-rl
+    description: ...
+    paper: "Chu et al. 2025, arXiv 2501.17161 (seed 004)"
+    seeds: 1                     # default number of seeds (seed values 0..seeds-1)
+    env: generalpoints           # default env of every stage (a stage may set its own)
+    defaults:                    # merged under every stage: '*' first, then the stage's kind
+      '*':  {style: compact}
+      sft:  {config: {optim: {lr: 1e-3}}}
+    stages:                      # a mapping: name -> stage; order does not matter
+      base:    {kind: pretrain, data: {n: 20000}, config: {run: {max_steps: 300}}}
+      warmup:  {kind: sft, after: base, split: id, data: {n: 2000}}
+      rl:      {kind: rl, after: warmup, config: {algorithm: ppo}}
+      eval-rl: {kind: eval, after: rl, splits: [id, ood-rule], points: all, eval: {n_episodes: 64}}
+    presets:                     # override layers, deep-merged over everything above
+      demo:  {stages: {base: {config: {run: {max_steps: 100}}}}}
+      tiny:  {seeds: 3}
+    report: {...}                # tables, curves and paper findings (see postlab.studies.report)
+
+Stage fields: ``kind`` (pretrain | sft | rl | eval, or ``module:function`` for a custom kind),
+``after`` (a stage name or list; the first one is the model input), ``enabled`` (false drops the
+stage and every stage that depends on it), ``env``, ``env_args``, ``style``, ``split``, ``splits``,
+``data``, ``config`` (the trainer's config overrides), ``eval`` (evaluation options),
+``points`` (eval: ``final`` or ``all`` checkpoints along training), ``max_turns``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from postlab.config import ConfigError, _deep_merge, _suggest, apply_override, parse_override, read_yaml
+
+BUILTIN_KINDS = ("pretrain", "sft", "rl", "eval")
+STAGE_FIELDS = ("kind", "after", "enabled", "env", "env_args", "style", "split", "splits", "data", "config", "eval",
+                "points", "max_turns", "label")
+TOP_FIELDS = ("name", "description", "paper", "seeds", "env", "defaults", "stages", "presets", "report")
+STUDY_DIR = Path(__file__).resolve().parents[2] / "configs" / "studies"
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    kind: str
+    after: list[str]
+    spec: dict  # every resolved field except name/after/enabled
+
+
+@dataclasses.dataclass
+class Study:
+    name: str
+    preset: str | None
+    seeds: list[int]
+    stages: dict[str, Stage]  # topological order
+    raw: dict  # the resolved study mapping (after presets and overrides)
+    source: str
+
+    @property
+    def report(self) -> dict:
+        return self.raw.get("report") or {}
+
+
+def find_study_file(name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    cand = STUDY_DIR / f"{name}.yaml"
+    if cand.exists():
+        return cand
+    known = sorted(f.stem for f in STUDY_DIR.glob("*.yaml")) if STUDY_DIR.exists() else []
+    raise ConfigError(f"unknown study {name!r}: no {cand}. Known studies: {', '.join(known) or 'none'}."
+                      f"{_suggest(name, known)} (or pass a path to a YAML file)")
+
+
+def load_study(name: str, preset: str | None = None, overrides: list[str] | None = None, seeds: int | None = None,
+               enable_only: list[str] | None = None) -> Study:
+    path = find_study_file(name)
+    data = read_yaml(path)
+    for key in data:
+        if key not in TOP_FIELDS:
+            raise ConfigError(f"{path}: unknown top-level key {key!r}.{_suggest(key, list(TOP_FIELDS))} "
+                              f"Valid: {', '.join(TOP_FIELDS)}")
+    presets = data.pop("presets", None) or {}
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(f"{path}: unknown preset {preset!r}; this study defines: {', '.join(presets) or 'none'}."
+                              f"{_suggest(preset, list(presets))}")
+        data = _deep_merge(data, presets[preset] or {})
+    for text in overrides or []:
+        apply_override(data, *parse_override(text))
+    return resolve(data, preset=preset, source=str(path), seeds=seeds)
+
+
+def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds: int | None = None) -> Study:
+    data = copy.deepcopy(data)
+    name = data.get("name") or Path(source).stem
+    raw_stages = data.get("stages")
+    if not isinstance(raw_stages, dict) or not raw_stages:
+        raise ConfigError(f"{source}: 'stages' must be a non-empty mapping of stage name -> stage")
+    defaults = data.get("defaults") or {}
+    n_seeds = seeds if seeds is not None else data.get("seeds", 1)
+    if isinstance(n_seeds, list):
+        seed_list = [int(s) for s in n_seeds]
+    elif isinstance(n_seeds, int) and n_seeds > 0:
+        seed_list = list(range(n_seeds))
+    else:
+        raise ConfigError(f"{source}: seeds must be a positive integer or a list of integers, got {n_seeds!r}")
+    stages: dict[str, dict] = {}
+    for sname, st in raw_stages.items():
+        if st is None:
+            continue
+        if not isinstance(st, dict):
+            raise ConfigError(f"{source}: stages.{sname} must be a mapping, got {st!r}")
+        kind = st.get("kind")
+        if kind is None:
+            raise ConfigError(f"{source}: stages.{sname}.kind is missing; valid: {', '.join(BUILTIN_KINDS)} or module:function")
+        if kind not in BUILTIN_KINDS and ":" not in str(kind):
+            raise ConfigError(f"{source}: stages.{sname}.kind: unknown kind {kind!r}; valid: {', '.join(BUILTIN_KINDS)} "
+                              f"or module:function.{_suggest(str(kind), list(BUILTIN_KINDS))}")
+        merged = _deep_merge(_deep_merge(copy.deepcopy(defaults.get("*") or {}), copy.deepcopy(defaults.get(kind) or {})), st)
+        if "env" not in merged and data.get("env"):
+            merged["env"] = data["env"]
+        for key in merged:
+            if key not in STAGE_FIELDS:
+                raise ConfigError(f"{source}: stages.{sname}: unknown field {key!r}.{_suggest(key, list(STAGE_FIELDS))} "
+                                  f"Valid: {', '.join(STAGE_FIELDS)}")
+        after = merged.get("after") or []
+        merged["after"] = [after] if isinstance(after, str) else list(after)
+        stages[sname] = merged
+    for sname, st in stages.items():
+        for dep in st["after"]:
+            if dep not in stages:
+                raise ConfigError(f"{source}: stages.{sname}.after: unknown stage {dep!r}.{_suggest(dep, list(stages))}")
+    order = _toposort(stages, source)
+    # a disabled stage disables every stage downstream of it
+    disabled: set[str] = set()
+    for sname in order:
+        if stages[sname].get("enabled", True) is False or any(d in disabled for d in stages[sname]["after"]):
+            disabled.add(sname)
+    out = {}
+    for sname in order:
+        if sname in disabled:
+            continue
+        st = stages[sname]
+        spec = {k: v for k, v in st.items() if k not in ("after", "enabled")}
+        out[sname] = Stage(sname, st["kind"], st["after"], spec)
+    if not out:
+        raise ConfigError(f"{source}: every stage is disabled")
+    data["stages"] = {k: stages[k] for k in order}
+    return Study(name, preset, seed_list, out, data, source)
+
+
+def _toposort(stages: dict[str, dict], source: str) -> list[str]:
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: list[str]):
+        if state.get(n) == 2:
+            return
+        if state.get(n) == 1:
+            raise ConfigError(f"{source}: stages form a cycle: {' -> '.join(path + [n])}")
+        state[n] = 1
+        for d in stages[n]["after"]:
+            visit(d, path + [n])
+        state[n] = 2
+        order.append(n)
+
+    for n in stages:
+        visit(n, [])
+    return order
+
+
+def stage_hash(stage: Stage, seed: int, input_hashes: list[str]) -> str:
+    """Hash of the stage's resolved spec, the seed and its inputs' hashes (12 hex chars)."""
+    spec = {k: v for k, v in stage.spec.items() if k != "label"}  # presentation only
+    blob = json.dumps({"kind": stage.kind, "spec": spec, "seed": seed, "inputs": input_hashes},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -1,0 +1,312 @@
+"""RL from verifier rewards: GRPO, Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++ and PPO.
+
+One step (all batch sizes are named once, in `RLBatchConfig`):
+    1. rollout: `prompts_per_step` env seeds x `samples_per_prompt` episodes, played in
+       lock-step (multi-turn: model turn, env feedback, ... until done or max_turns); the
+       sampler's log-probs are stored as the behaviour policy's (`old_logp`), so no pass
+       recomputes them;
+    2. rewards from the env verifier (or `reward_fn`); DAPO: overlong shaping and dynamic
+       sampling (groups whose rewards are all equal carry no signal and are dropped);
+    3. advantages: group-normalized / leave-one-out / batch-normalized per algorithm, or,
+       for PPO, GAE over turn rewards with a value head read at each turn's last context token;
+    4. `ppo_epochs` (mu) optimizer steps over the batch, each split into micro-batches of
+       `micro_batch_sequences`, losses aggregated with the step's global counts.
+Reference log-probs (only when beta > 0) and PPO's old values are computed once per rollout.
+Evaluation (greedy success rate per split) runs every `run.eval_every` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import time
+from pathlib import Path
+
+import torch
+
+import postlab.envs.toy  # noqa: F401  (registers the `toy` env)
+from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
+from postlab.envs.base import make
+from postlab.models.io import load_model, pick_device, save_pretrained_atomic
+from postlab.objectives.advantages import overlong_penalty, zero_std_groups
+from postlab.objectives.registry import AGGREGATION_MODES, get_objective
+from postlab.progress import StepProgress, console, summary_table
+from postlab.rollout.engine import SamplingParams
+from postlab.rollout.episodes import evaluate, run_episodes
+from postlab.runs import RunDir, load_trainer_state
+from postlab.trainers import rl_batch as rb
+from postlab.trainers.common import (TrainingError, accumulate_gradients, lr_at, make_optimizer, optimizer_step,
+                                     seed_everything, set_lr, setup_model, step_normalizer, world)
+from postlab.trainers.ppo_value import ValueHead, load_value_head, save_value_head, value_fn_for
+
+ALGORITHMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "ppo")
+
+
+@dataclasses.dataclass
+class RLEnvConfig:
+    name: str = "toy"  # any registered env: postlab.envs.make(name, split=, style=, max_turns=, **kwargs)
+    split: str = "id"  # training split
+    style: str = "compact"
+    max_turns: int = 1  # verify iterations: 1 = single-turn; Chu et al. use 5 (GeneralPoints)
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    eval_splits: tuple[str, ...] = ("id",)  # evaluated greedily every run.eval_every steps and at the end
+    eval_episodes: int = 64
+
+
+@dataclasses.dataclass
+class RLBatchConfig:
+    """sequences per step = prompts_per_step x samples_per_prompt (episodes; one sequence each)."""
+
+    prompts_per_step: int = 8  # distinct env seeds per step
+    samples_per_prompt: int = 8  # G: episodes per seed (the group of GRPO/RLOO/DAPO/GSPO)
+    # sequences packed into one forward/backward (accumulation = ceil(sequences_per_step / micro)). Small by
+    # default: a packed row attends through an L x L block-diagonal mask, so long packs cost O(L^2).
+    micro_batch_sequences: int = 8
+    ppo_epochs: int = 1  # mu: optimizer steps per rollout batch (ratios vs stored old log-probs)
+
+    @property
+    def sequences_per_step(self) -> int:
+        return self.prompts_per_step * self.samples_per_prompt
+
+
+@dataclasses.dataclass
+class RLSamplingConfig:
+    max_new_tokens: int = 32  # per model turn
+    temperature: float = 1.0  # Chu et al.'s PPO: 0.2
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class RLConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)  # model.path: the SFT checkpoint
+    env: RLEnvConfig = dataclasses.field(default_factory=RLEnvConfig)
+    batch: RLBatchConfig = dataclasses.field(default_factory=RLBatchConfig)
+    sampling: RLSamplingConfig = dataclasses.field(default_factory=RLSamplingConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-4, schedule="constant"))
+    run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(out_dir="runs/rl"))
+    algorithm: str = "grpo"  # grpo | dr_grpo | dapo | rloo | reinforce_pp | gspo | ppo (docs/rl.md)
+    objective_args: dict = dataclasses.field(default_factory=dict)  # e.g. {epsilon: 0.2}; see docs/rl.md
+    beta: float = 0.0  # k3 KL to the frozen initial policy; the reference model is loaded only when > 0
+    aggregation: str | None = None  # None: the algorithm's own (grpo: seq_mean_token_mean, dapo: token_mean, ...)
+    dynamic_sampling: bool | None = None  # drop all-same-reward groups; None: on for dapo only
+    overlong_buffer: int = 0  # DAPO soft overlong punishment over the last N tokens of max_new_tokens; 0 = off
+    gamma: float = 0.9  # PPO GAE discount over turns (Chu et al.)
+    lam: float = 0.95  # PPO GAE lambda
+    reward_fn: str | None = None  # "module:function" f(episode) -> float | {component: float}; None = env verifier
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm: {self.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+        b = self.batch
+        for k in ("prompts_per_step", "samples_per_prompt", "micro_batch_sequences", "ppo_epochs"):
+            if getattr(b, k) < 1:
+                raise ConfigError(f"batch.{k} must be >= 1, got {getattr(b, k)}")
+        if self.algorithm in rb.GROUP_ALGORITHMS and b.samples_per_prompt < 2:
+            raise ConfigError(f"batch.samples_per_prompt must be >= 2 for {self.algorithm!r} (group baselines); "
+                              f"got {b.samples_per_prompt}. Use reinforce_pp or ppo for one sample per prompt")
+        if b.micro_batch_sequences > b.sequences_per_step:
+            raise ConfigError(f"batch.micro_batch_sequences ({b.micro_batch_sequences}) must be <= prompts_per_step x "
+                              f"samples_per_prompt ({b.sequences_per_step})")
+        if self.beta < 0:
+            raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if self.aggregation is not None and self.aggregation not in AGGREGATION_MODES:
+            raise ConfigError(f"aggregation: {self.aggregation!r}; valid: {', '.join(AGGREGATION_MODES)} or null")
+        valid = [p for p in inspect.signature(get_objective(self.algorithm).fn).parameters if p not in ("inp", "beta")]
+        for k in self.objective_args:
+            if k not in valid:
+                raise ConfigError(f"objective_args.{k}: not a parameter of {self.algorithm!r}; valid: {valid}")
+        if self.overlong_buffer >= self.sampling.max_new_tokens:
+            raise ConfigError(f"overlong_buffer ({self.overlong_buffer}) must be < sampling.max_new_tokens "
+                              f"({self.sampling.max_new_tokens})")
+        if self.env.max_turns < 1 or not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ConfigError("env.max_turns must be >= 1 and gamma, lam in [0, 1]")
+
+    def sampling_params(self, seed: int) -> SamplingParams:
+        s = self.sampling
+        return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                              stop=tuple(s.stop), seed=seed)
+
+
+def _import_reward_fn(spec: str | None):
+    if spec is None:
+        return None
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"reward_fn: cannot import {spec!r} ({e}); expected 'package.module:function'") from None
+
+
+def train_rl(cfg: RLConfig, resume: str | Path | None = None, reward_fn=None) -> Path:
+    """Run RL from `cfg.model.path`; returns the final Hugging Face checkpoint (RUN/final)."""
+    rank, _ = world()
+    device = pick_device(cfg.run.device)
+    if cfg.model.path is None and not resume:
+        raise ConfigError("model.path: RL starts from a checkpoint (e.g. an SFT run's RUN/final)")
+    reward_fn = reward_fn or _import_reward_fn(cfg.reward_fn)
+    run = RunDir(resume or cfg.run.out_dir, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb, rank=rank)
+    seed_everything(cfg.run.seed)
+    ckpt = run.latest_checkpoint() if resume else None
+    model, tok = setup_model(dataclasses.replace(cfg.model, path=str(ckpt or cfg.model.path), preset=None), device)
+    if ckpt is None:
+        run.write_meta(cfg, cfg.run.seed)
+    objective = get_objective(cfg.algorithm)
+    hparams = {**cfg.objective_args, "beta": cfg.beta}
+    aggregation = cfg.aggregation or objective.default_aggregation
+    ref_model = None
+    if cfg.beta > 0:  # the frozen initial policy
+        ref_model = load_model(cfg.model.path, dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)
+    head = ValueHead(model.config.hidden_size).to(device) if cfg.algorithm == "ppo" else None
+    trainable = torch.nn.ModuleList([model] + ([head] if head is not None else []))
+    optimizer = make_optimizer(trainable, cfg.optim)
+    step = 0
+    if ckpt is not None:
+        if head is not None:
+            load_value_head(head, ckpt)
+        step = load_trainer_state(ckpt, optimizer)["step"]
+        run.truncate_metrics(step)
+        console.print(f"resumed from {ckpt} at step {step}")
+    env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
+    P, G = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
+    dynamic = cfg.dynamic_sampling if cfg.dynamic_sampling is not None else cfg.algorithm == "dapo"
+    console.print(f"RL {cfg.algorithm}: env={cfg.env.name}/{cfg.env.split}, {P} prompts x {G} samples, "
+                  f"mu={cfg.batch.ppo_epochs}, aggregation={aggregation}, beta={cfg.beta}, device={device}")
+    last: dict = {}
+    with StepProgress(cfg.run.max_steps, f"rl:{cfg.algorithm}", start=step, enabled=cfg.run.progress) as progress:
+        while step < cfg.run.max_steps:
+            t0 = time.time()
+            # 1. rollout: env seeds never repeat across steps; G episodes share each seed
+            seeds = [cfg.run.seed * 1_000_000 + step * P + p for p in range(P) for _ in range(G)]
+            envs = [make(cfg.env.name, **env_args) for _ in seeds]
+            episodes = run_episodes(model, tok, envs, seeds, cfg.sampling_params(cfg.run.seed * 7919 + step))
+            t_gen = time.time() - t0
+            # 2. rewards and 3. advantages
+            rewards = rb.episode_rewards(episodes, reward_fn)
+            m = rollout_metrics(episodes, rewards, G)
+            if cfg.overlong_buffer:
+                lengths = [len(e.turns[-1].token_ids) for e in episodes]
+                rewards = rewards + overlong_penalty(lengths, cfg.sampling.max_new_tokens, cfg.overlong_buffer)
+            keep = rb.keep_informative_groups(len(episodes), rewards, G) if dynamic else list(range(len(episodes)))
+            m["kept_fraction"] = len(keep) / len(episodes)
+            lr = lr_at(step, cfg.run.max_steps, cfg.optim.lr, cfg.optim)
+            set_lr(optimizer, lr)
+            if keep:
+                m.update(_update(cfg, model, head, ref_model, trainable, optimizer, objective, hparams, aggregation,
+                                 episodes, rewards, keep, device))
+            step += 1
+            t_all = time.time() - t0
+            gen_tokens = sum(len(t.token_ids) for e in episodes for t in e.turns)
+            m.update(lr=lr, time_generation=t_gen, time_training=t_all - t_gen, gen_tokens_per_s=gen_tokens / t_gen,
+                     tokens_per_s=sum(len(e.input_ids) for e in episodes) / t_all)
+            progress.advance(tokens=gen_tokens, reward=m["reward_mean"], success=m["success"])
+            if step % max(cfg.run.log_every, 1) == 0 or step == cfg.run.max_steps:
+                run.log(step, m)
+            last = m
+            if (cfg.run.eval_every and step % cfg.run.eval_every == 0) or step == cfg.run.max_steps:
+                last.update(evaluate_splits(cfg, model, tok, run, step))
+            if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == cfg.run.max_steps:
+                path = run.save_checkpoint(step, model, tok, optimizer, {}, cfg.run.keep_checkpoints)
+                if head is not None:
+                    save_value_head(head, path)
+    final = run.path / "final"
+    if rank == 0:
+        save_pretrained_atomic(getattr(model, "module", model), tok, final)
+        if head is not None:
+            save_value_head(head, final)
+    summary_table(f"RL ({cfg.algorithm}) finished: {run.path}",
+                  {"steps": step, **{k: v for k, v in last.items()
+                                     if k.startswith(("reward_mean", "success", "eval_"))}})
+    run.close()
+    return final
+
+
+def _update(cfg, model, head, ref_model, trainable, optimizer, objective, hparams, aggregation, episodes, rewards,
+            keep, device) -> dict:
+    """Advantages, micro-batches and `ppo_epochs` optimizer steps on the kept episodes."""
+    eps = [episodes[i] for i in keep]
+    mb = cfg.batch.micro_batch_sequences
+    micro_sets = [eps[i:i + mb] for i in range(0, len(eps), mb)]
+    extras: dict[str, list] = {}
+    if cfg.algorithm == "ppo":  # V(s_k) of every turn with the current head, then GAE over turns
+        turn_values = _turn_values(model, head, micro_sets, device)
+        gae = rb.turn_advantages(eps, turn_values, cfg.gamma, cfg.lam)
+        extras = {"advantages": rb.broadcast([a for a, _ in gae], eps),
+                  "returns": rb.broadcast([r for _, r in gae], eps),
+                  "old_values": rb.broadcast([torch.tensor(v) for v in turn_values], eps)}
+    else:
+        adv = rb.sequence_advantages(cfg.algorithm, rewards, cfg.batch.samples_per_prompt)[keep]
+        extras = {"advantages": rb.broadcast(list(adv), eps)}
+    batches, start = [], 0
+    for group in micro_sets:
+        per = {k: v[start:start + len(group)] for k, v in extras.items()}
+        batches.append(rb.pack_shared_prefix(group, per, with_values=head is not None, device=device))
+        start += len(group)
+    if ref_model is not None:
+        with torch.no_grad():
+            for b in batches:
+                b.extras["ref_logp"] = rb.packed_outputs(ref_model, b).logp
+    norm = step_normalizer(batches, constant=float(cfg.sampling.max_new_tokens), device=device)
+    value_fn = value_fn_for(head) if head is not None else None
+    metrics: dict = {}
+    for _ in range(cfg.batch.ppo_epochs):
+        try:
+            metrics = accumulate_gradients(model, batches, objective, hparams, aggregation, norm, ref_model=None,
+                                           want_entropy=True, value_fn=value_fn, forward_fn=rb.packed_outputs)
+            metrics["grad_norm"] = optimizer_step(trainable, optimizer, cfg.optim.grad_clip)
+        except TrainingError as e:
+            raise TrainingError(f"{e}; stopping RL") from None
+    return metrics
+
+
+@torch.no_grad()
+def _turn_values(model, head, micro_sets, device) -> list[list[float]]:
+    """V(s_k) for every turn k of every episode (read at the turn's last context token)."""
+    out = []
+    for group in micro_sets:
+        batch = rb.pack_shared_prefix(group, {}, with_values=True, device=device)
+        hidden = rb.packed_outputs(model, batch, want_hidden=True).hidden[0]
+        per_target = head(hidden[batch.extras["value_index"]]).tolist()
+        cursor = 0
+        for e in group:  # targets are in episode order, turn by turn
+            values = []
+            for t in e.turns:
+                values.append(per_target[cursor])
+                cursor += len(t.token_ids)
+            out.append(values)
+    return out
+
+
+def rollout_metrics(episodes, rewards: torch.Tensor, group_size: int) -> dict:
+    """Reward mean/std (total and per component), zero-std groups, lengths, truncation, per-turn success."""
+    m = {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
+         "zero_std_groups": zero_std_groups(rewards, group_size).float().mean().item(),
+         "success": sum(e.success for e in episodes) / len(episodes),
+         "completion_len": sum(len(t.token_ids) for e in episodes for t in e.turns) / len(episodes),
+         "truncation": sum(e.truncated for e in episodes) / len(episodes),
+         "turns": sum(len(e.turns) for e in episodes) / len(episodes)}
+    comps: dict[str, list[float]] = {}
+    for e in episodes:
+        for name, v in e.turns[-1].info.get("components", {}).items():
+            comps.setdefault(name, []).append(float(v))
+    for name, vs in comps.items():
+        t = torch.tensor(vs)
+        m[f"reward/{name}_mean"], m[f"reward/{name}_std"] = t.mean().item(), (t.std().item() if len(t) > 1 else 0.0)
+    horizon = max(len(e.turns) for e in episodes)
+    for k in range(horizon):
+        m[f"success_turn_{k + 1}"] = sum(len(e.turns) > k and e.turns[k].success for e in episodes) / len(episodes)
+    return m
+
+
+def evaluate_splits(cfg: RLConfig, model, tok, run: RunDir, step: int) -> dict:
+    """Greedy success rate on each eval split (env seeds disjoint from training's)."""
+    out = {}
+    for split in cfg.env.eval_splits:
+        args = dict(split=split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
+        res = evaluate(model, tok, lambda: make(cfg.env.name, **args), episodes=cfg.env.eval_episodes,
+                       seed=10**9, params=SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=0.0))
+        out[f"eval_{split}_success"], out[f"eval_{split}_reward"] = res["success_rate"], res["mean_reward"]
+    run.log(step, out, kind="eval")
+    return out

@@ -1,0 +1,211 @@
+"""Final-answer extraction and checking for biographies and math.
+
+Extraction understands the formats postlab's environments ask for and the common ones of
+real data: the text after the last "So, the answer is:" (biographies, Cheng et al.), the
+last `<answer>...</answer>` (DRIFT), the last `\\boxed{...}` (math data), and `#### X`
+(GSM8K-style, the compact math style).
+
+Checking is exact match after light normalisation, then exact numeric equality for
+numbers (`0.5` == `1/2` == `\\frac{1}{2}`, `1,000` == `1000`), then, only if the optional
+`math-verify` package is installed and the caller asks for it, symbolic equivalence.
+`math-verify` is called with LaTeX extraction only: its plain-expression mode hands the
+text to sympy's `parse_expr`, which uses `eval`. It runs with its own timeouts, on short
+inputs that pass a screen against the inputs that make sympy hang (power towers, huge
+factorials), and any exception it raises is a "no".
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+MAX_ANSWER_CHARS = 16_384  # responses longer than this have no answer
+MAX_MV_CHARS = 160  # math-verify only sees answers this short
+
+MARKER = "So, the answer is:"
+_NUMBER = re.compile(r"[+-]?(\d{1,30}(\.\d{0,30})?|\.\d{1,30})")
+_FRAC = re.compile(r"\\[dt]?frac\{([^{}]{1,40})\}\{([^{}]{1,40})\}")
+_LATEX_WRAP = re.compile(r"^\\(?:text|mathrm|textbf)\{(.*)\}$", re.S)
+_MV_COMMANDS = {"frac", "dfrac", "tfrac", "sqrt", "pi", "cdot", "times", "div", "left", "right", "boxed",
+                "text", "mathrm", "infty", "pm", "le", "ge", "leq", "geq", "circ", "degree", "%", ",", "!", " "}
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`), braces matched; None if absent."""
+    idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if idx < 0:
+        return None
+    i = text.find("{", idx)
+    if i < 0:
+        rest = text[idx + len("\\boxed"):].strip()  # "\boxed 5"
+        return rest.split()[0] if rest else None
+    depth, start = 0, i + 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:j]
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer in a response, or None if it gives none in a known format."""
+    if not isinstance(text, str) or len(text) > MAX_ANSWER_CHARS:
+        return None
+    end = text.rfind("</answer>")  # rfind, not a regex: no quadratic scan on hostile input
+    start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+    if start >= 0:
+        return text[start + len("<answer>"):end].strip()
+    k = text.rfind(MARKER)
+    if k >= 0:
+        rest = text[k + len(MARKER):].strip()
+        return rest.splitlines()[0].strip() if rest else ""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    k = text.rfind("####")
+    if k >= 0:
+        rest = text[k + 4:].lstrip(" \t")
+        return rest.splitlines()[0].strip() if rest else ""
+    return None
+
+
+def normalize(ans: str) -> str:
+    """Whitespace collapsed, `$`/`\\text{}` wrappers and one trailing period removed."""
+    s = " ".join(ans.split())
+    s = s.strip("$ ").strip()
+    m = _LATEX_WRAP.match(s)
+    if m:
+        s = m.group(1).strip()
+    if s.endswith(".") and not s.endswith(".."):
+        s = s[:-1].rstrip()
+    return s
+
+
+def as_number(ans: str) -> Fraction | None:
+    """An exact number for plain numeric answers: 42, -3, 0.5, 1,000, 3/4, \\frac{3}{4}, 50%."""
+    s = normalize(ans).replace(" ", "")
+    if len(s) > 80:
+        return None
+    m = _FRAC.fullmatch(s)
+    if m:
+        s = f"{m.group(1)}/{m.group(2)}"
+    if re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?", s):
+        s = s.replace(",", "")
+    pct = s.endswith("%") or s.endswith("\\%")
+    if pct:
+        s = s.rstrip("%").rstrip("\\")
+    try:
+        if "/" in s:
+            a, b = s.split("/", 1)
+            if not (_NUMBER.fullmatch(a) and _NUMBER.fullmatch(b)):
+                return None
+            den = Fraction(b)
+            value = Fraction(a) / den if den != 0 else None
+        elif _NUMBER.fullmatch(s):
+            value = Fraction(s)
+        else:
+            return None
+    except (ValueError, ZeroDivisionError):
+        return None
+    if value is not None and pct:
+        value /= 100
+    return value
+
+
+def _exponents(s: str) -> list[str]:
+    """The exponent after each '^': a balanced {...} group, or the next character."""
+    out = []
+    for i, c in enumerate(s):
+        if c != "^":
+            continue
+        j = i + 1
+        while j < len(s) and s[j] == " ":
+            j += 1
+        if j < len(s) and s[j] == "{":
+            depth, k = 0, j
+            while k < len(s):
+                depth += {"{": 1, "}": -1}.get(s[k], 0)
+                if depth == 0:
+                    break
+                k += 1
+            out.append(s[j + 1:k])
+        else:
+            out.append(s[j:j + 1])
+    return out
+
+
+def _mv_safe(s: str) -> bool:
+    """Screen out what makes sympy slow: long text, power towers, big exponents/factorials."""
+    if len(s) > MAX_MV_CHARS or not s.isascii() or any(ord(c) < 32 for c in s):
+        return False
+    if "**" in s or "!" in s or s.count("^") > 2:
+        return False
+    for exp in _exponents(s):
+        if "^" in exp or len(re.sub(r"\D", "", exp)) > 2:
+            return False
+    if any(len(d) > 30 for d in re.findall(r"\d+", s)):
+        return False
+    return all(cmd in _MV_COMMANDS for cmd in re.findall(r"\\([a-zA-Z]+|.)", s))
+
+
+_MV = None
+
+
+def _math_verify():
+    """The math_verify module, or False when it is not installed (imported once, lazily)."""
+    global _MV
+    if _MV is None:
+        try:
+            import math_verify
+
+            _MV = math_verify
+        except Exception:  # not installed, or broken: the feature is optional
+            _MV = False
+    return _MV
+
+
+def math_verify_available() -> bool:
+    return bool(_math_verify())
+
+
+def _mv_equal(pred: str, gold: str, timeout: int = 1) -> bool:
+    mv = _math_verify()
+    if not mv or not (_mv_safe(pred) and _mv_safe(gold)):
+        return False
+    try:
+        cfg = [mv.LatexExtractionConfig()]  # never ExprExtractionConfig: it evals via sympy
+        g = mv.parse(f"${gold}$", extraction_config=cfg, parsing_timeout=timeout)
+        p = mv.parse(f"${pred}$", extraction_config=cfg, parsing_timeout=timeout)
+        if not g or not p:
+            return False
+        return bool(mv.verify(g, p, timeout_seconds=timeout))
+    except Exception:  # math-verify's own errors and timeouts mean "not shown equal"
+        return False
+
+
+def answers_match(pred: str | None, gold: str, use_math_verify: bool = False) -> bool:
+    """Exact match after normalisation, then numeric equality, then (optionally) math-verify."""
+    if pred is None or not isinstance(pred, str) or len(pred) > MAX_ANSWER_CHARS:
+        return False
+    p, g = normalize(pred), normalize(gold)
+    if p == g:
+        return True
+    pn, gn = as_number(p), as_number(g)
+    if pn is not None and gn is not None:
+        return pn == gn
+    return use_math_verify and _mv_equal(p, g)
+
+
+def exact_match(text: str, gold: str) -> bool:
+    """The biographies reward: the extracted final answer equals the gold answer exactly
+    (after whitespace and trailing-period normalisation; no numeric or symbolic leniency)."""
+    pred = extract_answer(text)
+    return pred is not None and normalize(pred) == normalize(gold)
+
+
+def check_response(text: str, gold: str, use_math_verify: bool = False) -> bool:
+    """The math reward: extract the final answer, then `answers_match`."""
+    return answers_match(extract_answer(text), gold, use_math_verify)

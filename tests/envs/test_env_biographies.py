@@ -1,0 +1,125 @@
+"""Biographies: world structure, split construction and separation, contexts, expert, base corpus."""
+
+from collections import Counter
+
+import pytest
+
+from postlab.envs import make
+from postlab.envs.biographies import SETS, Biographies, World, world
+from postlab.envs.biographies_data import RELATIONS
+from postlab.verifiers.answers import MARKER
+
+
+@pytest.fixture(scope="module")
+def w():
+    return world("tiny", 0)
+
+
+def test_relation_groups_and_classes(w):
+    assert len(RELATIONS) == 39
+    groups = Counter(w.group.values())
+    assert groups == {"parametric": 20, "contextual": 19}
+    for r, (kind, inv, *_) in RELATIONS.items():
+        if kind == "inv":
+            assert w.group[r] != w.group[inv]  # each inverse pair is split across the groups
+    for g, n in (("parametric", 20), ("contextual", 19)):
+        classes = Counter(w.rel_class[r] for r in RELATIONS if w.group[r] == g)
+        assert classes["iid"] == 4 and classes["held-out"] == 2 and classes["composition"] == n - 6  # 20/70/10
+
+
+def test_world_facts(w):
+    assert len(set(w.names)) == len(w.names) == 300
+    shared = w.in_P & w.in_C
+    assert len(w.C) == len(w.P) == 200 and len(shared) == 100  # half shared, half new
+    for r, (kind, *_) in RELATIONS.items():
+        people = w.in_P if w.group[r] == "parametric" else w.in_C
+        assert set(w.facts[r]) == people
+        if kind == "sym":
+            assert all(w.facts[r][w.facts[r][p]] == p for p in people)
+        if kind in ("sym", "inv"):
+            assert all(o in people and o != p for p, o in w.facts[r].items())
+    assert World("tiny", 0).names == w.names and World("tiny", 1).names != w.names
+
+
+def _paths(w, qset, part):
+    return [q for q in w.questions(qset)[f"{qset}-{part}"]]
+
+
+@pytest.mark.parametrize("qset", SETS)
+def test_splits_really_separate(w, qset):
+    train, iid, comp, zero = (_paths(w, qset, p) for p in ("train", "iid", "composition", "zeroshot"))
+    held = {r for r, c in w.rel_class.items() if c == "held-out"}
+    assert all(not held & set(q.relations) for q in train + iid + comp)  # held-out relations: zero-shot only
+    assert all(held & set(q.relations) for q in zero)
+    train_comp_paths = {q.relations for q in train if q.part == "composition-train"}
+    assert train_comp_paths and not train_comp_paths & {q.relations for q in comp}  # composition paths unseen
+    assert all(not any(w.rel_class[r] == "iid" for r in q.relations) for q in comp)
+    instances = lambda qs: {(q.entities[0], q.relations) for q in qs}  # noqa: E731
+    assert not instances(train) & instances(iid + comp + zero)  # no test question is a training question
+    groups = [{w.group[r] for r in q.relations} for q in train + iid + comp + zero]
+    expected = {"mem": [{"parametric"}], "ctx": [{"contextual"}], "comp": [{"parametric", "contextual"}]}[qset]
+    assert all(g in expected for g in groups)  # complementary questions always mix both groups
+    hops = Counter(len(q.relations) for q in train + iid + comp + zero)
+    assert set(hops) == {2, 3, 4, 5} and hops[2] > hops[3] > hops[4] > hops[5]
+
+
+def test_context_holds_contextual_facts_only(w):
+    env = Biographies(split="comp-iid")
+    for seed in range(100):
+        text = env.reset(seed).messages[0]["content"]
+        q = env.question
+        context = text.split(" | Q: ")[0]
+        for e, r in zip(q.entities, q.relations):
+            fact = w.sentence(r, e)
+            if w.group[r] == "contextual":
+                assert fact in context  # the needed contextual fact is given
+            else:
+                assert fact not in context  # parametric facts must be recalled
+    env = Biographies(split="mem-train")
+    assert env.reset(0).messages[0]["content"].startswith("Q: ")  # Mem questions have no context
+
+
+@pytest.mark.parametrize("split", Biographies.splits)
+def test_expert_gets_full_reward(split):
+    for style in ("compact", "paper"):
+        env = make("biographies", split=split, style=style)
+        for seed in range(0, 400, 7):
+            obs = env.reset(seed)
+            r = env.step(env.expert())
+            assert (r.reward, r.success, r.done) == (1.0, True, True)
+            assert env.expert().endswith(f"{MARKER} {obs.info['answer']}")
+            assert len(env.expert().split(". ")) >= len(env.question.relations)
+
+
+def test_exact_match_reward_and_answer_text():
+    env = Biographies(split="comp-composition")
+    env.reset(5)
+    gold = env.question.answer
+    assert env.step(f"blah. {MARKER} {gold}").reward == 1
+    env.reset(5)
+    assert env.step(f"{MARKER} {gold} and more").reward == 0
+    env.reset(5)
+    assert env.step("no marker at all").reward == 0
+    assert env.check_answer(gold) and not env.check_answer(gold + "x")
+
+
+def test_question_text_and_determinism():
+    a, b = Biographies(split="ctx-train", style="paper"), Biographies(split="ctx-train", style="paper")
+    assert [a.reset(s).messages for s in range(30)] == [b.reset(s).messages for s in range(30)]
+    text = a.reset(0).messages[0]["content"]
+    assert "Context:\n" in text and "Question: " in text and MARKER in text
+    with pytest.raises(ValueError, match="valid: mem-train"):
+        Biographies(split="iid")
+    with pytest.raises(ValueError, match="valid: tiny, paper"):
+        Biographies(preset="huge")
+
+
+def test_base_corpus_is_the_parametric_biographies(w):
+    env = Biographies()
+    bios = env.base_corpus(250, seed=0)
+    assert len(bios) == 250 and bios == env.base_corpus(250, seed=0)
+    i = next(i for i, p in enumerate(w.P) if p in w.in_C)  # a person of both worlds
+    for r in RELATIONS:
+        fact = w.sentence(r, w.P[i])
+        assert (fact in bios[i]) == (w.group[r] == "parametric")  # every parametric fact, no contextual one
+    assert all("?" not in b and MARKER not in b for b in bios)  # no questions

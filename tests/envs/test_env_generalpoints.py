@@ -1,0 +1,162 @@
+"""GeneralPoints: solver, splits, multi-turn revision, expert, base corpus."""
+
+import itertools
+import json
+import random
+from fractions import Fraction
+
+import pytest
+
+from postlab.envs import make
+from postlab.envs.generalpoints import BLACK, RED, GeneralPoints
+from postlab.envs.gp_solver import count_solvable, is_solvable, solutions
+from postlab.verifiers.arith import evaluate
+from postlab.verifiers.generalpoints import score_formula
+
+SPLITS = ("id", "ood-rule", "ood-visual")
+
+
+def test_solver_reference_count():
+    assert count_solvable((11, 12, 13), 24) == 1362  # of the 1820 rank multisets (methods.md)
+    assert sum(1 for _ in itertools.combinations_with_replacement(range(1, 14), 4)) == 1820
+
+
+def _brute(values, target):
+    """Independent oracle: every binary tree over every ordering, exact arithmetic."""
+    def reach(vals):
+        if len(vals) == 1:
+            return {vals[0]}
+        out = set()
+        for i, j in itertools.permutations(range(len(vals)), 2):
+            rest = [v for k, v in enumerate(vals) if k not in (i, j)]
+            a, b = vals[i], vals[j]
+            for c in [a + b, a - b, a * b] + ([a / b] if b else []):
+                out |= reach(rest + [c])
+        return out
+    return Fraction(target) in reach([Fraction(v) for v in values])
+
+
+def test_solver_against_oracle_and_verifier():
+    rng = random.Random(0)
+    for _ in range(60):
+        vals, target = [rng.randint(1, 13) for _ in range(4)], rng.choice([24, 24, 10, 1, 0])
+        sols = solutions(vals, target)
+        assert is_solvable(vals, target) == bool(sols) == _brute(vals, target)
+        for s in sols:  # every listed solution is credited by the verifier
+            assert score_formula(s, vals, target).success
+    assert solutions([3, 3, 8, 8]) == ("8/(3-8/3)",)
+    simple = solutions([1, 2, 3, 4])
+    assert simple[0].count("(") == 0 and all(a.count("(") <= b.count("(") for a, b in zip(simple, simple[1:]))
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_splits_deal_solvable_hands_with_their_rule_and_suits(split):
+    env = GeneralPoints(split=split)
+    for seed in range(150):
+        obs = env.reset(seed)
+        info = obs.info
+        assert is_solvable(info["values"], 24)
+        suits = {c[-1] for c in info["cards"]}
+        assert suits <= set(RED if split == "ood-visual" else BLACK)
+        if split == "ood-rule":
+            assert any(r >= 11 for r in info["ranks"])  # every OOD hand is affected by the rule
+            assert info["values"] == info["ranks"] and "rule J=11 Q=12 K=13" in obs.messages[0]["content"]
+        else:
+            assert info["values"] == [min(r, 10) for r in info["ranks"]]
+            assert "rule J=Q=K=10" in obs.messages[0]["content"]
+
+
+def test_ood_rule_hands_are_scored_under_the_other_rule():
+    env = GeneralPoints(split="ood-rule")
+    for seed in range(100):
+        env.reset(seed)
+        ranks = env.ranks
+        as_id = [min(r, 10) for r in ranks]  # reading the hand with the ID rule
+        for sol in solutions(as_id, 24)[:3]:
+            assert not env.verify(sol).success  # an ID-rule answer never scores on an OOD hand
+        assert env.verify(env.expert()).success
+
+
+def test_no_ood_rule_item_in_id_training_data():
+    id_env, ood_env = GeneralPoints(split="id"), GeneralPoints(split="ood-rule")
+    id_prompts = {id_env.reset(s).messages[0]["content"] for s in range(2000)}
+    ood_prompts = {ood_env.reset(s).messages[0]["content"] for s in range(500)}
+    assert not id_prompts & ood_prompts
+    vis_prompts = {GeneralPoints(split="ood-visual").reset(s).messages[0]["content"] for s in range(500)}
+    assert not id_prompts & vis_prompts
+
+
+@pytest.mark.parametrize("style", ("compact", "paper"))
+@pytest.mark.parametrize("split", SPLITS)
+def test_expert_gets_full_reward(split, style):
+    env = make("generalpoints", split=split, style=style)
+    for seed in range(300):
+        env.reset(seed)
+        r = env.step(env.expert())
+        assert (r.reward, r.done, r.success) == (5.0, True, True), (seed, env.expert())
+
+
+def test_expert_formats():
+    env = GeneralPoints(style="paper")
+    env.reset(1)
+    obj = json.loads(env.expert())
+    assert set(obj) == {"cards", "number", "formula"} and obj["number"] == env.values
+    assert evaluate(obj["formula"].split("=")[0]) == 24
+    env = GeneralPoints(style="compact")
+    env.reset(1)
+    assert env.expert().endswith("=24") and "\n" not in env.expert()
+    # "any" picks among all solutions, "simple" among the fewest-bracket ones; both seeded
+    a, b = GeneralPoints(expert_choice="any"), GeneralPoints(expert_choice="any")
+    a.reset(7), b.reset(7)
+    assert a.expert() == b.expert() and a.solution in a.all_solutions
+
+
+def test_multi_turn_sequential_revision():
+    env = GeneralPoints(split="id", style="paper")
+    obs = env.reset(3)
+    assert env.verify_iter == 5 and len(obs.messages) == 1
+    for k in range(1, 5):
+        r = env.step('{"formula": "1+1"}')
+        assert not r.done and r.feedback[0]["role"] == "user"
+        assert r.feedback[0]["content"].startswith("You failed this trial because ")
+        assert r.info["attempt"] == k
+    r = env.step("1+1")
+    assert r.done and not r.success and r.feedback == []
+    env = GeneralPoints(max_turns=2, style="compact")
+    env.reset(0)
+    assert env.step("1+1").feedback[0]["content"].startswith("fail: ")
+    r = env.step(env.expert())
+    assert r.done and r.success and r.reward == 5
+    with pytest.raises(RuntimeError):
+        env.step("1")
+
+
+def test_determinism_and_bad_arguments():
+    a, b = GeneralPoints(split="ood-rule"), GeneralPoints(split="ood-rule")
+    assert [a.reset(s).messages for s in range(20)] == [b.reset(s).messages for s in range(20)]
+    with pytest.raises(ValueError, match="valid: id, ood-rule, ood-visual"):
+        GeneralPoints(split="ood")
+    with pytest.raises(ValueError, match="valid: compact, paper"):
+        GeneralPoints(style="fancy")
+    with pytest.raises(ValueError, match="disagree"):
+        GeneralPoints(verify_iter=3, max_turns=4)
+    env = GeneralPoints(target=30)
+    obs = env.reset(0)
+    assert "target 30" in obs.messages[0]["content"] and env.step(env.expert()).success
+
+
+def test_base_corpus_teaches_ood_knowledge_but_never_the_task():
+    env = GeneralPoints()
+    corpus = env.base_corpus(5000, seed=0)
+    assert corpus == env.base_corpus(5000, seed=0) and len(corpus) == 5000
+    text = "\n".join(corpus)
+    assert "rule J=11 Q=12 K=13" in text and "rule J=Q=K=10" in text
+    assert all(s in text for s in ("♥", "♦", "♠", "♣")) and "13" in text
+    for line in corpus:
+        if "=" in line and "|" not in line and " " not in line:  # an arithmetic line
+            lhs, rhs = line.rsplit("=", 1)
+            assert evaluate(lhs) == Fraction(rhs)  # every stated value is right
+            n_numbers = sum(1 for t in lhs.replace("(", " ").replace(")", " ").replace("+", " ").replace("-", " ")
+                            .replace("*", " ").replace("/", " ").split())
+            assert not (n_numbers == 4 and evaluate(lhs) == 24)  # never a 24-points solution
+        assert "cards" not in line or "=" not in line.split("cards")[1]  # hands never come with a formula

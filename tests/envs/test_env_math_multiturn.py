@@ -1,0 +1,120 @@
+"""Math (procedural and JSONL) and the DRIFT unary-feedback wrapper."""
+
+import json
+
+import pytest
+
+from postlab.envs import make
+from postlab.envs.math import Math, MathJSONL, make_problem
+from postlab.envs.multiturn import FEEDBACK, UnaryFeedback, parse_answer_tag
+from postlab.verifiers.answers import math_verify_available
+
+
+@pytest.mark.parametrize("split", ("id", "ood"))
+@pytest.mark.parametrize("style", ("compact", "paper"))
+def test_math_expert_and_split_ranges(split, style):
+    env = Math(split=split, style=style)
+    for seed in range(300):
+        obs = env.reset(seed)
+        p = env.problem
+        n = len(p["steps"])
+        assert (2 <= n <= 3) if split == "id" else (4 <= n <= 6)
+        cap = 100 if split == "id" else 2000
+        assert all(1 <= r <= cap for _, _, r in p["steps"])
+        r = env.step(env.expert())
+        assert r.reward == 1.0 and r.success and obs.info["answer"] == str(p["answer"])
+
+
+def test_math_rewards_and_corpus():
+    env = Math(style="compact")
+    env.reset(0)
+    ans = env.expert_answer()
+    assert env.step(f"#### {int(ans) + 1}").reward == 0
+    env.reset(0)
+    assert env.step(f"so \\boxed{{{ans}}}").reward == 1  # any known final-answer format
+    corpus = env.base_corpus(500)
+    assert all("How many" not in t for t in corpus) and any(int(t.split("=")[1]) > 1000 for t in corpus if "=" in t)
+    import random
+    a, b = make_problem(random.Random(1), "id"), make_problem(random.Random(1), "id")
+    assert a == b
+
+
+def test_math_jsonl_adapter(tmp_path):
+    path = tmp_path / "m.jsonl"
+    rows = [{"problem": "1+1?", "solution": "It is \\boxed{2}."},
+            {"question": "Half of 1?", "answer": "\\frac{1}{2}"},
+            {"instruction": "Root of 4?", "response": "\\boxed{2}"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    env = make("math-jsonl", path=str(path))
+    assert env.reset(0).messages[0]["content"].startswith("1+1?")
+    assert env.step(env.expert()).reward == 1
+    env.reset(1)
+    assert env.expert().endswith("\\boxed{\\frac{1}{2}}.") and env.step("\\boxed{0.5}").reward == 1
+    env.reset(2)
+    if math_verify_available():
+        assert env.step("\\boxed{\\sqrt{4}}").reward == 1
+    (tmp_path / "bad.jsonl").write_text('{"problem": "x"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        MathJSONL(path=str(tmp_path / "bad.jsonl"))
+    with pytest.raises(ValueError, match="give path"):
+        MathJSONL()
+
+
+def test_answer_tag_parsing():
+    assert parse_answer_tag("a <answer> 5 </answer>") == "5"
+    assert parse_answer_tag("<answer>1</answer><answer>2</answer>") == "2"
+    assert parse_answer_tag("<answer></answer>") is None and parse_answer_tag("5") is None
+    assert parse_answer_tag("<answer>5") is None
+
+
+def test_unary_feedback_protocol():
+    env = make("unary-feedback", env="math", split="id")
+    obs = env.reset(0)
+    assert obs.messages[-1]["content"].endswith("<answer>")
+    gold = env.expert_answer()
+    r = env.step("I think 3")  # unparsable: -0.1, no attempt used
+    assert (r.reward, r.done) == (-0.1, False) and r.feedback == [{"role": "user", "content": FEEDBACK}]
+    r = env.step("<answer>-1</answer>")
+    assert (r.reward, r.done) == (0.0, False) and r.feedback[0]["content"] == "Incorrect. Please think again."
+    r = env.step("<answer>-1</answer>")
+    r = env.step(f"<answer>{gold}</answer>")  # stop at the first correct answer
+    assert (r.reward, r.done, r.success) == (1.0, True, True)
+    assert r.info["turn_correct"] == [None, False, False, True]
+    assert r.info["answers"] == [None, "-1", "-1", gold]
+    assert (r.info["n_answers"], r.info["n_distinct"], r.info["attempts"], r.info["format_errors"]) == (3, 2, 3, 1)
+
+
+def test_unary_feedback_limits():
+    env = UnaryFeedback(env="biographies", split="comp-iid")
+    env.reset(0)
+    for k in range(5):
+        r = env.step("<answer>nobody</answer>")
+    assert r.done and not r.success and r.info["attempts"] == 5  # five attempts
+    env.reset(0)
+    for k in range(10):
+        r = env.step("no tags")
+        if r.done:
+            break
+    assert r.done and k == 9 and r.info["attempts"] == 0  # total turns bounded (2 x attempts)
+    assert UnaryFeedback(env="math", max_turns=1).max_attempts == 1  # generic callers pass max_turns
+    env = UnaryFeedback(env="generalpoints", split="ood-rule", style="paper")
+    env.reset(3)
+    assert env.step(env.expert()).success and "<answer>" in env.expert()
+    with pytest.raises(ValueError, match="no check_answer"):
+        UnaryFeedback(env="navigation")
+    with pytest.raises(ValueError, match="unknown inner env"):
+        UnaryFeedback(env="chess")
+    with pytest.raises(ValueError, match="valid: id, ood"):
+        UnaryFeedback(env="math", split="test")
+
+
+def test_unary_feedback_expert_everywhere():
+    for name, splits in (("math", ("id", "ood")), ("biographies", ("comp-zeroshot", "mem-iid")),
+                         ("generalpoints", ("id", "ood-rule", "ood-visual"))):
+        for split in splits:
+            for style in ("compact", "paper"):
+                env = make("unary-feedback", env=name, split=split, style=style)
+                for seed in range(40):
+                    env.reset(seed)
+                    r = env.step(env.expert())
+                    assert r.success and r.reward == 1.0

@@ -1,0 +1,108 @@
+"""Navigation: relative turns, rails, rewards, attempts per position, splits, expert."""
+
+import pytest
+
+from postlab.envs import make
+from postlab.envs.navigation import COMPASS, Navigation, cities, navigation_corpus, relative_turn
+from postlab.verifiers.navigation import RELATIVE
+
+SPLITS = ("id", "ood-rule", "ood-visual")
+
+
+def test_relative_turn_names():
+    n, ne, e, se, s, sw, w, nw = range(8)
+    assert relative_turn(n, ne) == "slightly right" and relative_turn(n, nw) == "slightly left"
+    assert relative_turn(n, e) == "right" and relative_turn(n, se) == "right"
+    assert relative_turn(n, w) == "left" and relative_turn(n, sw) == "left"
+    assert relative_turn(w, n) == "right" and relative_turn(nw, sw) == "left"  # wraps around
+    with pytest.raises(ValueError):
+        relative_turn(n, s)
+
+
+@pytest.mark.parametrize("style", ("compact", "paper"))
+@pytest.mark.parametrize("split", SPLITS)
+def test_expert_completes_every_route(split, style):
+    env = make("navigation", split=split, style=style)
+    for seed in range(120):
+        env.reset(seed)
+        total, steps = 0.0, 0
+        while True:
+            r = env.step(env.expert())
+            total, steps = total + r.reward, steps + 1
+            assert r.reward == 1.0
+            if r.done:
+                break
+        assert r.success and total == steps == len(env.rail)
+
+
+def test_rail_structure_and_action_spaces():
+    for split in SPLITS:
+        env = Navigation(split=split)
+        for seed in range(50):
+            env.reset(seed)
+            actions = [s.action for s in env.rail]
+            assert actions[0][0] == "turn" and actions[-1] == ("stop",) and actions[1] == ("forward",)
+            turns = [a[1] for a in actions if a[0] == "turn"]
+            assert all(t in (RELATIVE if split == "ood-rule" else COMPASS) for t in turns)
+            # every turn happens at an intersection and the rail never turns twice in a row
+            for a, b in zip(env.rail, env.rail[1:]):
+                assert not (a.action[0] == "turn" and b.action[0] == "turn")
+            assert all(env.city.is_intersection(s.pos) for s in env.rail if s.action[0] != "forward")
+
+
+def test_rewards_and_two_attempts_per_position():
+    env = Navigation(split="id", style="compact")
+    obs = env.reset(0)
+    assert obs.messages[0]["content"].startswith("mode abs | 1. turn ")
+    r = env.step("stop")  # wrong action: -1, retry allowed
+    assert (r.reward, r.done) == (-1.0, False) and r.feedback[0]["content"] == "wrong, retry"
+    r = env.step(env.expert())
+    assert r.reward == 1.0 and r.feedback[0]["content"].startswith("O2: ")
+    env.step("stop")
+    r = env.step("turn S")  # second failure at the same position ends the episode
+    assert r.done and not r.success and r.feedback == []
+    env = Navigation(split="id", style="paper")
+    env.reset(0)
+    claim = '{"current observation": "No landmarks nearby.", "current instruction": "x", "action": "forward()"}'
+    r = env.step(claim)  # the start is an intersection: denying it costs -1.5
+    assert r.reward == -1.5 and r.feedback[0]["content"].startswith("You failed this trial because you are at an")
+    r = env.step(env.expert())
+    assert r.reward == 1.0 and r.feedback[0]["content"].startswith("O_2: ")
+
+
+def test_relative_split_rejects_absolute_answers():
+    env = Navigation(split="ood-rule")
+    env.reset(3)
+    gold = env.rail[0].action[1]
+    assert gold in RELATIVE
+    start, first = env.rail[0].heading, env.instructions[0][2]
+    assert relative_turn(start, COMPASS.index(first)) == gold
+    assert env.step(f"turn {first}").reward == -1  # the compass answer is outside this action space
+    assert env.step(f"turn {gold}").reward == 1
+
+
+def test_unseen_cities_share_no_landmark_names_with_seen_cities():
+    seen = Navigation(split="id").landmark_names() | Navigation(split="ood-rule").landmark_names()
+    unseen = Navigation(split="ood-visual").landmark_names()
+    assert seen and unseen and not seen & unseen
+    id_env = Navigation(split="id")
+    id_text = " ".join(m["content"] for s in range(300) for m in id_env.reset(s).messages)
+    assert not any(name in id_text for name in unseen)
+    assert {c.name for c in cities("seen", 8, 0)}.isdisjoint({c.name for c in cities("unseen", 4, 0)})
+
+
+def test_determinism_bounds_and_corpus():
+    a, b = Navigation(split="ood-visual"), Navigation(split="ood-visual")
+    assert [a.reset(s).messages for s in range(20)] == [b.reset(s).messages for s in range(20)]
+    env = Navigation(max_turns=3)
+    env.reset(0)
+    for _ in range(3):
+        r = env.step(env.expert())
+    assert r.done and r.info["truncated"]
+    with pytest.raises(ValueError, match="valid: id, ood-rule, ood-visual"):
+        Navigation(split="ood")
+    corpus = navigation_corpus(2000, seed=1)
+    text = " ".join(corpus)
+    assert "slightly left" in text and "mode rel" in text and "U-turn" in text
+    assert "forward to" not in text and "O1:" not in text  # no route, no episode
+    assert Navigation().base_corpus(10, 1) == corpus[:10]

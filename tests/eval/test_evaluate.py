@@ -1,0 +1,37 @@
+import json
+
+import pytest
+
+import toy_env  # noqa: F401 - registers toy-copy
+from postlab.eval.evaluate import evaluate, results_table
+from postlab.models import build_tokenizer, init_model
+
+
+@pytest.fixture(scope="module")
+def nano():
+    tok = build_tokenizer(["copy 0123456789"], "char")
+    return init_model("nano", tok, seed=0).eval(), tok
+
+
+def test_multiturn_bookkeeping(nano):
+    model, tok = nano
+    r = evaluate(model, tok, "toy-copy", "id", n_episodes=10, max_turns=3, max_new_tokens=4,
+                 env_args={"scripted": True})
+    assert r["success_rate"] == 0.5  # even seeds succeed at attempt 2
+    assert r["success_by_turn"] == [0.0, 0.5, 0.5]
+    assert r["failure_reasons"] == {"wrong number": 5}  # final attempt of the 5 failed episodes
+    assert r["attempt_failure_reasons"] == {"wrong number": 5 * 1 + 5 * 3}
+    assert r["ci"][0] <= 0.5 <= r["ci"][1] and r["n_episodes"] == 10
+    assert r["generated_tokens"] > 0
+    json.dumps(r)  # JSON-ready
+    results_table([r])
+
+
+def test_sampled_pass_at_k(nano):
+    model, tok = nano
+    r = evaluate(model, tok, "toy-copy", "ood", n_episodes=4, decoding="sampled", k=2, n_samples=3, max_turns=2,
+                 max_new_tokens=4, env_args={"scripted": True})
+    # per problem all samples succeed (even seed) or none (odd): pass@2 == pass@1 == 0.5
+    assert r["n_samples"] == 3 and r["success_rate"] == 0.5 and r["pass_at_k"] == 0.5
+    with pytest.raises(ValueError, match="sampled"):
+        evaluate(model, tok, "toy-copy", "id", n_episodes=2, k=4)

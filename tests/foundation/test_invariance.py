@@ -1,0 +1,145 @@
+"""Gradients do not depend on micro-batching, accumulation or data-parallel sharding.
+
+The real model forward on packed batches of sequences of different lengths, through the
+trainer's own pieces (`pack_micro_batches`, `step_normalizer`, `accumulate_gradients`).
+float64 so that the comparison at 1e-6 tests the arithmetic, not rounding.
+"""
+
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+
+from postlab.data.records import Encoded
+from postlab.objectives import AGGREGATION_MODES, get_objective
+from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, pack_micro_batches, shard_for_rank,
+                                     step_normalizer)
+
+N_SEQS = 8
+
+
+def make_sequences(vocab: int, seed: int = 0) -> list[Encoded]:
+    """8 sequences of lengths 4..19, prompt tokens masked, different record weights."""
+    g = torch.Generator().manual_seed(seed)
+    seqs = []
+    for i in range(N_SEQS):
+        n = int(torch.randint(4, 20, (1,), generator=g))
+        ids = torch.randint(10, vocab, (n,), generator=g).tolist()
+        prompt = int(torch.randint(1, n - 1, (1,), generator=g))
+        seqs.append(Encoded(ids, [0] * prompt + [1] * (n - prompt), weight=0.5 + 0.25 * i))
+    assert len({len(s) for s in seqs}) > 3 and len({sum(s.loss_mask) for s in seqs}) > 3
+    return seqs
+
+
+def make_model(char_tokenizer):
+    from postlab.models import init_model
+
+    return init_model("nano", char_tokenizer, seed=0).double().train()
+
+
+def grads(model, seqs, micro: int, objective: str, mode: str) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    batches = pack_micro_batches(seqs, micro)
+    norm = step_normalizer(batches, constant=16.0)
+    accumulate_gradients(model, batches, get_objective(objective), {}, mode, norm)
+    all_reduce_gradients(model)
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def assert_same(a, b, what):
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=0, msg=what)
+
+
+@pytest.mark.parametrize("objective", ["nll", "weighted_nll", "dft"])
+@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+def test_accumulation_invariance(char_tokenizer, mode, objective):
+    model = make_model(char_tokenizer)
+    seqs = make_sequences(len(char_tokenizer))
+    full = grads(model, seqs, 8, objective, mode)  # batch 8 x accumulation 1
+    assert sum(g.abs().sum() for g in full) > 0
+    for micro in (1, 2, 4):  # batch 1 x accumulation 8, 2 x 4, 4 x 2
+        assert_same(full, grads(model, seqs, micro, objective, mode), f"{mode}/{objective}: micro {micro} vs 8")
+
+
+def test_modes_really_differ(char_tokenizer):
+    """Sanity check that the invariance above is not vacuous: the modes give different gradients."""
+    model = make_model(char_tokenizer)
+    seqs = make_sequences(len(char_tokenizer))
+    g = {m: grads(model, seqs, 8, "nll", m) for m in AGGREGATION_MODES}
+    for a in AGGREGATION_MODES:
+        for b in AGGREGATION_MODES:
+            if a < b:
+                assert not torch.allclose(g[a][0], g[b][0], atol=1e-6), (a, b)
+
+
+# ------------------------------------------------------------------------------ data parallel
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from postlab.models import build_tokenizer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        tok = build_tokenizer([], "char")
+        model = make_model(tok)
+        seqs = make_sequences(len(tok))
+        for mode in AGGREGATION_MODES:
+            # Each rank holds half of the sequences, in micro-batches of 2 (accumulation 2).
+            g = grads(model, shard_for_rank(seqs, rank, world_size), 2, "nll", mode)
+            if rank == 0:
+                torch.save(g, os.path.join(out_dir, f"{mode}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_sharding_equivalence(char_tokenizer):
+    """2 gloo processes, half the sequences each, all-reduced counts and summed gradients ==
+    one process with all 8 sequences, for every aggregation mode."""
+    import torch.multiprocessing as mp
+
+    model = make_model(char_tokenizer)
+    seqs = make_sequences(len(char_tokenizer))
+    with tempfile.TemporaryDirectory() as out:
+        mp.spawn(_dp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        for mode in AGGREGATION_MODES:
+            dp = torch.load(os.path.join(out, f"{mode}.pt"))
+            assert_same(grads(model, seqs, 8, "nll", mode), dp, f"data parallel {mode}")
+
+
+def test_row_layout_matches_single_packed_row(char_tokenizer, monkeypatch):
+    """Long packed batches run as several rows (forward.ROW_TOKENS): same log-probs and gradients
+    as one packed row and as each sequence on its own."""
+    from postlab.data.batching import pack
+    from postlab.models import forward
+
+    g = torch.Generator().manual_seed(1)
+    seqs = [Encoded(torch.randint(10, len(char_tokenizer), (n,), generator=g).tolist(), [0] * 3 + [1] * (n - 3))
+            for n in torch.randint(5, 40, (24,), generator=g).tolist()]
+    model = make_model(char_tokenizer)
+    batch = pack(seqs)
+    monkeypatch.setattr(forward, "ROW_TOKENS", 64)
+    row, col, n_rows = forward.row_layout(batch.seq_lengths.tolist(), forward.row_width(batch))
+    assert n_rows > 1 and batch.num_tokens > 2 * forward.row_width(batch)
+    rows = forward.token_outputs(model, batch, want_entropy=True)
+    g_rows = torch.autograd.grad(rows.logp.sum(), list(model.parameters()))
+    monkeypatch.setattr(forward, "ROW_TOKENS", 10**9)
+    single = forward.token_outputs(model, batch, want_entropy=True)
+    g_single = torch.autograd.grad(single.logp.sum(), list(model.parameters()))
+    alone = torch.cat([forward.token_outputs(model, pack([s])).logp for s in seqs])
+    torch.testing.assert_close(rows.logp, single.logp, atol=1e-10, rtol=0)
+    torch.testing.assert_close(rows.logp, alone, atol=1e-10, rtol=0)
+    torch.testing.assert_close(rows.entropy, single.entropy, atol=1e-10, rtol=0)
+    assert_same(g_rows, g_single, "row layout gradients")

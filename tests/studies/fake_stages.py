@@ -1,0 +1,54 @@
+"""Cheap stand-in stage kinds for runner tests (kind: fake_stages:NAME)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+def _log(ctx, what: str) -> None:
+    log = os.environ.get("FAKE_STAGE_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write(json.dumps({"seed": ctx.seed, "stage": ctx.stage.name, "what": what}) + "\n")
+
+
+def train(ctx) -> dict:
+    """A 'trainer' that checkpoints every step into run/ckpt.json and resumes from it."""
+    data = ctx.spec.get("data") or {}
+    steps, sleep = int(data.get("steps", 3)), float(data.get("sleep", 0.0))
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    ck = ctx.run_dir / "ckpt.json"
+    step = json.loads(ck.read_text())["step"] if ck.exists() else 0
+    _log(ctx, f"start@{step}")
+    parent = ctx.inputs[0]["value"] if ctx.inputs else 0.0
+    while step < steps:
+        time.sleep(sleep)
+        step += 1
+        tmp = ck.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"step": step}))
+        tmp.replace(ck)
+    value = parent + float(data.get("gain", 0.1))
+    (ctx.run_dir / "final").mkdir(exist_ok=True)
+    return {"checkpoint": "run/final", "value": value, "steps": steps,
+            "checkpoints": [{"step": s, "path": "run/final", "tokens_trained": 100 * s, "tokens_generated": 10 * s,
+                             "flops": 6e3 * s} for s in range(1, steps + 1)],
+            "compute": {"params": 10, "tokens_trained": 100 * steps, "tokens_generated": 10 * steps}}
+
+
+def evaluate(ctx) -> dict:
+    """An 'eval' whose success per split is derived from the input's value (and the seed)."""
+    _log(ctx, "eval")
+    src = ctx.inputs[0]
+    splits = ctx.spec.get("splits") or ["id", "ood"]
+    offsets = (ctx.spec.get("data") or {}).get("offsets", {})
+    points = []
+    for p in src.get("checkpoints") or [{"step": 0, "flops": 0.0}]:
+        frac = p["step"] / max(1, src.get("steps", 1))
+        res = {s: {"success_rate": min(1.0, max(0.0, src["value"] * frac + offsets.get(s, 0.0) + 0.01 * ctx.seed)),
+                   "ci": [0.0, 1.0]} for s in splits}
+        points.append({"step": p["step"], "flops": p["flops"], "results": res})
+    return {"splits": splits, "points": points, "success": {s: points[-1]["results"][s]["success_rate"] for s in splits},
+            "compute": {"params": 10, "tokens_generated": 50}}

@@ -1,0 +1,52 @@
+"""pretrain -> sft -> eval with real (nano) trainers on a toy env: plumbing, compute, resume."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "eval"))
+
+import toy_env  # noqa: E402,F401 - registers toy-copy
+
+from postlab.studies import StudyRunner, resolve  # noqa: E402
+
+RUN = {"tensorboard": False, "progress": False, "device": "cpu"}
+STUDY = {
+    "name": "real", "env": "toy-copy",
+    "defaults": {"*": {"config": {"run": RUN, "batch": {"sequences_per_step": 8, "micro_batch_sequences": 8},
+                                  "eval": {"max_examples": 4}}}},
+    "stages": {
+        "base": {"kind": "pretrain", "data": {"n": 64},
+                 "config": {"model": {"preset": "nano"}, "run": {"max_steps": 4}}},
+        "warm": {"kind": "sft", "after": "base", "data": {"n": 32}, "config": {"run": {"max_steps": 4, "save_every": 2}}},
+        "eval-warm": {"kind": "eval", "after": "warm", "splits": ["id", "ood"], "points": "all",
+                      "eval": {"n_episodes": 4, "max_new_tokens": 4}},
+    },
+    "report": {"tables": [{"title": "final", "rows": {"warm-up": "eval-warm"}, "splits": {"ID": "id", "OOD": "ood"}}]},
+}
+
+
+def test_pretrain_sft_eval_and_trainer_resume(tmp_path):
+    runner = StudyRunner(resolve(STUDY), tmp_path)
+    res = runner.run()[0]
+    base, warm, ev = res["base"], res["warm"], res["eval-warm"]
+    assert base["compute"]["tokens_trained"] > 0 and base["compute"]["params"] > 1000
+    assert warm["compute"]["flops"] == 6 * warm["compute"]["params"] * warm["compute"]["tokens_trained"]
+    assert [p["step"] for p in warm["checkpoints"]] == [2, 4]
+    assert [p["step"] for p in ev["points"]] == [2, 4]  # points: all
+    assert ev["points"][0]["flops"] < ev["points"][1]["flops"] == warm["compute"]["flops"]
+    assert set(ev["success"]) == {"id", "ood"} and ev["compute"]["tokens_generated"] > 0
+    # simulate a kill of the sft stage after its step-2 checkpoint: it resumes from it
+    wdir = runner.plan()[0]["warm"]
+    for name in ("DONE", "result.json"):
+        (wdir / name).unlink()
+    shutil.rmtree(wdir / "run" / "final")
+    shutil.rmtree(wdir / "run" / "checkpoints" / "step_000004")
+    r2 = StudyRunner(resolve(STUDY), tmp_path)
+    res2 = r2.run()[0]
+    assert r2.calls == [(0, "warm")]  # eval-warm's hash is unchanged: its cached result stands
+    assert res2["warm"]["compute"]["resumed"] is True
+    assert res2["warm"]["compute"]["tokens_trained"] == warm["compute"]["tokens_trained"]  # bit-identical data order
+    metrics = [json.loads(x) for x in (wdir / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if m["kind"] == "train"] == [1, 2, 3, 4]

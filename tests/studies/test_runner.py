@@ -1,0 +1,128 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from postlab.config import ConfigError
+from postlab.studies import StudyRunner, load_study, resolve
+
+STUDY = {
+    "name": "toy",
+    "seeds": 1,
+    "stages": {
+        "base": {"kind": "fake_stages:train", "data": {"steps": 2, "gain": 0.2}},
+        "warm": {"kind": "fake_stages:train", "after": "base", "data": {"steps": 2, "gain": 0.1}},
+        "sft": {"kind": "fake_stages:train", "after": "warm", "data": {"steps": 3, "gain": -0.1}},
+        "rl": {"kind": "fake_stages:train", "after": "warm", "data": {"steps": 3, "gain": 0.2}},
+        "eval-warm": {"kind": "fake_stages:evaluate", "after": "warm"},
+        "eval-sft": {"kind": "fake_stages:evaluate", "after": "sft"},
+        "eval-rl": {"kind": "fake_stages:evaluate", "after": "rl"},
+    },
+    "presets": {"demo": {"stages": {"rl": {"data": {"steps": 1}}}}},
+}
+
+
+def _run(data, out, preset=None, seeds=None, overrides=None, tmp=None):
+    path = Path(tmp or out) / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    runner = StudyRunner(load_study(str(path), preset=preset, seeds=seeds, overrides=overrides), out)
+    runner.run()
+    return runner
+
+
+def test_cache_reruns_nothing_then_exactly_the_dependents(tmp_path):
+    out = tmp_path / "runs"
+    r1 = _run(STUDY, out, tmp=tmp_path)
+    assert [s for _, s in r1.calls] == ["base", "warm", "sft", "rl", "eval-warm", "eval-sft", "eval-rl"] or \
+        set(s for _, s in r1.calls) == set(STUDY["stages"])
+    r2 = _run(STUDY, out, tmp=tmp_path)
+    assert r2.calls == []
+    # change one value of the rl stage: only rl and its evaluation rerun
+    r3 = _run(STUDY, out, tmp=tmp_path, overrides=["stages.rl.data.gain=0.3"])
+    assert sorted(s for _, s in r3.calls) == ["eval-rl", "rl"]
+    # change the warm-up: everything downstream of it, nothing upstream
+    r4 = _run(STUDY, out, tmp=tmp_path, overrides=["stages.warm.data.steps=3"])
+    assert sorted(s for _, s in r4.calls) == sorted(["warm", "sft", "rl", "eval-warm", "eval-sft", "eval-rl"])
+    # a label is presentation only; a new seed runs everything for that seed only
+    r5 = _run(STUDY, out, tmp=tmp_path, overrides=["stages.sft.label=SFT"])
+    assert r5.calls == []
+    r6 = _run(STUDY, out, tmp=tmp_path, seeds=2)
+    assert {seed for seed, _ in r6.calls} == {1} and len(r6.calls) == len(STUDY["stages"])
+    # presets are override layers: demo changes rl only
+    r7 = _run(STUDY, out, tmp=tmp_path, preset="demo")
+    assert r7.root.name == "demo" and len(r7.calls) == len(STUDY["stages"])
+    r8 = _run(STUDY, out, tmp=tmp_path, preset="demo")
+    assert r8.calls == []
+    # DONE marker, result and manifest
+    d = r1.plan()[0]["rl"]
+    assert (d / "DONE").exists() and json.loads((d / "result.json").read_text())["compute"]["flops"] == \
+        6 * 10 * 300 + 2 * 10 * 30
+    manifest = json.loads((r1.root / "study.json").read_text())
+    assert manifest["dirs"]["0"]["rl"].startswith("seed_0/rl-")
+
+
+def test_validation_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown stage 'nope'"):
+        resolve({"stages": {"a": {"kind": "eval", "after": "nope"}}})
+    with pytest.raises(ConfigError, match="cycle"):
+        resolve({"stages": {"a": {"kind": "eval", "after": "b"}, "b": {"kind": "eval", "after": "a"}}})
+    with pytest.raises(ConfigError, match="unknown kind 'trian'"):
+        resolve({"stages": {"a": {"kind": "trian"}}})
+    with pytest.raises(ConfigError, match="unknown field 'confg'.*config"):
+        resolve({"stages": {"a": {"kind": "sft", "confg": {}}}})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump(STUDY))
+        load_study(str(tmp_path / "s.yaml"), preset="paper")
+    with pytest.raises(ConfigError, match="unknown study"):
+        load_study("no-such-study")
+
+
+def test_disabled_stage_disables_dependents_and_defaults_merge():
+    data = {"env": "x", "defaults": {"*": {"style": "compact"}, "sft": {"config": {"optim": {"lr": 0.1}}}},
+            "stages": {"a": {"kind": "sft", "config": {"run": {"max_steps": 3}}},
+                       "b": {"kind": "sft", "after": "a", "enabled": False},
+                       "c": {"kind": "eval", "after": "b"}, "d": {"kind": "eval", "after": "a"}}}
+    st = resolve(data)
+    assert list(st.stages) == ["a", "d"]
+    assert st.stages["a"].spec["config"] == {"optim": {"lr": 0.1}, "run": {"max_steps": 3}}
+    assert st.stages["a"].spec["env"] == "x" and st.stages["d"].spec["style"] == "compact"
+
+
+def test_killed_study_resumes(tmp_path):
+    data = dict(STUDY)
+    data["stages"] = {"base": {"kind": "fake_stages:train", "data": {"steps": 2}},
+                      "long": {"kind": "fake_stages:train", "after": "base", "data": {"steps": 40, "sleep": 0.05}},
+                      "eval": {"kind": "fake_stages:evaluate", "after": "long"}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    log = tmp_path / "log.jsonl"
+    env = {**os.environ, "FAKE_STAGE_LOG": str(log), "COLUMNS": "200",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "postlab.cli.main", "study", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "runs"),
+           "--no-report"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    runs = tmp_path / "runs" / "toy" / "default" / "seed_0"
+    deadline = time.time() + 30
+    while time.time() < deadline:  # wait until the long stage has checkpointed a few steps
+        ck = list(runs.glob("long-*/run/ckpt.json")) if runs.exists() else []
+        if ck and json.loads(ck[0].read_text())["step"] >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    long_dir = next(runs.glob("long-*"))
+    assert not (long_dir / "DONE").exists() and (next(runs.glob("base-*")) / "DONE").exists()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    starts = [e["what"] for e in events if e["stage"] == "long"]
+    assert starts[0] == "start@0" and starts[1].startswith("start@") and int(starts[1][6:]) >= 5  # resumed
+    assert [e["stage"] for e in events].count("base") == 1  # the finished stage was not rerun
+    assert (long_dir / "DONE").exists()
+    assert json.loads((long_dir / "result.json").read_text())["compute"]["resumed"] is True
+    assert "final success" in out.stderr + out.stdout

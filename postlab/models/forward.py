@@ -25,6 +25,19 @@ class TokenOutputs:
 ROW_TOKENS = 256
 
 
+def outputs_from_logits(logits: torch.Tensor, targets: torch.Tensor, want_logits: bool = False,
+                        want_entropy: bool = False, hidden: torch.Tensor | None = None) -> TokenOutputs:
+    """Per-target log-probs (and optionally logits, detached entropy) from [n, V] logits."""
+    logits = logits.float()
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
+    entropy = None
+    if want_entropy:
+        with torch.no_grad():
+            entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return TokenOutputs(logp=logp, logits=logits if want_logits else None, entropy=entropy, hidden=hidden)
+
+
 def row_width(batch: PackedBatch) -> int:
     return max(ROW_TOKENS, int(batch.seq_lengths.max()))
 
@@ -79,14 +92,8 @@ def _rows_token_outputs(model, batch: PackedBatch, want_logits: bool, want_entro
     shift = torch.tensor([row[i] * width + col[i] - offsets[i] for i in range(len(lengths))], device=device)
     index = batch.target_index + shift[batch.seq_idx]
     hidden = model.model(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
-    logits = model.lm_head(hidden.reshape(-1, hidden.shape[-1])[index]).float()  # [n, V]
-    logz = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, batch.targets[:, None]).squeeze(-1) - logz
-    entropy = None
-    if want_entropy:
-        with torch.no_grad():
-            entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return TokenOutputs(logp=logp, logits=logits if want_logits else None, entropy=entropy)
+    logits = model.lm_head(hidden.reshape(-1, hidden.shape[-1])[index])  # [n, V]
+    return outputs_from_logits(logits, batch.targets, want_logits, want_entropy)
 
 
 def token_outputs(model, batch: PackedBatch, want_logits: bool = False, want_entropy: bool = False,
@@ -102,13 +109,5 @@ def token_outputs(model, batch: PackedBatch, want_logits: bool = False, want_ent
         return _rows_token_outputs(model, batch, want_logits, want_entropy)
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
                 logits_to_keep=batch.target_index, output_hidden_states=want_hidden)
-    logits = out.logits[0].float()  # [n, V]
-    logz = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, batch.targets[:, None]).squeeze(-1) - logz
-    entropy = None
-    if want_entropy:
-        with torch.no_grad():
-            probs = torch.softmax(logits, dim=-1)
-            entropy = logz - (probs * logits).sum(-1)
-    return TokenOutputs(logp=logp, logits=logits if want_logits else None, entropy=entropy,
-                        hidden=out.hidden_states[-1] if want_hidden else None)
+    return outputs_from_logits(out.logits[0], batch.targets, want_logits, want_entropy,
+                               hidden=out.hidden_states[-1] if want_hidden else None)

@@ -148,10 +148,17 @@ _text = st.one_of(st.text(max_size=300), st.text(alphabet=ALPHABET, max_size=300
 @_settings
 @given(_text)
 def test_hypothesis_verifiers(text):
-    for fn in VERIFIERS.values():
-        t = time.perf_counter()
-        fn(text)
-        assert time.perf_counter() - t < MAX_CALL_SECONDS
+    for name, fn in VERIFIERS.items():
+        # Best of 3 timings: a GC pause or a descheduled core must not fail the test, a
+        # genuinely slow input (slow on every try) still does.
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            fn(text)
+            best = min(best, time.perf_counter() - t)
+            if best < MAX_CALL_SECONDS:
+                break
+        assert best < MAX_CALL_SECONDS, (name, text[:80], best)
 
 
 @_settings

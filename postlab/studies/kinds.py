@@ -26,17 +26,21 @@ TRAIN_SEED_STRIDE = 100_003
 
 
 def _env(spec: dict, split: str | None = None, max_turns: int | None = None):
-    from postlab.envs import make
+    from postlab.envs import ENV_REGISTRY, make
 
     kwargs = dict(spec.get("env_args") or {})
     turns = max_turns if max_turns is not None else spec.get("max_turns")
     if turns is not None:
         kwargs["max_turns"] = turns
-    return make(spec["env"], split=split or spec.get("split", "id"), style=spec.get("style", "compact"), **kwargs)
+    # A stage without a split (e.g. base pre-training) uses the env's first split: split names
+    # are per environment (biographies has no 'id').
+    cls = ENV_REGISTRY.get(spec["env"])
+    split = split or spec.get("split") or (cls.splits[0] if cls else "id")
+    return make(spec["env"], split=split, style=spec.get("style", "compact"), **kwargs)
 
 
 def base_corpus_records(spec: dict, n: int, seed: int) -> list[dict]:
-    env = _env(spec, split=spec.get("split", "id"))
+    env = _env(spec)
     texts = env.base_corpus(n, seed=seed)
     if not texts:
         raise ValueError(f"environment {spec['env']!r} has no base corpus (base_corpus returned nothing)")

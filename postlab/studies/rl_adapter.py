@@ -26,8 +26,11 @@ def train_rl_stage(ctx):
     model = data.setdefault("model", {})
     model["path"], model["preset"] = str(ctx.input_checkpoint(0)), None
     env = data.setdefault("env", {})
-    wanted = {"name": spec.get("env"), "split": spec.get("split", "id"), "style": spec.get("style"),
-              "max_turns": spec.get("max_turns"), "kwargs": spec.get("env_args")}
+    split = spec.get("split", "id")
+    # The trainer's own periodic eval runs on the training split unless the stage names others:
+    # split names are per environment (biographies has no 'id'); the study's eval stages do the ID/OOD evaluation.
+    wanted = {"name": spec.get("env"), "split": split, "style": spec.get("style"),
+              "max_turns": spec.get("max_turns"), "kwargs": spec.get("env_args"), "eval_splits": [split]}
     for k, v in wanted.items():
         if v is not None:
             env.setdefault(k, v)

@@ -69,20 +69,24 @@ def validate_record(rec: object, where: str = "record") -> dict:
     return rec
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed object) for each non-blank line; DataError names file:line on bad JSON."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file does not exist")
-    records = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            records.append(validate_record(rec, f"{path}:{lineno}"))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    records = [validate_record(rec, f"{path}:{lineno}") for lineno, rec in iter_jsonl(path)]
     if not records:
         raise DataError(f"{path}: no records (empty dataset)")
     return records

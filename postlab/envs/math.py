@@ -25,7 +25,6 @@ if the extracted answer matches (exact, numeric, then `math-verify` if installed
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -184,26 +183,25 @@ class MathJSONL(Env):
 
     @staticmethod
     def _load(path: Path) -> list[dict]:
-        if not path.exists():
-            raise ValueError(f"math-jsonl: {path} does not exist")
+        from postlab.data.records import DataError, iter_jsonl
+
         items = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"math-jsonl: {path}:{lineno}: malformed JSON ({e.msg})") from None
-                prob = next((rec[k] for k in FIELD_NAMES[0] if isinstance(rec.get(k), str)), None)
-                sol = next((rec[k] for k in FIELD_NAMES[1] if isinstance(rec.get(k), str)), None)
-                gold = rec["answer"] if isinstance(rec.get("answer"), str) else (last_boxed(sol) if sol else None)
-                if prob is None or gold is None:
-                    raise ValueError(f"math-jsonl: {path}:{lineno}: need a problem ({'/'.join(FIELD_NAMES[0])}) and a "
-                                     "solution with \\boxed{} or an 'answer' field")
-                if sol is None or last_boxed(sol) is None:  # make the expert end in the format asked for
-                    sol = (sol + "\n" if sol else "") + f"The answer is \\boxed{{{gold}}}."
-                items.append({"problem": prob, "solution": sol, "answer": gold.strip()})
+        try:
+            lines = list(iter_jsonl(path))
+        except DataError as e:
+            raise ValueError(f"math-jsonl: {e}") from None
+        for lineno, rec in lines:
+            if not isinstance(rec, dict):
+                raise ValueError(f"math-jsonl: {path}:{lineno}: expected a JSON object")
+            prob = next((rec[k] for k in FIELD_NAMES[0] if isinstance(rec.get(k), str)), None)
+            sol = next((rec[k] for k in FIELD_NAMES[1] if isinstance(rec.get(k), str)), None)
+            gold = rec["answer"] if isinstance(rec.get("answer"), str) else (last_boxed(sol) if sol else None)
+            if prob is None or gold is None:
+                raise ValueError(f"math-jsonl: {path}:{lineno}: need a problem ({'/'.join(FIELD_NAMES[0])}) and a "
+                                 "solution with \\boxed{} or an 'answer' field")
+            if sol is None or last_boxed(sol) is None:  # make the expert end in the format asked for
+                sol = (sol + "\n" if sol else "") + f"The answer is \\boxed{{{gold}}}."
+            items.append({"problem": prob, "solution": sol, "answer": gold.strip()})
         if not items:
             raise ValueError(f"math-jsonl: {path} has no records")
         return items

@@ -6,7 +6,6 @@ float64 so that the comparison at 1e-6 tests the arithmetic, not rounding.
 """
 
 import os
-import socket
 import tempfile
 
 import pytest
@@ -78,20 +77,15 @@ def test_modes_really_differ(char_tokenizer):
 # ------------------------------------------------------------------------------ data parallel
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def _dp_worker(rank: int, world_size: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     from postlab.models import build_tokenizer
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # A file rendezvous instead of a TCP port: no race for a "free" port between processes.
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank,
+                            world_size=world_size)
     try:
         tok = build_tokenizer([], "char")
         model = make_model(tok)
@@ -101,6 +95,7 @@ def _dp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             g = grads(model, shard_for_rank(seqs, rank, world_size), 2, "nll", mode)
             if rank == 0:
                 torch.save(g, os.path.join(out_dir, f"{mode}.pt"))
+        dist.barrier()  # neither rank tears the group down while the other is still in a collective
     finally:
         dist.destroy_process_group()
 
@@ -113,7 +108,7 @@ def test_data_parallel_sharding_equivalence(char_tokenizer):
     model = make_model(char_tokenizer)
     seqs = make_sequences(len(char_tokenizer))
     with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_dp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        mp.spawn(_dp_worker, args=(2, out), nprocs=2, join=True)
         for mode in AGGREGATION_MODES:
             dp = torch.load(os.path.join(out, f"{mode}.pt"))
             assert_same(grads(model, seqs, 8, "nll", mode), dp, f"data parallel {mode}")

@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/postlab study sft-vs-rl --preset demo
 
 test: setup
-	$(BIN)/python -m pytest -x -q tests
+	$(BIN)/python -m pytest -x tests
 
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]"

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-import postlab.envs.toy  # noqa: F401  (registers the `toy` env)
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.envs.base import make
 from postlab.models.io import load_model, pick_device, save_pretrained_atomic

@@ -13,7 +13,10 @@ reaching the target). It mixes, in plain lines:
   four suits ("rule J=11 Q=12 K=13 | Q♥ is 12", "Under the rule J=Q=K=10, the king of hearts
   counts as 10.");
 - card reading: a hand under a rule and its numbers ("rule J=11 Q=12 K=13 | cards K♠ 3♥ 8♦ A♣
-  are 13 3 8 1"), never with a formula.
+  are 13 3 8 1");
+- card arithmetic under both rules: 2-4 cards and a random expression over their values
+  ("rule J=11 Q=12 K=13 | cards K♠ 3♥ 8♦ | 13*3-8=31"), so the rule is used inside formulas.
+  A 4-card expression equal to the target is never included.
 """
 
 from __future__ import annotations
@@ -49,23 +52,45 @@ def _binary_fact(rng: random.Random) -> str:
     return f"{a}{op}{b}={format_fraction(Fraction(value))}"
 
 
-def _expression(rng: random.Random, target: int) -> str:
+def _random_expression(rng: random.Random, values: list[int]) -> tuple[Fraction, str]:
+    """A random bracketed expression using each of `values` once, and its exact value."""
     from postlab.envs.gp_solver import _join  # the solver's printer: same bracket conventions as answers
 
+    items = [(Fraction(v), str(v), 3) for v in values]
+    while len(items) > 1:
+        i, j = rng.sample(range(len(items)), 2)
+        a, b = items[i], items[j]
+        op = rng.choice([op for op in "+-*/" if op != "/" or b[0] != 0])
+        value = {"+": a[0] + b[0], "-": a[0] - b[0], "*": a[0] * b[0], "/": a[0] / b[0] if b[0] else 0}[op]
+        items = [x for n, x in enumerate(items) if n not in (i, j)] + [(value, *_join(a[1:], op, b[1:]))]
+    return items[0][0], items[0][1]
+
+
+def _expression(rng: random.Random, target: int) -> str:
     while True:
         k = rng.choice((2, 3, 3, 4))
-        items = [(Fraction(v), str(v), 3) for v in (rng.randint(1, 13) for _ in range(k))]
-        while len(items) > 1:
-            i, j = rng.sample(range(len(items)), 2)
-            a, b = items[i], items[j]
-            op = rng.choice([op for op in "+-*/" if op != "/" or b[0] != 0])
-            value = {"+": a[0] + b[0], "-": a[0] - b[0], "*": a[0] * b[0], "/": a[0] / b[0] if b[0] else 0}[op]
-            c = (value, *_join(a[1:], op, b[1:]))
-            items = [x for n, x in enumerate(items) if n not in (i, j)] + [c]
-        value, text, _ = items[0]
+        value, text = _random_expression(rng, [rng.randint(1, 13) for _ in range(k)])
         if k == 4 and value == target:  # a 4-card solution is the ID task itself: never shown
             continue
         return f"{text}={format_fraction(value)}"
+
+
+def _card_expression(rng: random.Random, target: int) -> str:
+    """Cards under a stated rule, then arithmetic over their values (the rule used inside a formula).
+
+    This is what makes rule OOD reachable for a from-scratch model: both rules appear in front of
+    formulas, so "K under J=11 Q=12 K=13" is 13 in arithmetic, not only in a sentence. Never a
+    4-card expression equal to the target (that would be an episode of the task)."""
+    while True:
+        face, k = rng.choice((10, 11)), rng.choice((2, 3, 3, 4))
+        ranks = [rng.randint(1, 13) for _ in range(k)]
+        if rng.random() < 0.6:  # most exercises involve a face card, where the rules differ
+            ranks[rng.randrange(k)] = rng.randint(11, 13)
+        value, text = _random_expression(rng, [_value(r, face) for r in ranks])
+        if k == 4 and value == target:
+            continue
+        cards = " ".join(f"{_name(r)}{rng.choice(list(_SUITS))}" for r in ranks)
+        return f"{_RULES[face]} | cards {cards} | {text}={format_fraction(value)}"
 
 
 def _card_fact(rng: random.Random) -> str:
@@ -94,7 +119,9 @@ def _rule_sentence(rng: random.Random) -> str:
     ])
 
 
-_MIX = ((0.35, _expression), (0.2, _binary_fact), (0.25, _card_fact), (0.15, _hand_reading), (0.05, _rule_sentence))
+_MIX = ((0.25, _expression), (0.15, _binary_fact), (0.2, _card_fact), (0.1, _hand_reading), (0.25, _card_expression),
+        (0.05, _rule_sentence))
+_TAKES_TARGET = (_expression, _card_expression)
 
 
 def gp_base_corpus(n: int, seed: int = 0, target: int = 24) -> list[str]:
@@ -108,6 +135,6 @@ def gp_base_corpus(n: int, seed: int = 0, target: int = 24) -> list[str]:
         for p, fn in _MIX:
             acc += p
             if r < acc or fn is _MIX[-1][1]:
-                out.append(fn(rng, target) if fn is _expression else fn(rng))
+                out.append(fn(rng, target) if fn in _TAKES_TARGET else fn(rng))
                 break
     return out

@@ -199,9 +199,11 @@ def compute_table(run: dict) -> dict:
     for stage in run["stages"]:
         agg = {k: 0.0 for k in tot}
         n = 0
-        for seed in run["results"].values():
-            r = seed.get(stage)
-            if r:
+        seen = set()  # a shared stage appears under every seed but ran once
+        for seed, res in run["results"].items():
+            r = res.get(stage)
+            if r and run["dirs"][seed][stage] not in seen:
+                seen.add(run["dirs"][seed][stage])
                 n += 1
                 for k in agg:
                     agg[k] += float(r["compute"].get(k, 0))
@@ -211,7 +213,7 @@ def compute_table(run: dict) -> dict:
                      f"{int(agg['tokens_generated']):,}", f"{agg['flops']:.3g}", f"{agg['wall_time_s']:.0f}"])
     rows.append(["total", "", "", f"{int(tot['tokens_trained']):,}", f"{int(tot['tokens_generated']):,}",
                  f"{tot['flops']:.3g}", f"{tot['wall_time_s']:.0f}"])
-    return {"title": "compute per stage (summed over seeds; FLOPs ≈ 6·N·D_train + 2·N·D_gen)",
+    return {"title": "compute per stage (summed over the seeds it ran for; FLOPs ≈ 6·N·D_train + 2·N·D_gen)",
             "header": ["stage", "kind", "seeds", "tokens trained", "tokens generated", "FLOPs", "wall time (s)"],
             "rows": rows}
 

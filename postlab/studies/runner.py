@@ -4,8 +4,9 @@ Layout::
 
     OUT/NAME/PRESET/
       study.json                 resolved study, seeds, and per seed: stage -> directory
+      shared/base-3f2a9c1b0d4e/  a stage with `shared: true` runs once (first seed) for every seed
       seed_0/
-        base-3f2a9c1b0d4e/       one directory per stage: NAME-HASH
+        warmup-3f2a9c1b0d4e/     one directory per stage: NAME-HASH
           run/                   the trainer's run directory (checkpoints, metrics.jsonl, final/)
           result.json            what the stage produced (checkpoint, compute, eval results)
           DONE                   written last, atomically: the stage is complete
@@ -88,11 +89,16 @@ class StudyRunner:
             hashes: dict[str, str] = {}
             dirs = {}
             for name, st in self.study.stages.items():
-                h = stage_hash(st, seed, [hashes[d] for d in st.after])
+                shared = self.study.is_shared(name)
+                h = stage_hash(st, self.stage_seed(name, seed), [hashes[d] for d in st.after])
                 hashes[name] = h
-                dirs[name] = self.root / f"seed_{seed}" / f"{name}-{h}"
+                dirs[name] = self.root / ("shared" if shared else f"seed_{seed}") / f"{name}-{h}"
             plan[seed] = dirs
         return plan
+
+    def stage_seed(self, stage: str, seed: int) -> int:
+        """The seed a stage runs with: its study seed, or the first seed for a shared stage."""
+        return self.study.seeds[0] if self.study.is_shared(stage) else seed
 
     def status(self) -> dict[int, dict[str, str]]:
         return {seed: {n: ("done" if (d / "DONE").exists() else "partial" if d.exists() else "todo")
@@ -118,7 +124,7 @@ class StudyRunner:
             results[seed] = {}
             for name, st in self.study.stages.items():
                 i += 1
-                results[seed][name] = self.run_stage(st, seed, dirs[name], [results[seed][d] for d in st.after],
+                results[seed][name] = self.run_stage(st, self.stage_seed(name, seed), dirs[name], [results[seed][d] for d in st.after],
                                                      [dirs[d] for d in st.after], f"[{i}/{total}]")
         return results
 

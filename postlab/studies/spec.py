@@ -24,7 +24,9 @@ Stage fields: ``kind`` (pretrain | sft | rl | eval, or ``module:function`` for a
 ``after`` (a stage name or list; the first one is the model input), ``enabled`` (false drops the
 stage and every stage that depends on it), ``env``, ``env_args``, ``style``, ``split``, ``splits``,
 ``data``, ``config`` (the trainer's config overrides), ``eval`` (evaluation options),
-``points`` (eval: ``final`` or ``all`` checkpoints along training), ``max_turns``.
+``points`` (eval: ``final`` or ``all`` checkpoints along training), ``max_turns``, ``shared``
+(true: run once with the first seed and reuse the result for every seed, as the papers start every
+seed from one pre-trained model; only for stages whose inputs are shared too).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from postlab.config import ConfigError, _deep_merge, _suggest, apply_override, p
 
 BUILTIN_KINDS = ("pretrain", "sft", "rl", "eval")
 STAGE_FIELDS = ("kind", "after", "enabled", "env", "env_args", "style", "split", "splits", "data", "config", "eval",
-                "points", "max_turns", "label")
+                "points", "max_turns", "label", "shared")
 TOP_FIELDS = ("name", "description", "paper", "seeds", "env", "defaults", "stages", "presets", "report")
 STUDY_DIR = Path(__file__).resolve().parents[2] / "configs" / "studies"
 
@@ -60,6 +62,9 @@ class Study:
     stages: dict[str, Stage]  # topological order
     raw: dict  # the resolved study mapping (after presets and overrides)
     source: str
+
+    def is_shared(self, stage: str) -> bool:
+        return bool(self.stages[stage].spec.get("shared"))
 
     @property
     def report(self) -> dict:
@@ -137,6 +142,13 @@ def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds
         for dep in st["after"]:
             if dep not in stages:
                 raise ConfigError(f"{source}: stages.{sname}.after: unknown stage {dep!r}.{_suggest(dep, list(stages))}")
+        if not isinstance(st.get("shared", False), bool):
+            raise ConfigError(f"{source}: stages.{sname}.shared must be true or false, got {st['shared']!r}")
+        if st.get("shared"):
+            unshared = [d for d in st["after"] if not stages[d].get("shared")]
+            if unshared:
+                raise ConfigError(f"{source}: stages.{sname} is shared across seeds but its input(s) "
+                                  f"{', '.join(unshared)} are not; mark them shared too or drop 'shared'")
     order = _toposort(stages, source)
     # a disabled stage disables every stage downstream of it
     disabled: set[str] = set()

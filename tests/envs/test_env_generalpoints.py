@@ -3,12 +3,13 @@
 import itertools
 import json
 import random
+import re
 from fractions import Fraction
 
 import pytest
 
 from postlab.envs import make
-from postlab.envs.generalpoints import BLACK, RED, GeneralPoints
+from postlab.envs.generalpoints import BLACK, RED, GeneralPoints, card_value
 from postlab.envs.gp_solver import count_solvable, is_solvable, solutions
 from postlab.verifiers.arith import evaluate
 from postlab.verifiers.generalpoints import score_formula
@@ -159,4 +160,13 @@ def test_base_corpus_teaches_ood_knowledge_but_never_the_task():
             n_numbers = sum(1 for t in lhs.replace("(", " ").replace(")", " ").replace("+", " ").replace("-", " ")
                             .replace("*", " ").replace("/", " ").split())
             assert not (n_numbers == 4 and evaluate(lhs) == 24)  # never a 24-points solution
-        assert "cards" not in line or "=" not in line.split("cards")[1]  # hands never come with a formula
+        if "cards" in line and "=" in line.split("cards")[1]:  # card arithmetic under a stated rule
+            rule, cards, formula = line.split(" | ")
+            face = 11 if rule == "rule J=11 Q=12 K=13" else 10
+            values = sorted(card_value({"A": 1, "J": 11, "Q": 12, "K": 13}.get(c[:-1]) or int(c[:-1]), face)
+                            for c in cards.split()[1:])
+            lhs, rhs = formula.rsplit("=", 1)
+            assert evaluate(lhs) == Fraction(rhs)
+            assert sorted(int(t) for t in re.findall(r"\d+", lhs)) == values  # the rule's values, each card once
+            assert not (len(values) == 4 and evaluate(lhs) == 24)  # never a 24-points solution
+    assert sum("cards" in line and line.count("|") == 2 for line in corpus) > 1000

@@ -67,6 +67,26 @@ def test_cache_reruns_nothing_then_exactly_the_dependents(tmp_path):
     assert manifest["dirs"]["0"]["rl"].startswith("seed_0/rl-")
 
 
+def test_shared_stage_runs_once_for_every_seed(tmp_path):
+    from postlab.studies.report import compute_table, load_run
+
+    data = {**STUDY, "seeds": 3, "stages": {**STUDY["stages"], "base": {**STUDY["stages"]["base"], "shared": True}}}
+    r1 = _run(data, tmp_path / "runs", tmp=tmp_path)
+    runs_of = lambda name: sorted(seed for seed, s in r1.calls if s == name)  # noqa: E731
+    assert runs_of("base") == [0] and runs_of("warm") == [0, 1, 2]
+    plan = r1.plan()
+    assert plan[0]["base"] == plan[2]["base"] and plan[0]["base"].parent.name == "shared"
+    assert plan[0]["warm"] != plan[1]["warm"]
+    # the compute table counts the shared stage once, the per-seed stages three times
+    rows = {r[0]: r for r in compute_table(load_run(r1.root))["rows"]}
+    assert rows["base"][2] == "1" and rows["base"][3] == "200" and rows["warm"][2] == "3" and rows["warm"][3] == "600"
+    # without `shared` (a different spec, so a different hash) every seed runs its own base
+    r2 = _run(data, tmp_path / "runs", tmp=tmp_path, overrides=["stages.base.shared=false"])
+    assert sorted(seed for seed, s in r2.calls if s == "base") == [0, 1, 2]
+    with pytest.raises(ConfigError, match="shared across seeds but its input"):
+        resolve({"stages": {"a": {"kind": "sft"}, "b": {"kind": "sft", "after": "a", "shared": True}}})
+
+
 def test_validation_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown stage 'nope'"):
         resolve({"stages": {"a": {"kind": "eval", "after": "nope"}}})

@@ -66,9 +66,14 @@ class Env:
     def expert(self) -> str:
         raise NotImplementedError
 
-    def base_corpus(self, n: int, seed: int = 0) -> list[str]:
-        """Plain texts for lab-scale pre-training: knowledge OOD needs, never the ID task itself."""
+    def base_corpus(self, n: int, seed: int = 0) -> list[str | dict]:
+        """Items for lab-scale pre-training: knowledge OOD needs, never the ID task itself.
+        Plain texts, or chat records ``{"messages": [...]}`` where the knowledge is a dialogue."""
         return []
+
+    def base_corpus_records(self, n: int, seed: int = 0) -> list[dict]:
+        """`base_corpus` as training records: texts become ``{"text": ...}``, chat records stay."""
+        return [t if isinstance(t, dict) else {"text": t} for t in self.base_corpus(n, seed)]
 
     def clone(self) -> "Env":
         """An independent env for batched rollouts: shares what construction built (worlds,

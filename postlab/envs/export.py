@@ -55,8 +55,8 @@ def sft_records(env: Env, seeds: Iterable[int]) -> Iterator[dict]:
 
 
 def corpus_records(env: Env, n: int, seed: int = 0) -> list[dict]:
-    """The env's base corpus as text records."""
-    return [{"text": t} for t in env.base_corpus(n, seed)]
+    """The env's base corpus as training records (text records and chat records)."""
+    return env.base_corpus_records(n, seed)
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> int:

@@ -16,7 +16,9 @@ reaching the target). It mixes, in plain lines:
   are 13 3 8 1");
 - card arithmetic under both rules: 2-4 cards and a random expression over their values
   ("rule J=11 Q=12 K=13 | cards K♠ 3♥ 8♦ | 13*3-8=31"), so the rule is used inside formulas.
-  A 4-card expression equal to the target is never included.
+  A 4-card expression equal to the target is never included;
+- small card games in the task's chat form, under both rules: 2-3 cards and the target they
+  make ("rule J=11 Q=12 K=13 | cards K♠ 3♥ | target 39" -> "13*3=39"). Never 4 cards.
 """
 
 from __future__ import annotations
@@ -93,6 +95,25 @@ def _card_expression(rng: random.Random, target: int) -> str:
         return f"{_RULES[face]} | cards {cards} | {text}={format_fraction(value)}"
 
 
+def _card_game(rng: random.Random, target: int) -> dict:
+    """A smaller game in the task's own chat form: 2-3 cards under a stated rule, some target.
+
+    Pre-trained LLMs have played many number games before the paper's SFT; this is the
+    lab-scale stand-in, and the only place where a rule other than the ID one meets the chat
+    format. It is never the ID task: never 4 cards, and the target is whatever the cards make."""
+    while True:
+        face, k = rng.choice((10, 11)), rng.choice((2, 3, 3))
+        ranks = [rng.randint(1, 13) for _ in range(k)]
+        if rng.random() < 0.7:
+            ranks[rng.randrange(k)] = rng.randint(11, 13)
+        value, text = _random_expression(rng, [_value(r, face) for r in ranks])
+        if value.denominator == 1 and value > 0:
+            break
+    cards = " ".join(f"{_name(r)}{rng.choice(list(_SUITS))}" for r in ranks)
+    return {"messages": [{"role": "user", "content": f"{_RULES[face]} | cards {cards} | target {value}"},
+                         {"role": "assistant", "content": f"{text}={value}"}]}
+
+
 def _card_fact(rng: random.Random) -> str:
     rank, suit, face = rng.randint(1, 13), rng.choice(list(_SUITS)), rng.choice((10, 11))
     if rng.random() < 0.5:
@@ -119,13 +140,14 @@ def _rule_sentence(rng: random.Random) -> str:
     ])
 
 
-_MIX = ((0.25, _expression), (0.15, _binary_fact), (0.2, _card_fact), (0.1, _hand_reading), (0.25, _card_expression),
-        (0.05, _rule_sentence))
-_TAKES_TARGET = (_expression, _card_expression)
+_MIX = ((0.2, _expression), (0.15, _binary_fact), (0.15, _card_fact), (0.1, _hand_reading), (0.15, _card_expression),
+        (0.2, _card_game), (0.05, _rule_sentence))
+_TAKES_TARGET = (_expression, _card_expression, _card_game)
 
 
-def gp_base_corpus(n: int, seed: int = 0, target: int = 24) -> list[str]:
-    """`n` short lines, deterministic from `seed`."""
+def gp_base_corpus(n: int, seed: int = 0, target: int = 24) -> list[str | dict]:
+    """`n` items, deterministic from `seed`: short lines, and chat records (``{"messages": ...}``)
+    for the small card games."""
     if n < 0:
         raise ValueError(f"base_corpus: n must be >= 0, got {n}")
     rng = random.Random(f"generalpoints-corpus/{seed}")

@@ -139,7 +139,7 @@ class UnaryFeedback(Env):
         new.inner = self.inner.clone()  # the wrapper's episode lives in the inner env too
         return new
 
-    def base_corpus(self, n: int, seed: int = 0) -> list[str]:
+    def base_corpus(self, n: int, seed: int = 0) -> list[str | dict]:
         return self.inner.base_corpus(n, seed)
 
 

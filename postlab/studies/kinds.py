@@ -41,10 +41,10 @@ def _env(spec: dict, split: str | None = None, max_turns: int | None = None):
 
 def base_corpus_records(spec: dict, n: int, seed: int) -> list[dict]:
     env = _env(spec)
-    texts = env.base_corpus(n, seed=seed)
-    if not texts:
+    records = env.base_corpus_records(n, seed=seed)
+    if not records:
         raise ValueError(f"environment {spec['env']!r} has no base corpus (base_corpus returned nothing)")
-    return [{"text": t} for t in texts]
+    return records
 
 
 def expert_records(spec: dict, split: str, n: int, seed: int, max_steps: int = 64) -> list[dict]:

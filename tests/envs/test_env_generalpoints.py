@@ -150,6 +150,19 @@ def test_base_corpus_teaches_ood_knowledge_but_never_the_task():
     env = GeneralPoints()
     corpus = env.base_corpus(5000, seed=0)
     assert corpus == env.base_corpus(5000, seed=0) and len(corpus) == 5000
+    games = [c for c in corpus if isinstance(c, dict)]  # small card games in chat form
+    assert 500 < len(games) < 2000
+    for g in games:
+        user, assistant = g["messages"][0]["content"], g["messages"][1]["content"]
+        rule, cards, target = user.split(" | ")
+        assert len(cards.split()) - 1 in (2, 3)  # never the 4-card task
+        face = 11 if rule == "rule J=11 Q=12 K=13" else 10
+        values = sorted(card_value({"A": 1, "J": 11, "Q": 12, "K": 13}.get(c[:-1]) or int(c[:-1]), face)
+                        for c in cards.split()[1:])
+        lhs, rhs = assistant.rsplit("=", 1)
+        assert evaluate(lhs) == Fraction(rhs) == int(target.split()[1])
+        assert sorted(int(t) for t in re.findall(r"\d+", lhs)) == values
+    corpus = [c for c in corpus if isinstance(c, str)]
     text = "\n".join(corpus)
     assert "rule J=11 Q=12 K=13" in text and "rule J=Q=K=10" in text
     assert all(s in text for s in ("♥", "♦", "♠", "♣")) and "13" in text
@@ -169,4 +182,4 @@ def test_base_corpus_teaches_ood_knowledge_but_never_the_task():
             assert evaluate(lhs) == Fraction(rhs)
             assert sorted(int(t) for t in re.findall(r"\d+", lhs)) == values  # the rule's values, each card once
             assert not (len(values) == 4 and evaluate(lhs) == 24)  # never a 24-points solution
-    assert sum("cards" in line and line.count("|") == 2 for line in corpus) > 1000
+    assert sum("cards" in line and line.count("|") == 2 for line in corpus) > 500

@@ -129,7 +129,8 @@ def final_tables(run: dict) -> list[dict]:
                 xs = values(run, stage, split)
                 cells.append(_fmt(*_mean_std(xs), len(xs)))
             rows.append([label, *cells])
-        tables.append({"title": t.get("title", ""), "header": ["", *cols], "rows": rows})
+        if rows:  # a table whose stages this preset does not run (e.g. navigation in the demo) is left out
+            tables.append({"title": t.get("title", ""), "header": ["", *cols], "rows": rows})
     return tables
 
 
@@ -138,7 +139,9 @@ def delta_tables(run: dict) -> list[dict]:
     out = []
     for t in rep.get("deltas") or []:
         base = t["baseline"]
-        cols = t.get("columns") or {}
+        cols = {c: st for c, st in (t.get("columns") or {}).items() if st in run["stages"]}
+        if base not in run["stages"] or not cols:
+            continue
         rows = []
         for label, split in _splits(t.get("rows")).items():
             cells = []
@@ -365,7 +368,8 @@ def rich_tables(root: str | Path):
 
     run = load_run(root)
     out = []
-    for t in final_tables(run) + delta_tables(run) + ([_findings_table(findings(run))] if findings(run) else []):
+    measured = [f for f in findings(run) if f["reproduced"] != "not run"]  # the report lists the others
+    for t in final_tables(run) + delta_tables(run) + ([_findings_table(measured)] if measured else []):
         table = Table(title=t["title"])
         for i, col in enumerate(t["header"]):
             table.add_column(str(col), justify="left" if i == 0 else "right")

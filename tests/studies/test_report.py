@@ -67,6 +67,18 @@ def test_report_builds(run_dir):
     assert (run_dir / "report_files" / "curves_0.png").exists()
 
 
+def test_tables_of_stages_a_preset_does_not_run_are_left_out(run_dir):
+    from postlab.studies.report import delta_tables, final_tables
+
+    run = load_run(run_dir)
+    rep = run["study"]["report"]
+    rep["tables"].append({"title": "navigation", "rows": {"warm-up": "eval-nav"}, "splits": {"ID": "id"}})
+    rep["deltas"].append({"title": "nav change", "baseline": "eval-nav", "columns": {"RL": "eval-nav-rl"},
+                          "rows": {"nav OOD": "ood"}})
+    assert [t["title"] for t in final_tables(run)] == ["final success"]
+    assert [t["title"] for t in delta_tables(run)] == ["OOD change from the warm-up"]
+
+
 def _browser():
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         path = shutil.which(name)

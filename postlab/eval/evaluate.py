@@ -21,10 +21,61 @@ import time
 from collections import Counter
 from typing import Literal
 
-from postlab.eval.episodes import Episode, run_episodes
 from postlab.eval.metrics import mean_ci, pass_at_k_per_problem
+from postlab.rollout.engine import SamplingParams
+from postlab.rollout.episodes import Episode, context_limit, play
 
 SEED_BASE = 1_000_000  # evaluation problems never overlap the training seeds studies use (< 1e6)
+
+
+def failure_reasons(info: dict) -> list[str]:
+    """Reasons a verifier gives for a failed step, from the StepResult info (several conventions)."""
+    for key in ("reasons", "failure_reasons", "errors"):
+        val = info.get(key)
+        if isinstance(val, (list, tuple)) and val:
+            return [_reason_key(v) for v in val]
+        if isinstance(val, str) and val:
+            return [_reason_key(val)]
+    for key in ("reason", "verdict", "error", "status"):
+        val = info.get(key)
+        if isinstance(val, str) and val and val not in ("correct", "ok", "success"):
+            return [_reason_key(val)]
+    return ["unspecified"]
+
+
+def _reason_key(v) -> str:
+    """A short category for a reason: 'you used invalid numbers: [11]' -> 'you used invalid numbers'."""
+    if isinstance(v, dict):
+        v = v.get("kind") or v.get("reason") or v.get("type") or str(v)
+    s = str(v).strip()
+    for sep in (":", "(", "["):
+        if sep in s:
+            s = s.split(sep, 1)[0].strip()
+    return s[:80] or "unspecified"
+
+
+def episode_reasons(ep: Episode) -> tuple[list[str], list[str]]:
+    """(reasons of every failed attempt, reasons of the final failure) of one episode.
+
+    A failed attempt is a turn with negative reward, or the turn that ended the episode without
+    success; an episode stopped by the step cap rather than by the env fails with "step cap"."""
+    attempts: list[str] = []
+    final: list[str] = []
+    for t in ep.turns:
+        if not t.success and (t.reward < 0 or t.env_done):
+            reasons = failure_reasons(t.info)
+            attempts += reasons
+            if t.env_done:
+                final = reasons
+    if not ep.success and ep.turns and not ep.turns[-1].env_done:
+        final = ["step cap"]
+        attempts.append("step cap")
+    return attempts, final
+
+
+def success_turn(ep: Episode) -> int | None:
+    """1-based model call at which the episode first succeeded."""
+    return next((k + 1 for k, t in enumerate(ep.turns) if t.success), None)
 
 
 def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64,
@@ -41,43 +92,42 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
     samples = 1 if decoding == "greedy" else max(n_samples or k, k)
     if decoding == "greedy" and k > 1:
         raise ValueError("pass@k with k > 1 needs decoding='sampled' (greedy gives one answer per problem)")
-    env_args = dict(env_args or {})
+    kw = dict(env_args or {}) if max_turns is None else {**(env_args or {}), "max_turns": max_turns}
     start = time.time()
-    episodes = []
-    for i in range(n_episodes):
-        for _ in range(samples):
-            kw = dict(env_args) if max_turns is None else {**env_args, "max_turns": max_turns}
-            e = make(env, split=split, style=style, **kw)
-            episodes.append(Episode(env=e, seed=seed_base + seed + i, problem=i))
-    run_episodes(model, tokenizer, episodes, temperature=0.0 if decoding == "greedy" else temperature,
-                 max_new_tokens=max_new_tokens, max_steps=max_steps, batch_size=batch_size, seed=seed)
-    by_problem: list[list[Episode]] = [[] for _ in range(n_episodes)]
-    for ep in episodes:
-        by_problem[ep.problem].append(ep)
+    # samples of one problem are consecutive episodes with the same env seed
+    seeds = [seed_base + seed + i for i in range(n_episodes) for _ in range(samples)]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0 if decoding == "greedy" else temperature,
+                            seed=seed)
+    episodes = play(model, tokenizer, lambda: make(env, split=split, style=style, **kw), seeds, params,
+                    max_turns=max_steps, batch_size=batch_size, max_context=context_limit(model, max_new_tokens))
+    by_problem = [episodes[i * samples:(i + 1) * samples] for i in range(n_episodes)]
     per_problem = [sum(e.success for e in eps) / len(eps) for eps in by_problem]
     result = {"env": env, "split": split, "style": style, "decoding": decoding,
-              "temperature": 0.0 if decoding == "greedy" else temperature, "n_episodes": n_episodes,
+              "temperature": params.temperature, "n_episodes": n_episodes,
               "n_samples": samples, "max_turns": max_turns, "seed": seed}
     sr = mean_ci(per_problem, n_boot=n_boot, seed=seed)
     result["success_rate"], result["ci"] = sr["mean"], [sr["ci_low"], sr["ci_high"]]
     if decoding == "sampled":
         pk = mean_ci(pass_at_k_per_problem([[e.success for e in eps] for eps in by_problem], k), n_boot=n_boot, seed=seed)
         result["k"], result["pass_at_k"], result["pass_at_k_ci"] = k, pk["mean"], [pk["ci_low"], pk["ci_high"]]
-    horizon = max([max_turns or 1] + [e.turns for e in episodes])
-    result["success_by_turn"] = [sum(1 for e in episodes if e.success and e.success_turn <= t) / len(episodes)
+    horizon = max([max_turns or 1] + [len(e.turns) for e in episodes])
+    firsts = [success_turn(e) for e in episodes]
+    result["success_by_turn"] = [sum(1 for f in firsts if f is not None and f <= t) / len(episodes)
                                  for t in range(1, horizon + 1)]
     final, attempts = Counter(), Counter()
     for e in episodes:
-        attempts.update(e.attempt_reasons)
+        tried, last = episode_reasons(e)
+        attempts.update(tried)
         if not e.success:
-            final.update(e.final_reasons or ["unspecified"])
+            final.update(last or ["unspecified"])
     result["failure_reasons"] = dict(final.most_common())
     result["attempt_failure_reasons"] = dict(attempts.most_common())
     result["mean_reward"] = sum(e.reward for e in episodes) / len(episodes)
-    result["mean_turns"] = sum(e.turns for e in episodes) / len(episodes)
-    result["generated_tokens"] = sum(e.generated_tokens for e in episodes)
+    result["mean_turns"] = sum(len(e.turns) for e in episodes) / len(episodes)
+    result["generated_tokens"] = sum(len(t.token_ids) for e in episodes for t in e.turns)
     result["wall_time_s"] = round(time.time() - start, 3)
-    result["examples"] = [{"seed": e.seed, "success": e.success, "messages": e.messages} for e in episodes[:num_examples]]
+    result["examples"] = [{"seed": e.seed, "success": e.success, "messages": e.messages}
+                          for e in episodes[:num_examples]]
     return result
 
 

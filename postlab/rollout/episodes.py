@@ -31,6 +31,7 @@ class Turn:
     finish_reason: str
     reward: float = 0.0
     success: bool = False
+    env_done: bool = False  # the env ended the episode here (not the caller's turn cap)
     info: dict = dataclasses.field(default_factory=dict)
 
 
@@ -98,7 +99,8 @@ def _after_turn(ep: Episode, env: Env, tokenizer, completion, max_turns: int, st
     ep._rendered += completion.text + (tokenizer.decode(completion.token_ids[-1:]) if ended_by_token else "")
     ep.messages.append({"role": "assistant", "content": completion.text})
     res = env.step(completion.text)
-    turn.reward, turn.success, turn.info = float(res.reward), bool(res.success), dict(res.info)
+    turn.reward, turn.success, turn.info = float(res.reward), bool(res.success), dict(res.info or {})
+    turn.env_done = bool(res.done)
     ep.success = ep.success or turn.success
     if res.done or len(ep.turns) >= max_turns:
         ep.done = True
@@ -113,11 +115,13 @@ def _after_turn(ep: Episode, env: Env, tokenizer, completion, max_turns: int, st
 
 
 def run_episodes(model, tokenizer, envs: Sequence[Env], seeds: Sequence[int], params: SamplingParams,
-                 max_turns: int | None = None, backend=None) -> list[Episode]:
+                 max_turns: int | None = None, backend=None, max_context: int | None = None) -> list[Episode]:
     """Play one episode per (env, seed) in lock-step; `params.n` must be 1 (pass one env per sample).
 
     Episodes whose envs share a seed start from the same prompt, which the engine prefills once.
     Turn k samples with seed params.seed + k, so a batch is reproducible from params.seed.
+    `max_context` keeps only the last tokens of a dialogue as the prompt (long multi-turn
+    evaluation on a small-context model); the episode itself keeps every token.
     """
     if params.n != 1:
         raise ValueError("run_episodes samples once per env; for G samples per prompt pass G envs with the same seed")
@@ -133,11 +137,33 @@ def run_episodes(model, tokenizer, envs: Sequence[Env], seeds: Sequence[int], pa
         active = [i for i, e in enumerate(eps) if not e.done]
         if not active:
             return eps
-        outs = generate(model, tokenizer, [eps[i].input_ids for i in active],
+        prompts = [eps[i].input_ids[-max_context:] if max_context else eps[i].input_ids for i in active]
+        outs = generate(model, tokenizer, prompts,
                         dataclasses.replace(params, seed=params.seed + 1_000_003 * turn), backend=backend)
         for i, c in zip(active, outs):
             _after_turn(eps[i], envs[i], tokenizer, c, limits[i], stop_ids)
         turn += 1
+
+
+def play(model, tokenizer, make_env: Callable[[], Env], seeds: Sequence[int], params: SamplingParams,
+         max_turns: int | None = None, batch_size: int = 256, backend=None,
+         max_context: int | None = None) -> list[Episode]:
+    """`run_episodes` over many seeds, `batch_size` episodes at a time (one fresh env each);
+    chunk c samples with seed params.seed + c, so results do not depend on earlier chunks."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    eps: list[Episode] = []
+    for lo in range(0, len(seeds), batch_size):
+        chunk = list(seeds[lo:lo + batch_size])
+        eps += run_episodes(model, tokenizer, [make_env() for _ in chunk], chunk,
+                            dataclasses.replace(params, seed=params.seed + lo), max_turns, backend, max_context)
+    return eps
+
+
+def context_limit(model, max_new_tokens: int) -> int | None:
+    """How many prompt tokens fit before `max_new_tokens` in the model's position range."""
+    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return max_pos - max_new_tokens if max_pos else None
 
 
 def evaluate(model, tokenizer, make_env: Callable[[], Env], episodes: int = 64, seed: int = 0,
@@ -150,12 +176,7 @@ def evaluate(model, tokenizer, make_env: Callable[[], Env], episodes: int = 64, 
     episodes solved within k+1 turns), mean_turns, truncation, and the episodes themselves.
     """
     params = params or SamplingParams(max_new_tokens=64, temperature=0.0)
-    eps: list[Episode] = []
-    for lo in range(0, episodes, batch_size):
-        seeds = list(range(seed + lo, seed + min(episodes, lo + batch_size)))
-        envs = [make_env() for _ in seeds]
-        eps += run_episodes(model, tokenizer, envs, seeds, dataclasses.replace(params, seed=params.seed + lo),
-                            max_turns, backend)
+    eps = play(model, tokenizer, make_env, range(seed, seed + episodes), params, max_turns, batch_size, backend)
     n = max(len(eps), 1)
     horizon = max((len(e.turns) for e in eps), default=0)
     first = [next((k for k, t in enumerate(e.turns) if t.success), None) for e in eps]

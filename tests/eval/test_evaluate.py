@@ -27,6 +27,16 @@ def test_multiturn_bookkeeping(nano):
     results_table([r])
 
 
+def test_step_cap_is_a_failure_reason(nano):
+    model, tok = nano
+    # one model call allowed, the env would give three: every episode is cut by the cap after a wrong first try
+    r = evaluate(model, tok, "toy-copy", "id", n_episodes=10, max_turns=3, max_steps=1, max_new_tokens=4,
+                 env_args={"scripted": True})
+    assert r["success_rate"] == 0.0 and r["mean_turns"] == 1.0
+    assert r["failure_reasons"] == {"step cap": 10}
+    assert r["attempt_failure_reasons"] == {"wrong number": 10, "step cap": 10}
+
+
 def test_sampled_pass_at_k(nano):
     model, tok = nano
     r = evaluate(model, tok, "toy-copy", "ood", n_episodes=4, decoding="sampled", k=2, n_samples=3, max_turns=2,

@@ -120,7 +120,8 @@ def make_optimizer(model, cfg: OptimConfig) -> torch.optim.AdamW:
 
 def set_lr(optimizer, lr: float) -> None:
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        if not g.get("fixed_lr"):  # e.g. PPO's critic keeps its own constant learning rate
+            g["lr"] = lr
 
 
 def step_normalizer(micro_batches: Sequence[PackedBatch], constant: float = 1.0, device="cpu") -> Normalizer:
@@ -191,14 +192,21 @@ def accumulate_gradients(model, micro_batches: Sequence[PackedBatch], objective:
     return metrics
 
 
-def optimizer_step(model, optimizer, grad_clip: float | None) -> float:
-    """Clip, check and apply the accumulated gradients; returns the pre-clip gradient norm."""
+def clip_gradients(model, grad_clip: float | None) -> float:
+    """Clip `model`'s accumulated gradients to norm `grad_clip` (None: no clipping); returns the pre-clip norm."""
     params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
     if grad_clip is not None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    else:
-        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
-    if not torch.isfinite(grad_norm):
+        return float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+
+
+def optimizer_step(model, optimizer, grad_clip: float | None) -> float:
+    """Clip `model`'s gradients, check them and step `optimizer` (which may hold more parameter
+    groups, clipped by the caller); returns the pre-clip gradient norm."""
+    grad_norm = clip_gradients(model, grad_clip)
+    if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         raise TrainingError("non-finite gradient norm")
     optimizer.step()

@@ -35,7 +35,8 @@ from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import evaluate, run_episodes
 from postlab.runs import RunDir, load_trainer_state
 from postlab.trainers import rl_batch as rb
-from postlab.trainers.common import (TrainingError, accumulate_gradients, lr_at, make_optimizer, optimizer_step,
+from postlab.trainers.common import (TrainingError, accumulate_gradients, clip_gradients, lr_at, make_optimizer,
+                                     optimizer_step,
                                      seed_everything, set_lr, setup_model, step_normalizer, world)
 from postlab.trainers.ppo_value import ValueHead, load_value_head, save_value_head, value_fn_for
 
@@ -94,6 +95,10 @@ class RLConfig:
     overlong_buffer: int = 0  # DAPO soft overlong punishment over the last N tokens of max_new_tokens; 0 = off
     gamma: float = 0.9  # PPO GAE discount over turns (Chu et al.)
     lam: float = 0.95  # PPO GAE lambda
+    # PPO critic: its own learning rate (constant) and its own gradient clipping, as a separate
+    # critic optimizer would have (OpenRLHF, verl). With one clip over both, the value head's
+    # large early gradient (returns of -15..+5 against V = 0) shrinks the policy step ~50x.
+    value_lr: float = 1e-3
     reward_fn: str | None = None  # "module:function" f(episode) -> float | {component: float}; None = env verifier
 
     def __post_init__(self):
@@ -111,6 +116,8 @@ class RLConfig:
                               f"samples_per_prompt ({b.sequences_per_step})")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if self.value_lr <= 0:
+            raise ConfigError(f"value_lr must be > 0, got {self.value_lr}")
         if self.aggregation is not None and self.aggregation not in AGGREGATION_MODES:
             raise ConfigError(f"aggregation: {self.aggregation!r}; valid: {', '.join(AGGREGATION_MODES)} or null")
         valid = [p for p in inspect.signature(get_objective(self.algorithm).fn).parameters if p not in ("inp", "beta")]
@@ -159,8 +166,10 @@ def train_rl(cfg: RLConfig, resume: str | Path | None = None, reward_fn=None) ->
     if cfg.beta > 0:  # the frozen initial policy
         ref_model = load_model(cfg.model.path, dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)
     head = ValueHead(model.config.hidden_size).to(device) if cfg.algorithm == "ppo" else None
-    trainable = torch.nn.ModuleList([model] + ([head] if head is not None else []))
-    optimizer = make_optimizer(trainable, cfg.optim)
+    optimizer = make_optimizer(model, cfg.optim)
+    if head is not None:  # the critic's group keeps value_lr: set_lr only schedules the policy's groups
+        optimizer.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0, "lr": cfg.value_lr,
+                                   "fixed_lr": True})
     step = 0
     if ckpt is not None:
         if head is not None:
@@ -193,7 +202,7 @@ def train_rl(cfg: RLConfig, resume: str | Path | None = None, reward_fn=None) ->
             lr = lr_at(step, cfg.run.max_steps, cfg.optim.lr, cfg.optim)
             set_lr(optimizer, lr)
             if keep:
-                m.update(_update(cfg, model, head, ref_model, trainable, optimizer, objective, hparams, aggregation,
+                m.update(_update(cfg, model, head, ref_model, optimizer, objective, hparams, aggregation,
                                  episodes, rewards, keep, device))
             step += 1
             t_all = time.time() - t0
@@ -222,7 +231,7 @@ def train_rl(cfg: RLConfig, resume: str | Path | None = None, reward_fn=None) ->
     return final
 
 
-def _update(cfg, model, head, ref_model, trainable, optimizer, objective, hparams, aggregation, episodes, rewards,
+def _update(cfg, model, head, ref_model, optimizer, objective, hparams, aggregation, episodes, rewards,
             keep, device) -> dict:
     """Advantages, micro-batches and `ppo_epochs` optimizer steps on the kept episodes."""
     eps = [episodes[i] for i in keep]
@@ -254,7 +263,9 @@ def _update(cfg, model, head, ref_model, trainable, optimizer, objective, hparam
         try:
             metrics = accumulate_gradients(model, batches, objective, hparams, aggregation, norm, ref_model=None,
                                            want_entropy=True, value_fn=value_fn, forward_fn=rb.packed_outputs)
-            metrics["grad_norm"] = optimizer_step(trainable, optimizer, cfg.optim.grad_clip)
+            if head is not None:  # clipped on its own, before the shared step
+                metrics["value_grad_norm"] = clip_gradients(head, cfg.optim.grad_clip)
+            metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
         except TrainingError as e:
             raise TrainingError(f"{e}; stopping RL") from None
     return metrics

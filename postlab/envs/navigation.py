@@ -194,7 +194,7 @@ class Navigation(Env):
         super().__init__(split=split, style=style, max_turns=max_turns)
         if verify_iter < 1:
             raise ValueError(f"navigation: verify_iter must be >= 1, got {verify_iter}")
-        self.verify_iter = verify_iter
+        self.verify_iter, self.world_seed, self.n_cities = verify_iter, world_seed, n_cities
         self.city_kind, self.space = SPLITS[split]
         n = n_cities if self.city_kind == "seen" else max(2, n_cities // 2)  # fewer unseen cities, as eval only
         self.cities = cities(self.city_kind, n, world_seed)
@@ -309,32 +309,47 @@ class Navigation(Env):
         return {name for c in self.cities for lms in c.landmarks.values() for name, _ in lms}
 
     def base_corpus(self, n: int, seed: int = 0) -> list[str]:
-        return navigation_corpus(n, seed)
+        return navigation_corpus(n, seed, self.world_seed, self.n_cities)
 
 
-def navigation_corpus(n: int, seed: int = 0) -> list[str]:
-    """Compass and relative-direction facts, both action spaces described; never a route.
+CORPUS_SEED_BASE = 10_000_000  # routes read in the base corpus: disjoint from training (< 1e6) and eval (1e6 + i)
+
+
+def navigation_corpus(n: int, seed: int = 0, world_seed: int = 0, n_cities: int = 8) -> list[str]:
+    """Compass and relative-direction facts, and route reading in both action spaces; never an episode.
 
     Relative OOD needs the mapping (heading, new heading) -> left/right/slightly ...; an
-    ID-trained model has only ever answered with compass names."""
+    ID-trained model has only ever answered with compass names. Route reading ("mode rel |
+    1. turn right to S. ... | turns: turn right, then turn slightly left") is the reading skill
+    a pre-trained LLM brings: which turn words an instruction list asks for, in each mode. It
+    uses seen cities only (unseen landmark names stay unseen) and never shows an observation,
+    a dialogue or a forward/stop decision."""
     if n < 0:
         raise ValueError(f"base_corpus: n must be >= 0, got {n}")
     rng = random.Random(f"navigation-corpus/{seed}")
+    readers = {space: Navigation(split=split, world_seed=world_seed, n_cities=n_cities)
+               for space, split in (("abs", "id"), ("rel", "ood-rule"))}
     out = []
-    for _ in range(n):
+    for i in range(n):
         a, b = rng.randrange(8), rng.randrange(8)
         r = rng.random()
-        if a == b or (a - b) % 8 == 4:
+        if r < 0.4:
+            env = readers[rng.choice(("abs", "rel"))]
+            env.reset(CORPUS_SEED_BASE + seed * 1_000_003 + i)
+            head = env.prompt().rsplit(" | O1:", 1)[0]
+            turns = [format_action(st.action, "compact") for st in env.rail if st.action[0] == "turn"]
+            out.append(f"{head} | turns: {', then '.join(turns)}")
+        elif a == b or (a - b) % 8 == 4:
             out.append(f"from {SHORT[COMPASS[a]]} to {SHORT[COMPASS[b]]} is {'no turn' if a == b else 'a U-turn'}.")
-        elif r < 0.45:
+        elif r < 0.65:
             out.append(f"from {SHORT[COMPASS[a]]} to {SHORT[COMPASS[b]]} is {relative_turn(a, b)}.")
-        elif r < 0.75:
+        elif r < 0.82:
             out.append(f"Facing {COMPASS[a]}, turning {relative_turn(a, b)} to face {COMPASS[b]} is a "
                        f"{abs(((b - a) * 45 + 180) % 360 - 180)} degree turn.")
-        elif r < 0.85:
+        elif r < 0.9:
             nxt = COMPASS[(a + 1) % 8]
             out.append(f"{SHORT[COMPASS[a]]} is {COMPASS[a]}. Clockwise after {COMPASS[a]} comes {nxt}.")
-        elif r < 0.93:
+        elif r < 0.95:
             out.append("mode abs: turn to a compass direction, like turn N, turn NE or turn SW; then forward or stop.")
         else:
             out.append("mode rel: turn left, turn right, turn slightly left or turn slightly right; "

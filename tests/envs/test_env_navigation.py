@@ -2,6 +2,8 @@
 
 import pytest
 
+from postlab.verifiers.navigation import SHORT
+
 from postlab.envs import make
 from postlab.envs.navigation import COMPASS, Navigation, cities, navigation_corpus, relative_turn
 from postlab.verifiers.navigation import RELATIVE
@@ -104,5 +106,17 @@ def test_determinism_bounds_and_corpus():
     corpus = navigation_corpus(2000, seed=1)
     text = " ".join(corpus)
     assert "slightly left" in text and "mode rel" in text and "U-turn" in text
-    assert "forward to" not in text and "O1:" not in text  # no route, no episode
+    assert "O1:" not in text and "wrong, retry" not in text  # no observation, no episode dialogue
+    readings = [line for line in corpus if "| turns: " in line]
+    assert 600 < len(readings) < 1000
+    unseen = Navigation(split="ood-visual").landmark_names()
+    for line in readings:  # instruction lists of seen cities, with the turn words the mode asks for
+        mode, instructions, turns = line.split(" | ")
+        assert not any(name in instructions for name in unseen)
+        asked = [t.split(" to ")[0] for t in instructions.split(". ") if " turn " in f" {t}"]
+        words = [t.removeprefix("turn ") for t in turns.removeprefix("turns: ").split(", then ")]
+        if mode == "mode rel":
+            assert words == [a.split("turn ", 1)[1] for a in asked]
+        else:
+            assert mode == "mode abs" and all(w in SHORT.values() for w in words) and len(words) == len(asked)
     assert Navigation().base_corpus(10, 1) == corpus[:10]

@@ -74,6 +74,21 @@ def gae(rewards, values, gamma: float = 0.9, lam: float = 0.95) -> tuple[torch.T
     return adv, adv + v
 
 
+def normalize_turn_advantages(advantages: list[torch.Tensor], eps: float = 1e-5) -> list[torch.Tensor]:
+    """Whiten per-turn advantages over the whole batch: (A - mean) / (std + eps), every turn of
+    every episode counted once; returns them split back per episode.
+
+    Chu et al.'s PPO code (RL4VLM, built on ikostrikov's pytorch-a2c-ppo-acktr) normalizes
+    advantages this way before each update. Without it, an untrained critic (V = 0) against
+    mostly negative returns makes every advantage negative, and PPO pushes down every sampled
+    token: entropy climbs and the policy collapses (measured: 0.55 -> 2.2 nats in 16 steps)."""
+    flat = torch.cat([torch.as_tensor(a, dtype=torch.float32).reshape(-1) for a in advantages])
+    if flat.numel() < 2:
+        return [torch.as_tensor(a, dtype=torch.float32) - flat.mean() for a in advantages]
+    mean, std = flat.mean(), flat.std()
+    return [(torch.as_tensor(a, dtype=torch.float32) - mean) / (std + eps) for a in advantages]
+
+
 def zero_std_groups(rewards, group_size: int) -> torch.Tensor:
     """[num_groups] True where every sample of the group got the same reward (no GRPO signal)."""
     g = _groups(rewards, group_size)

@@ -28,7 +28,7 @@ import torch
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.envs.base import make
 from postlab.models.io import load_model, pick_device, save_pretrained_atomic
-from postlab.objectives.advantages import overlong_penalty, zero_std_groups
+from postlab.objectives.advantages import normalize_turn_advantages, overlong_penalty, zero_std_groups
 from postlab.objectives.registry import AGGREGATION_MODES, get_objective
 from postlab.progress import StepProgress, console, summary_table
 from postlab.rollout.engine import SamplingParams
@@ -99,6 +99,7 @@ class RLConfig:
     # critic optimizer would have (OpenRLHF, verl). With one clip over both, the value head's
     # large early gradient (returns of -15..+5 against V = 0) shrinks the policy step ~50x.
     value_lr: float = 1e-3
+    normalize_advantages: bool = True  # PPO: whiten turn advantages over the batch (Chu et al.'s code does)
     reward_fn: str | None = None  # "module:function" f(episode) -> float | {component: float}; None = env verifier
 
     def __post_init__(self):
@@ -241,7 +242,10 @@ def _update(cfg, model, head, ref_model, optimizer, objective, hparams, aggregat
     if cfg.algorithm == "ppo":  # V(s_k) of every turn with the current head, then GAE over turns
         turn_values = _turn_values(model, head, micro_sets, device)
         gae = rb.turn_advantages(eps, turn_values, cfg.gamma, cfg.lam)
-        extras = {"advantages": rb.broadcast([a for a, _ in gae], eps),
+        advantages = [a for a, _ in gae]
+        if cfg.normalize_advantages:
+            advantages = normalize_turn_advantages(advantages)
+        extras = {"advantages": rb.broadcast(advantages, eps),
                   "returns": rb.broadcast([r for _, r in gae], eps),
                   "old_values": rb.broadcast([torch.tensor(v) for v in turn_values], eps)}
     else:

@@ -42,6 +42,16 @@ def test_reinforce_pp_advantages_by_hand():
     assert torch.allclose(a, torch.tensor([-1.5, -0.5, 0.5, 1.5]) / math.sqrt(5 / 3), atol=1e-6)
 
 
+def test_turn_advantages_are_whitened_over_every_turn_of_the_batch():
+    from postlab.objectives.advantages import normalize_turn_advantages
+
+    # turns [-10, -8] and [-6]: mean -8, sample std 2 -> [-1, 0] and [1]
+    out = normalize_turn_advantages([torch.tensor([-10.0, -8.0]), torch.tensor([-6.0])], eps=0.0)
+    assert [t.tolist() for t in out] == [[-1.0, 0.0], [1.0]]
+    # a single turn cannot be scaled: only centred
+    assert normalize_turn_advantages([torch.tensor([3.0])])[0].tolist() == [0.0]
+
+
 def test_gae_by_hand():
     # two turns, rewards [0, 1], V = [.5, .5], gamma .9, lambda .95
     # delta_1 = 1 - .5 = .5; delta_0 = 0 + .9 * .5 - .5 = -.05; A_0 = -.05 + .9 * .95 * .5 = .3775

@@ -45,3 +45,14 @@ def test_sampled_pass_at_k(nano):
     assert r["n_samples"] == 3 and r["success_rate"] == 0.5 and r["pass_at_k"] == 0.5
     with pytest.raises(ValueError, match="sampled"):
         evaluate(model, tok, "toy-copy", "id", n_episodes=2, k=4)
+
+
+def test_gp_rule_probe_classifies_answers():
+    from postlab.eval.gp_rules import classify
+
+    # K♠ 3 8 A under J=11 Q=12 K=13: values 13 3 8 1
+    assert classify("13-1+3+9=24", [13, 3, 8, 1], [13, 3, 8, 1]) == "rule"
+    assert classify("10+8+3*2=24", [13, 3, 8, 1], [13, 3, 8, 1]) == "id_rule"  # K read as 10
+    assert classify("8*3*1=24", [13, 3, 8, 1], [13, 3, 8, 1]) == "other"
+    assert classify("10+13+1=24", [10, 13, 1, 2], [10, 13, 1, 2]) == "rule"  # a real 10 card is no evidence
+    assert classify("10*2+1+3=24", [10, 12, 1, 3], [10, 12, 1, 3]) == "other"

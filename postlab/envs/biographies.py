@@ -29,9 +29,10 @@ The context holds shuffled paragraphs of the contextual facts of the chain's ent
 are in C (never parametric facts). The answer is a chain of thought, one sentence per hop,
 ending "So, the answer is: X"; the reward is exact match (1 or 0).
 
-Presets: `tiny` (CPU lab: 200 people, one template per relation, 6-digit phones, each
-context paragraph holds the needed fact plus 2 distractor facts) and `paper` (10,000
-people, 3 templates, 10-digit phones, full paragraphs).
+Presets: `lab` (CPU minutes: 40 people, 4-digit phones, one distractor fact per context
+paragraph, base-corpus items of 5 facts), `tiny` (200 people, one template per relation,
+6-digit phones, each context paragraph holds the needed fact plus 2 distractor facts) and
+`paper` (10,000 people, 3 templates, 10-digit phones, full paragraphs).
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ from postlab.envs.biographies_data import FIRST_NAMES, LAST_NAMES, QUESTION_FRAM
 from postlab.verifiers.answers import MARKER, exact_match, extract_answer, normalize
 
 PRESETS = {
-    "tiny": dict(n_people=200, n_templates=1, phone_digits=6, context_facts=2, pool=3000),
-    "paper": dict(n_people=10_000, n_templates=3, phone_digits=10, context_facts=None, pool=60_000),
+    "tiny": dict(n_people=200, n_templates=1, phone_digits=6, context_facts=2, pool=3000, bio_facts=None),
+    # CPU minutes: 40 people, and base-corpus items of 5 facts (~170 characters) instead of whole
+    # 20-fact biographies (~770), so pre-training sees every fact many times in a small budget.
+    "lab": dict(n_people=40, n_templates=1, phone_digits=4, context_facts=1, pool=1500, bio_facts=5),
+    "paper": dict(n_people=10_000, n_templates=3, phone_digits=10, context_facts=None, pool=60_000, bio_facts=None),
 }
 SETS = ("mem", "ctx", "comp")
 PARTS = ("train", "iid", "composition", "zeroshot")
@@ -161,9 +165,11 @@ class World:
         return RELATIONS[rel][2][template].format(s=self.names[subject], o=self.object_text(rel, subject))
 
     def biography(self, person: int, rng: random.Random) -> str:
-        """The parametric biography: one templated sentence per parametric relation, shuffled."""
+        """The parametric biography: one templated sentence per parametric relation, shuffled;
+        with the preset's `bio_facts` = k, a random k of them (a biography excerpt)."""
         rels = [r for r in RELATIONS if self.group[r] == "parametric"]
         rng.shuffle(rels)
+        rels = rels[:self.cfg.get("bio_facts") or len(rels)]
         k = self.cfg["n_templates"]
         return " ".join(self.sentence(r, person, rng.randrange(k)) for r in rels)
 

@@ -1,5 +1,6 @@
 """Biographies: world structure, split construction and separation, contexts, expert, base corpus."""
 
+import re
 from collections import Counter
 
 import pytest
@@ -110,7 +111,7 @@ def test_question_text_and_determinism():
     assert "Context:\n" in text and "Question: " in text and MARKER in text
     with pytest.raises(ValueError, match="valid: mem-train"):
         Biographies(split="iid")
-    with pytest.raises(ValueError, match="valid: tiny, paper"):
+    with pytest.raises(ValueError, match="valid: tiny, lab, paper"):
         Biographies(preset="huge")
 
 
@@ -123,3 +124,20 @@ def test_base_corpus_is_the_parametric_biographies(w):
         fact = w.sentence(r, w.P[i])
         assert (fact in bios[i]) == (w.group[r] == "parametric")  # every parametric fact, no contextual one
     assert all("?" not in b and MARKER not in b for b in bios)  # no questions
+
+
+def test_lab_preset_has_every_split_and_short_corpus_items():
+    from postlab.envs.biographies import PARTS, SETS, Biographies
+
+    for qset in SETS:
+        for part in PARTS:
+            env = Biographies(split=f"{qset}-{part}", preset="lab")  # raises if a split is empty
+            env.reset(0)
+            assert env.step(env.expert()).reward == 1
+    corpus = Biographies(preset="lab").base_corpus(200, seed=0)
+    assert all(len(re.findall(r"\.(?= |$)", item)) == 5 for item in corpus)  # 5 one-sentence facts per excerpt
+    assert max(len(item) for item in corpus) < 400
+    w = world("lab")
+    assert len(w.P) == 40
+    subjects = {w.names[p] for p in w.P}
+    assert all(any(item.startswith(name) or f" {name}" in item for name in subjects) for item in corpus)

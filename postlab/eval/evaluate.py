@@ -107,6 +107,9 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
               "n_samples": samples, "max_turns": max_turns, "seed": seed}
     sr = mean_ci(per_problem, n_boot=n_boot, seed=seed)
     result["success_rate"], result["ci"] = sr["mean"], [sr["ci_low"], sr["ci_high"]]
+    # per problem, in seed order (the same problems for every model): lets a report bootstrap
+    # paired differences between two models instead of comparing two marginal CIs
+    result["per_problem"] = per_problem
     if decoding == "sampled":
         pk = mean_ci(pass_at_k_per_problem([[e.success for e in eps] for eps in by_problem], k), n_boot=n_boot, seed=seed)
         result["k"], result["pass_at_k"], result["pass_at_k_ci"] = k, pk["mean"], [pk["ci_low"], pk["ci_high"]]

@@ -55,3 +55,14 @@ def mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
     x = [float(v) for v in values]
     lo, hi = bootstrap_ci(x, n_boot=n_boot, seed=seed)
     return {"mean": float(np.mean(x)) if x else math.nan, "ci_low": lo, "ci_high": hi, "n": len(x)}
+
+
+def paired_difference_ci(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of a - b over paired problems with a bootstrap 95% CI (resampling problems).
+
+    Two models evaluated on the same problems: resampling the per-problem differences keeps
+    the pairing, so problems both models solve (or both fail) add no noise; this is tighter
+    than comparing the two marginal CIs and is what a report should decide directions on."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference_ci: {len(a)} vs {len(b)} problems; a paired CI needs the same problems")
+    return mean_ci([float(x) - float(y) for x, y in zip(a, b)], n_boot=n_boot, seed=seed)

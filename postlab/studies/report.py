@@ -35,6 +35,8 @@ from pathlib import Path
 
 import yaml
 
+from postlab.eval.metrics import mean_ci
+
 
 # ----------------------------------------------------------------------------- loading
 
@@ -166,33 +168,72 @@ def _paired(run: dict, a: str, b: str, split: str, split_b: str | None = None) -
     return out
 
 
+def _per_problem(res: dict | None, split: str) -> list[float] | None:
+    pts = (res or {}).get("points") or []
+    if not pts or split not in pts[-1]["results"]:
+        return None
+    return pts[-1]["results"][split].get("per_problem")
+
+
+def paired_problem_differences(run: dict, a: str, b: str, split: str, split_b: str | None = None) -> list[float]:
+    """Per-problem differences final(a) - final(b) pooled over seeds, where both sides were
+    evaluated on the same problems (eval results with ``per_problem``); [] otherwise."""
+    out: list[float] = []
+    for seed in sorted(run["results"], key=int):
+        pa = _per_problem(run["results"][seed].get(a), split)
+        pb = _per_problem(run["results"][seed].get(b), split_b or split)
+        if pa is None or pb is None or len(pa) != len(pb):
+            return []
+        out += [x - y for x, y in zip(pa, pb)]
+    return out
+
+
+def _verdict(mean: float, ci: tuple[float, float] | None, expect: str, agree: int, n: int) -> str:
+    """'yes' when the direction holds and the 95% CI of the paired difference excludes 0 on that
+    side; 'direction only' when the mean points the right way but the CI includes 0 (noise can
+    explain it); 'no' otherwise."""
+    ok = (lambda x: x > 0) if expect == "positive" else (lambda x: x < 0) if expect == "negative" else \
+        (lambda x: x >= float(expect))
+    if not (ok(mean) and agree > n / 2):
+        return "no"
+    if ci is None or expect not in ("positive", "negative"):
+        return "yes"
+    return "yes" if ok(ci[0]) and ok(ci[1]) else "direction only (95% CI includes 0)"
+
+
 def findings(run: dict) -> list[dict]:
     rep = run["study"].get("report") or {}
     out = []
     for f in rep.get("findings") or []:
         m = f.get("metric") or {}
+        diffs: list[float] = []
         if "delta" in m:
             per_seed = _paired(run, m["delta"][0], m["delta"][1], m["split"])
+            diffs = paired_problem_differences(run, m["delta"][0], m["delta"][1], m["split"])
         elif "diff" in m:
             (a, sa), (b, sb) = m["diff"]
             per_seed = _paired(run, a, b, sa, sb)
+            diffs = paired_problem_differences(run, a, b, sa, sb)
         elif "value" in m:
             per_seed = values(run, *m["value"])
         else:
             raise ValueError(f"report.findings: metric needs 'delta', 'diff' or 'value': {m}")
         mean, sd = _mean_std(per_seed)
         expect = f.get("expect", "positive")
+        ci = None
+        if diffs:
+            c = mean_ci(diffs)
+            ci = (c["ci_low"], c["ci_high"])
         if not per_seed:
             verdict, agree = "not run", 0
         else:
-            ok = (lambda x: x > 0) if expect == "positive" else (lambda x: x < 0) if expect == "negative" else \
-                (lambda x: x >= float(expect))
-            agree = sum(ok(x) for x in per_seed)
-            verdict = "yes" if ok(mean) and agree > len(per_seed) / 2 else "no"
+            agree = sum((x > 0) if expect == "positive" else (x < 0) if expect == "negative" else (x >= float(expect))
+                        for x in per_seed)
+            verdict = _verdict(mean, ci, expect, agree, len(per_seed))
         signed = "value" not in m
         out.append({"claim": f["claim"], "paper": str(f.get("paper", "")), "expect": expect,
                     "measured": _fmt(mean, sd, len(per_seed), signed=signed), "mean": mean, "seeds": len(per_seed),
-                    "seeds_agree": agree, "reproduced": verdict})
+                    "ci": ci, "seeds_agree": agree, "reproduced": verdict})
     return out
 
 
@@ -298,8 +339,12 @@ def _html_table(t: dict) -> str:
 
 
 def _findings_table(fs: list[dict]) -> dict:
-    return {"title": "paper headline vs this run", "header": ["finding", "paper", "measured", "direction reproduced"],
-            "rows": [[f["claim"], f["paper"], f["measured"],
+    def ci(f: dict) -> str:
+        return f"[{f['ci'][0] * 100:+.1f}, {f['ci'][1] * 100:+.1f}]" if f.get("ci") else "–"
+
+    return {"title": "paper headline vs this run",
+            "header": ["finding", "paper", "measured", "95% CI (paired, problems × seeds)", "reproduced"],
+            "rows": [[f["claim"], f["paper"], f["measured"], ci(f),
                       f["reproduced"] + (f" ({f['seeds_agree']}/{f['seeds']} seeds)" if f["seeds"] else "")] for f in fs]}
 
 

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from postlab.eval.metrics import bootstrap_ci, mean_ci, pass_at_k, pass_at_k_per_problem
+from postlab.eval.metrics import bootstrap_ci, mean_ci, paired_difference_ci, pass_at_k, pass_at_k_per_problem
 
 
 def test_pass_at_k_exact_values():
@@ -58,3 +58,20 @@ def test_bootstrap_ci_matches_binomial_distribution():
     assert hi == pytest.approx(0.3 + 1.96 * se, abs=0.03)
     m = mean_ci(x)
     assert m["mean"] == pytest.approx(0.3) and m["n"] == n
+
+
+def test_paired_difference_ci_uses_the_pairing():
+    # model b solves exactly the problems a solves plus 4 more of 40: every paired difference is
+    # 0 or -1, so the paired CI is that of 4/40 ones (strictly below 0) ...
+    a = [1.0] * 10 + [0.0] * 30
+    b = [1.0] * 14 + [0.0] * 26
+    d = paired_difference_ci(a, b, n_boot=4000, seed=0)
+    assert d["mean"] == pytest.approx(-0.1) and d["n"] == 40
+    assert d["ci_high"] < 0 and (d["ci_low"], d["ci_high"]) == pytest.approx(
+        tuple(-x for x in reversed(bootstrap_ci([1.0] * 4 + [0.0] * 36, n_boot=4000, seed=0))))
+    # ... while the two marginal CIs overlap (an unpaired comparison would call it noise)
+    assert bootstrap_ci(a, seed=0)[1] > bootstrap_ci(b, seed=0)[0]
+    # identical models: a degenerate CI at 0
+    assert paired_difference_ci(a, a) == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 40}
+    with pytest.raises(ValueError, match="same problems"):
+        paired_difference_ci(a, b[:-1])

@@ -49,6 +49,10 @@ def evaluate(ctx) -> dict:
         frac = p["step"] / max(1, src.get("steps", 1))
         res = {s: {"success_rate": min(1.0, max(0.0, src["value"] * frac + offsets.get(s, 0.0) + 0.01 * ctx.seed)),
                    "ci": [0.0, 1.0]} for s in splits}
+        n = int((ctx.spec.get("data") or {}).get("problems", 0))
+        for r in res.values():  # per-problem outcomes on n shared problems: the first round(rate * n) solved
+            if n:
+                r["per_problem"] = [1.0 if i < round(r["success_rate"] * n) else 0.0 for i in range(n)]
         points.append({"step": p["step"], "flops": p["flops"], "results": res})
     return {"splits": splits, "points": points, "success": {s: points[-1]["results"][s]["success_rate"] for s in splits},
             "compute": {"params": 10, "tokens_generated": 50}}

@@ -7,7 +7,7 @@ import pytest
 
 from postlab.cli.main import main
 from postlab.studies import StudyRunner, resolve
-from postlab.studies.report import build_report, findings, load_run
+from postlab.studies.report import _verdict, build_report, findings, load_run
 
 STUDY = {
     "name": "fixture", "description": "a small fixture study", "paper": "Chu et al. 2025",
@@ -16,11 +16,11 @@ STUDY = {
         "sft": {"kind": "fake_stages:train", "after": "warm", "data": {"steps": 3, "gain": -0.1}},
         "rl": {"kind": "fake_stages:train", "after": "warm", "data": {"steps": 3, "gain": 0.2}},
         "eval-warm": {"kind": "fake_stages:evaluate", "after": "warm", "splits": ["id", "ood"],
-                      "data": {"offsets": {"ood": -0.2}}},
+                      "data": {"offsets": {"ood": -0.2}, "problems": 50}},
         "eval-sft": {"kind": "fake_stages:evaluate", "after": "sft", "splits": ["id", "ood"],
-                     "data": {"offsets": {"ood": -0.2}}},
+                     "data": {"offsets": {"ood": -0.2}, "problems": 50}},
         "eval-rl": {"kind": "fake_stages:evaluate", "after": "rl", "splits": ["id", "ood"],
-                    "data": {"offsets": {"ood": -0.2}}},
+                    "data": {"offsets": {"ood": -0.2}, "problems": 50}},
     },
     "report": {
         "tables": [{"title": "final success", "rows": {"warm-up": "eval-warm", "SFT": "eval-sft", "RL": "eval-rl"},
@@ -56,6 +56,8 @@ def test_report_builds(run_dir):
     assert fs["RL raises OOD"]["mean"] == pytest.approx(0.2)
     assert fs["SFT lowers OOD"]["reproduced"] == "yes"
     assert fs["SFT beats RL in distribution"]["reproduced"] == "no"
+    # paired CI over 50 shared problems x 2 seeds: RL solves 10 more OOD problems per seed
+    assert 0 < fs["RL raises OOD"]["ci"][0] < 0.2 < fs["RL raises OOD"]["ci"][1]
     assert main(["report", str(run_dir)]) == 0
     html = (run_dir / "report.html").read_text()
     md = (run_dir / "report.md").read_text()
@@ -106,3 +108,12 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert 0.002 < dark < 0.9, f"screenshot looks blank (dark pixel fraction {dark:.4f})"
     colors = sum(1 for c in img.resize((300, 400)).histogram() if c)
     assert colors > 20  # grey levels: text, table borders and the plot, not a flat page
+
+
+def test_verdict_needs_the_ci_to_exclude_zero():
+    assert _verdict(0.05, (0.01, 0.09), "positive", 1, 1) == "yes"
+    assert _verdict(0.05, (-0.02, 0.12), "positive", 1, 1).startswith("direction only")
+    assert _verdict(-0.05, (-0.09, -0.01), "positive", 0, 1) == "no"
+    assert _verdict(-0.05, (-0.09, -0.01), "negative", 3, 3) == "yes"
+    assert _verdict(-0.05, (-0.09, -0.01), "negative", 1, 3) == "no"  # most seeds disagree
+    assert _verdict(0.05, None, "positive", 1, 1) == "yes"  # no per-problem data: direction only decides

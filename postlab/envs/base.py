@@ -47,6 +47,9 @@ class Env:
     name: str = ""
     splits: tuple[str, ...] = ("id",)
     styles: tuple[str, ...] = ("compact", "paper")
+    # keys of StepResult.info whose category (a string) evaluation counts on each episode's
+    # first attempt, e.g. GeneralPoints' `face_rule` (which face-card convention an answer applies)
+    diagnostics: tuple[str, ...] = ()
 
     def __init__(self, split: str = "id", style: str = "compact", max_turns: int = 1, **kwargs: Any):
         if split not in self.splits:

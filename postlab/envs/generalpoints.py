@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 from postlab.envs.base import Env, Observation, StepResult, register_env, reject_unknown_options
 from postlab.envs.gp_solver import is_solvable, solutions
@@ -79,6 +80,28 @@ def card_value(rank: int, face: int) -> int:
     return rank if rank <= 10 else (10 if face == 10 else rank)
 
 
+def face_rule_applied(text: str, ranks: list[int], face: int) -> str | None:
+    """Which face-card convention an answer applies, for a hand with a J, Q or K (else None).
+
+    'stated': it writes a face card's value under the prompt's rule; 'other': it writes the
+    value the other convention gives (10 under J=11 Q=12 K=13, 11-13 under J=Q=K=10) where no
+    card has that value; 'neither' otherwise. On rule-OOD hands a model that memorized the ID
+    rule answers 'other' even when it cannot reach the target: a memorization signal that a
+    success rate of 0 cannot show (`face_rule` in evaluation diagnostics)."""
+    faces = [r for r in ranks if r > 10]
+    if not faces:
+        return None
+    numbers = {int(x) for x in re.findall(r"\d+", text.split("=")[0])}
+    values = {card_value(r, face) for r in ranks}
+    stated = {card_value(r, face) for r in faces}
+    other = {card_value(r, 11 if face == 10 else 10) for r in faces} - values
+    if stated & numbers:
+        return "stated"
+    if other & numbers:
+        return "other"
+    return "neither"
+
+
 def deal(rng: random.Random, face: int, force_face: bool, suits: tuple[str, ...], target: int = 24,
          n_cards: int = 4) -> tuple[list[int], list[str]]:
     """Deal ranks (and suit symbols) until the hand is solvable under the rule."""
@@ -98,6 +121,7 @@ class GeneralPoints(Env):
 
     splits = tuple(SPLITS)
     styles = ("compact", "paper")
+    diagnostics = ("face_rule",)  # step-info categories evaluation counts on first attempts
 
     def __init__(self, split: str = "id", style: str = "compact", verify_iter: int | None = None,
                  max_turns: int | None = None, target: int = 24, expert_choice: str = "simple",
@@ -141,7 +165,8 @@ class GeneralPoints(Env):
         self.done = verdict.success or self.attempts >= self.verify_iter
         feedback = [] if self.done else [{"role": "user", "content": verdict.feedback(self.style)}]
         self.messages += feedback
-        info = self.episode_info() | verdict.as_info() | {"attempt": self.attempts}
+        info = self.episode_info() | verdict.as_info() | {"attempt": self.attempts,
+                                                          "face_rule": face_rule_applied(text, self.ranks, self.face)}
         return StepResult(feedback=feedback, reward=verdict.reward, done=self.done, success=verdict.success, info=info)
 
     def expert(self) -> str:
@@ -186,4 +211,4 @@ class GeneralPoints(Env):
         return gp_base_corpus(n, seed, self.target)
 
 
-__all__ = ["GeneralPoints", "deal", "card_value", "rank_name"]
+__all__ = ["GeneralPoints", "deal", "card_value", "face_rule_applied", "rank_name"]

@@ -17,8 +17,9 @@ reaching the target). It mixes, in plain lines:
 - card arithmetic under both rules: 2-4 cards and a random expression over their values
   ("rule J=11 Q=12 K=13 | cards K♠ 3♥ 8♦ | 13*3-8=31"), so the rule is used inside formulas.
   A 4-card expression equal to the target is never included;
-- small card games in the task's chat form, under both rules: 2-3 cards and the target they
-  make ("rule J=11 Q=12 K=13 | cards K♠ 3♥ | target 39" -> "13*3=39"). Never 4 cards.
+- card games in the task's chat form, under both rules: 2-4 cards and the target they make
+  ("rule J=11 Q=12 K=13 | cards K♠ 3♥ | target 39" -> "13*3=39"). A 4-card game never has
+  the task's target (24), so the task itself is never shown.
 """
 
 from __future__ import annotations
@@ -96,18 +97,20 @@ def _card_expression(rng: random.Random, target: int) -> str:
 
 
 def _card_game(rng: random.Random, target: int) -> dict:
-    """A smaller game in the task's own chat form: 2-3 cards under a stated rule, some target.
+    """A number game in the task's own chat form: 2-4 cards under a stated rule, some target.
 
-    Pre-trained LLMs have played many number games before the paper's SFT; this is the
-    lab-scale stand-in, and the only place where a rule other than the ID one meets the chat
-    format. It is never the ID task: never 4 cards, and the target is whatever the cards make."""
+    Pre-trained LLMs have played many "make N from these numbers" puzzles before the paper's
+    SFT; this is the lab-scale stand-in, and the only place where a rule other than the ID one
+    meets the chat format. It is never the task itself: the target is whatever the cards make,
+    and a 4-card game never has the task's target (measured: with 2-3 card games only, the
+    warm-up model reads the OOD rule but cannot build a 4-card formula with it; docs/results.md)."""
     while True:
-        face, k = rng.choice((10, 11)), rng.choice((2, 3, 3))
+        face, k = rng.choice((10, 11)), rng.choice((2, 3, 4, 4))
         ranks = [rng.randint(1, 13) for _ in range(k)]
         if rng.random() < 0.7:
             ranks[rng.randrange(k)] = rng.randint(11, 13)
         value, text = _random_expression(rng, [_value(r, face) for r in ranks])
-        if value.denominator == 1 and value > 0:
+        if value.denominator == 1 and value > 0 and not (k == 4 and value == target):
             break
     cards = " ".join(f"{_name(r)}{rng.choice(list(_SUITS))}" for r in ranks)
     return {"messages": [{"role": "user", "content": f"{_RULES[face]} | cards {cards} | target {value}"},

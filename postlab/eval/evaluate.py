@@ -78,12 +78,32 @@ def success_turn(ep: Episode) -> int | None:
     return next((k + 1 for k, t in enumerate(ep.turns) if t.success), None)
 
 
+def first_attempt_diagnostics(by_problem: list[list[Episode]], keys) -> dict:
+    """``diagnostics``: key -> category -> fraction of first attempts, over the episodes whose
+    first turn has that key (not None); ``diagnostics_per_problem``: the same per problem (mean
+    over its samples; None where no sample has it), so reports can pair models problem by problem."""
+    if not keys:
+        return {}
+    fractions: dict[str, dict[str, float]] = {}
+    per_problem: dict[str, dict[str, list]] = {}
+    for key in keys:
+        cats_per_problem = [[ep.turns[0].info.get(key) for ep in eps if ep.turns] for eps in by_problem]
+        cats = sorted({c for cs in cats_per_problem for c in cs if c is not None})
+        seen = [c for cs in cats_per_problem for c in cs if c is not None]
+        if not seen:
+            continue
+        fractions[key] = {c: seen.count(c) / len(seen) for c in cats}
+        per_problem[key] = {c: [(sum(x == c for x in cs if x is not None) / n) if (n := sum(x is not None for x in cs))
+                                else None for cs in cats_per_problem] for c in cats}
+    return {"diagnostics": fractions, "diagnostics_per_problem": per_problem}
+
+
 def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64,
              decoding: Literal["greedy", "sampled"] = "greedy", temperature: float = 1.0, k: int = 1,
              n_samples: int = 0, max_turns: int | None = None, style: str = "compact", seed: int = 0,
              max_new_tokens: int = 64, max_steps: int = 256, env_args: dict | None = None, batch_size: int = 256,
              n_boot: int = 2000, num_examples: int = 3, seed_base: int = SEED_BASE) -> dict:
-    from postlab.envs import make
+    from postlab.envs import ENV_REGISTRY, make
 
     if decoding not in ("greedy", "sampled"):
         raise ValueError(f"decoding: {decoding!r}; valid: 'greedy', 'sampled'")
@@ -125,6 +145,7 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
             final.update(last or ["unspecified"])
     result["failure_reasons"] = dict(final.most_common())
     result["attempt_failure_reasons"] = dict(attempts.most_common())
+    result.update(first_attempt_diagnostics(by_problem, getattr(ENV_REGISTRY.get(env), "diagnostics", ())))
     result["mean_reward"] = sum(e.reward for e in episodes) / len(episodes)
     result["mean_turns"] = sum(len(e.turns) for e in episodes) / len(episodes)
     result["generated_tokens"] = sum(len(t.token_ids) for e in episodes for t in e.turns)

@@ -19,14 +19,10 @@ from postlab.eval.evaluate import SEED_BASE
 
 
 def classify(answer: str, ranks: list[int], values: list[int]) -> str:
-    """'rule' | 'id_rule' | 'other' for one answer to a hand (ranks 1..13, values under the rule)."""
-    numbers = {int(x) for x in re.findall(r"\d+", answer.split("=")[0])}
-    faces = {v for r, v in zip(ranks, values) if r > 10}
-    if faces & numbers:
-        return "rule"
-    if 10 in numbers and 10 not in values:
-        return "id_rule"
-    return "other"
+    """'rule' | 'id_rule' | 'other' for one answer to a rule-OOD hand (postlab.envs.generalpoints.face_rule_applied)."""
+    from postlab.envs.generalpoints import face_rule_applied
+
+    return {"stated": "rule", "other": "id_rule", "neither": "other"}[face_rule_applied(answer, ranks, 11)]
 
 
 def probe(model, tokenizer, n: int = 64, max_new_tokens: int = 24) -> dict[str, int]:

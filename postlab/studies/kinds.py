@@ -20,6 +20,7 @@ from postlab.eval.evaluate import SEED_BASE
 from postlab.progress import console
 
 TRAIN_SEED_STRIDE = 100_003
+BASE_MIX_SEED_OFFSET = 7_919  # corpus seeds of SFT base-mix items: disjoint from pre-training's (0 + study seed)
 
 
 # ----------------------------------------------------------------------------- data adapters
@@ -45,6 +46,23 @@ def base_corpus_records(spec: dict, n: int, seed: int) -> list[dict]:
     if not records:
         raise ValueError(f"environment {spec['env']!r} has no base corpus (base_corpus returned nothing)")
     return records
+
+
+def base_mix_records(spec: dict, n_task: int, fraction: float, seed: int) -> list[dict]:
+    """Base-corpus items to mix into SFT data so that they make up `fraction` of the mix.
+
+    At lab scale this stands in for what a pre-trained LLM keeps through a short format
+    warm-up: a 3M model fine-tuned on ID episodes alone overwrites what its base corpus
+    taught it (measured on GeneralPoints: the base model reads the stated face-card rule on
+    55 of 64 rule-OOD hands, the warm-up on 1; docs/results.md). The items are fresh draws
+    of the base corpus (another corpus seed than pre-training), never task episodes."""
+    fraction = float(fraction or 0.0)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"data.base_mix must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return []
+    n = round(n_task * fraction / (1.0 - fraction))
+    return base_corpus_records(spec, n, seed=BASE_MIX_SEED_OFFSET + seed)
 
 
 def expert_records(spec: dict, split: str, n: int, seed: int, max_steps: int = 64) -> list[dict]:
@@ -187,7 +205,8 @@ def run_sft(ctx) -> dict:
     for i, sp in enumerate(split if isinstance(split, list) else [split]):  # a list mixes several splits
         recs = expert_records(ctx.spec, sp, int(data.get("n", 1000)), seed=ctx.seed)
         records += recs
-    if isinstance(split, list):
+    records += base_mix_records(ctx.spec, len(records), data.get("base_mix", 0.0), seed=ctx.seed)
+    if isinstance(split, list) or data.get("base_mix"):
         import random
 
         random.Random(ctx.seed).shuffle(records)

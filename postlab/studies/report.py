@@ -61,11 +61,25 @@ def load_run(root: str | Path) -> dict:
     return manifest
 
 
+def _metric(results: dict, split: str) -> tuple[float | None, list | None]:
+    """(value, per-problem values) of a split's eval result. `split` is a split name (success
+    rate) or ``SPLIT:KEY=CATEGORY``, a first-attempt diagnostic's fraction, e.g.
+    ``ood-rule:face_rule=other`` (GeneralPoints: answers that apply the other face-card rule)."""
+    name, _, diag = split.partition(":")
+    r = results.get(name)
+    if r is None:
+        return None, None
+    if not diag:
+        return r["success_rate"], r.get("per_problem")
+    key, _, cat = diag.partition("=")
+    if key not in (r.get("diagnostics") or {}):
+        return None, None
+    return r["diagnostics"][key].get(cat, 0.0), (r.get("diagnostics_per_problem") or {}).get(key, {}).get(cat)
+
+
 def _final(res: dict, split: str) -> float | None:
     pts = res.get("points") or []
-    if not pts or split not in pts[-1]["results"]:
-        return None
-    return pts[-1]["results"][split]["success_rate"]
+    return _metric(pts[-1]["results"], split)[0] if pts else None
 
 
 def values(run: dict, stage: str, split: str) -> list[float]:
@@ -170,9 +184,7 @@ def _paired(run: dict, a: str, b: str, split: str, split_b: str | None = None) -
 
 def _per_problem(res: dict | None, split: str) -> list[float] | None:
     pts = (res or {}).get("points") or []
-    if not pts or split not in pts[-1]["results"]:
-        return None
-    return pts[-1]["results"][split].get("per_problem")
+    return _metric(pts[-1]["results"], split)[1] if pts else None
 
 
 def paired_problem_differences(run: dict, a: str, b: str, split: str, split_b: str | None = None) -> list[float]:
@@ -184,7 +196,7 @@ def paired_problem_differences(run: dict, a: str, b: str, split: str, split_b: s
         pb = _per_problem(run["results"][seed].get(b), split_b or split)
         if pa is None or pb is None or len(pa) != len(pb):
             return []
-        out += [x - y for x, y in zip(pa, pb)]
+        out += [x - y for x, y in zip(pa, pb) if x is not None and y is not None]
     return out
 
 
@@ -279,11 +291,11 @@ def curve_data(run: dict, spec: dict, split: str) -> dict[str, tuple[list[float]
             m, sd = _mean_std(base_vals)
             xs.append(0.0), ms.append(m), sds.append(sd)
         for i in range(n):
-            pts = [p[i] for p in per_seed if split in p[i]["results"]]
+            pts = [(p[i], v) for p in per_seed if (v := _metric(p[i]["results"], split)[0]) is not None]
             if not pts:
                 continue
-            xs.append(sum(p["flops"] for p in pts) / len(pts))
-            m, sd = _mean_std([p["results"][split]["success_rate"] for p in pts])
+            xs.append(sum(p["flops"] for p, _ in pts) / len(pts))
+            m, sd = _mean_std([v for _, v in pts])
             ms.append(m), sds.append(sd)
         out[label] = (xs, ms, sds)
     return out

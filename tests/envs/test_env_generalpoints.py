@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 
 from postlab.envs import make
-from postlab.envs.generalpoints import BLACK, RED, GeneralPoints, card_value
+from postlab.envs.generalpoints import BLACK, RED, GeneralPoints, card_value, face_rule_applied
 from postlab.envs.gp_solver import count_solvable, is_solvable, solutions
 from postlab.verifiers.arith import evaluate
 from postlab.verifiers.generalpoints import score_formula
@@ -150,18 +150,22 @@ def test_base_corpus_teaches_ood_knowledge_but_never_the_task():
     env = GeneralPoints()
     corpus = env.base_corpus(5000, seed=0)
     assert corpus == env.base_corpus(5000, seed=0) and len(corpus) == 5000
-    games = [c for c in corpus if isinstance(c, dict)]  # small card games in chat form
+    games = [c for c in corpus if isinstance(c, dict)]  # card games in chat form
     assert 500 < len(games) < 2000
+    n_cards = []
     for g in games:
         user, assistant = g["messages"][0]["content"], g["messages"][1]["content"]
         rule, cards, target = user.split(" | ")
-        assert len(cards.split()) - 1 in (2, 3)  # never the 4-card task
+        n_cards.append(len(cards.split()) - 1)
+        assert n_cards[-1] in (2, 3, 4)
+        assert not (n_cards[-1] == 4 and target == "target 24")  # never the task itself
         face = 11 if rule == "rule J=11 Q=12 K=13" else 10
         values = sorted(card_value({"A": 1, "J": 11, "Q": 12, "K": 13}.get(c[:-1]) or int(c[:-1]), face)
                         for c in cards.split()[1:])
         lhs, rhs = assistant.rsplit("=", 1)
         assert evaluate(lhs) == Fraction(rhs) == int(target.split()[1])
         assert sorted(int(t) for t in re.findall(r"\d+", lhs)) == values
+    assert {2, 3, 4} <= set(n_cards)
     corpus = [c for c in corpus if isinstance(c, str)]
     text = "\n".join(corpus)
     assert "rule J=11 Q=12 K=13" in text and "rule J=Q=K=10" in text
@@ -183,3 +187,19 @@ def test_base_corpus_teaches_ood_knowledge_but_never_the_task():
             assert sorted(int(t) for t in re.findall(r"\d+", lhs)) == values  # the rule's values, each card once
             assert not (len(values) == 4 and evaluate(lhs) == 24)  # never a 24-points solution
     assert sum("cards" in line and line.count("|") == 2 for line in corpus) > 500
+
+
+def test_face_rule_applied_tells_which_convention_an_answer_uses():
+    # rule-OOD hand K 3 8 A (K = 13): 13 is the stated rule, 10 the memorized ID one
+    assert face_rule_applied("13*3-8-1=30", [13, 3, 8, 1], 11) == "stated"
+    assert face_rule_applied("10+3+8+1=22", [13, 3, 8, 1], 11) == "other"
+    assert face_rule_applied("3*8*1=24", [13, 3, 8, 1], 11) == "neither"
+    assert face_rule_applied("10+13=23", [13, 10, 8, 1], 11) == "stated"  # a real 10 card is not the ID rule
+    assert face_rule_applied("10*2+4=24", [13, 10, 2, 4], 11) == "neither"
+    # ID hand (J = Q = K = 10): writing 12 for a queen is the other convention
+    assert face_rule_applied("12*2=24", [12, 2, 5, 5], 10) == "other"
+    assert face_rule_applied("10+5+5+2=22", [12, 2, 5, 5], 10) == "stated"
+    assert face_rule_applied("5+5=10", [9, 2, 5, 5], 10) is None  # no face card: no verdict
+    env = GeneralPoints(split="ood-rule", max_turns=1)
+    env.reset(0)
+    assert env.step(env.expert()).info["face_rule"] == "stated"  # every rule-OOD expert answer uses the rule

@@ -75,3 +75,20 @@ def test_paired_difference_ci_uses_the_pairing():
     assert paired_difference_ci(a, a) == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 40}
     with pytest.raises(ValueError, match="same problems"):
         paired_difference_ci(a, b[:-1])
+
+
+def test_first_attempt_diagnostics_counts_categories_per_problem():
+    from postlab.eval.evaluate import first_attempt_diagnostics
+    from postlab.rollout.episodes import Episode, Turn
+
+    def ep(*cats):
+        return Episode(seed=0, messages=[], input_ids=[], loss_mask=[], logprobs=[],
+                       turns=[Turn(0, [], [], "", "stop", info={"face_rule": c}) for c in cats])
+
+    # 3 problems x 2 samples; only first attempts count; None (no face card) is left out
+    by_problem = [[ep("stated", "other"), ep("other")], [ep("stated"), ep("stated")], [ep(None), ep(None)]]
+    d = first_attempt_diagnostics(by_problem, ("face_rule",))
+    assert d["diagnostics"] == {"face_rule": {"other": 0.25, "stated": 0.75}}
+    assert d["diagnostics_per_problem"]["face_rule"]["stated"] == [0.5, 1.0, None]
+    assert d["diagnostics_per_problem"]["face_rule"]["other"] == [0.5, 0.0, None]
+    assert first_attempt_diagnostics(by_problem, ()) == {}

@@ -7,7 +7,7 @@ import pytest
 
 from postlab.cli.main import main
 from postlab.studies import StudyRunner, resolve
-from postlab.studies.report import _verdict, build_report, findings, load_run
+from postlab.studies.report import _metric, _verdict, build_report, findings, load_run
 
 STUDY = {
     "name": "fixture", "description": "a small fixture study", "paper": "Chu et al. 2025",
@@ -117,3 +117,14 @@ def test_verdict_needs_the_ci_to_exclude_zero():
     assert _verdict(-0.05, (-0.09, -0.01), "negative", 3, 3) == "yes"
     assert _verdict(-0.05, (-0.09, -0.01), "negative", 1, 3) == "no"  # most seeds disagree
     assert _verdict(0.05, None, "positive", 1, 1) == "yes"  # no per-problem data: direction only decides
+
+
+def test_metric_reads_success_or_a_diagnostic_fraction():
+    results = {"ood-rule": {"success_rate": 0.1, "per_problem": [0.0, 1.0],
+                            "diagnostics": {"face_rule": {"stated": 0.5, "other": 0.5}},
+                            "diagnostics_per_problem": {"face_rule": {"stated": [1.0, 0.0], "other": [0.0, 1.0]}}}}
+    assert _metric(results, "ood-rule") == (0.1, [0.0, 1.0])
+    assert _metric(results, "ood-rule:face_rule=other") == (0.5, [0.0, 1.0])
+    assert _metric(results, "ood-rule:face_rule=neither") == (0.0, None)  # a category no answer fell in
+    assert _metric(results, "ood-rule:nothing=x") == (None, None)
+    assert _metric(results, "id") == (None, None)

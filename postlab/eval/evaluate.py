@@ -80,22 +80,18 @@ def success_turn(ep: Episode) -> int | None:
 
 def first_attempt_diagnostics(by_problem: list[list[Episode]], keys) -> dict:
     """``diagnostics``: key -> category -> fraction of first attempts, over the episodes whose
-    first turn has that key (not None); ``diagnostics_per_problem``: the same per problem (mean
-    over its samples; None where no sample has it), so reports can pair models problem by problem."""
-    if not keys:
-        return {}
+    first turn has that key (not None); ``diagnostics_per_problem``: key -> per problem, the
+    categories of its samples' first attempts (None where a sample has none), so reports can
+    pair two models problem by problem for any category."""
     fractions: dict[str, dict[str, float]] = {}
-    per_problem: dict[str, dict[str, list]] = {}
+    per_problem: dict[str, list[list]] = {}
     for key in keys:
-        cats_per_problem = [[ep.turns[0].info.get(key) for ep in eps if ep.turns] for eps in by_problem]
-        cats = sorted({c for cs in cats_per_problem for c in cs if c is not None})
-        seen = [c for cs in cats_per_problem for c in cs if c is not None]
-        if not seen:
-            continue
-        fractions[key] = {c: seen.count(c) / len(seen) for c in cats}
-        per_problem[key] = {c: [(sum(x == c for x in cs if x is not None) / n) if (n := sum(x is not None for x in cs))
-                                else None for cs in cats_per_problem] for c in cats}
-    return {"diagnostics": fractions, "diagnostics_per_problem": per_problem}
+        cats = [[ep.turns[0].info.get(key) if ep.turns else None for ep in eps] for eps in by_problem]
+        seen = [c for cs in cats for c in cs if c is not None]
+        if seen:
+            fractions[key] = {c: seen.count(c) / len(seen) for c in sorted(set(seen))}
+            per_problem[key] = cats
+    return {"diagnostics": fractions, "diagnostics_per_problem": per_problem} if keys else {}
 
 
 def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64,

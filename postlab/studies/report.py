@@ -74,7 +74,12 @@ def _metric(results: dict, split: str) -> tuple[float | None, list | None]:
     key, _, cat = diag.partition("=")
     if key not in (r.get("diagnostics") or {}):
         return None, None
-    return r["diagnostics"][key].get(cat, 0.0), (r.get("diagnostics_per_problem") or {}).get(key, {}).get(cat)
+    cats = (r.get("diagnostics_per_problem") or {}).get(key)
+    if isinstance(cats, dict):  # results written before 2026-11-25: category -> per-problem fractions
+        return r["diagnostics"][key].get(cat, 0.0), cats.get(cat)
+    per_problem = None if cats is None else [
+        None if not (seen := [c for c in cs if c is not None]) else sum(c == cat for c in seen) / len(seen) for cs in cats]
+    return r["diagnostics"][key].get(cat, 0.0), per_problem
 
 
 def _final(res: dict, split: str) -> float | None:
@@ -331,7 +336,8 @@ def plot_curves(run: dict) -> list[tuple[str, bytes]]:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
         plt.close(fig)
-        figs.append((spec.get("title", "curves"), buf.getvalue()))
+        if any_data:  # a figure of stages the preset does not run is left out, like its tables
+            figs.append((spec.get("title", "curves"), buf.getvalue()))
     return figs
 
 

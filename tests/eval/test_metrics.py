@@ -89,6 +89,5 @@ def test_first_attempt_diagnostics_counts_categories_per_problem():
     by_problem = [[ep("stated", "other"), ep("other")], [ep("stated"), ep("stated")], [ep(None), ep(None)]]
     d = first_attempt_diagnostics(by_problem, ("face_rule",))
     assert d["diagnostics"] == {"face_rule": {"other": 0.25, "stated": 0.75}}
-    assert d["diagnostics_per_problem"]["face_rule"]["stated"] == [0.5, 1.0, None]
-    assert d["diagnostics_per_problem"]["face_rule"]["other"] == [0.5, 0.0, None]
+    assert d["diagnostics_per_problem"]["face_rule"] == [["stated", "other"], ["stated", "stated"], [None, None]]
     assert first_attempt_diagnostics(by_problem, ()) == {}

@@ -122,9 +122,9 @@ def test_verdict_needs_the_ci_to_exclude_zero():
 def test_metric_reads_success_or_a_diagnostic_fraction():
     results = {"ood-rule": {"success_rate": 0.1, "per_problem": [0.0, 1.0],
                             "diagnostics": {"face_rule": {"stated": 0.5, "other": 0.5}},
-                            "diagnostics_per_problem": {"face_rule": {"stated": [1.0, 0.0], "other": [0.0, 1.0]}}}}
+                            "diagnostics_per_problem": {"face_rule": [["stated"], ["other"], [None]]}}}
     assert _metric(results, "ood-rule") == (0.1, [0.0, 1.0])
-    assert _metric(results, "ood-rule:face_rule=other") == (0.5, [0.0, 1.0])
-    assert _metric(results, "ood-rule:face_rule=neither") == (0.0, None)  # a category no answer fell in
+    assert _metric(results, "ood-rule:face_rule=other") == (0.5, [0.0, 1.0, None])
+    assert _metric(results, "ood-rule:face_rule=neither") == (0.0, [0.0, 0.0, None])  # no answer fell in it
     assert _metric(results, "ood-rule:nothing=x") == (None, None)
     assert _metric(results, "id") == (None, None)

@@ -13,7 +13,6 @@ scores high on `id_rule`.
 from __future__ import annotations
 
 import argparse
-import re
 
 from postlab.eval.evaluate import SEED_BASE
 

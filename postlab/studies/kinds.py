@@ -15,7 +15,6 @@ import copy
 import json
 from pathlib import Path
 
-from postlab.config import _deep_merge
 from postlab.eval.evaluate import SEED_BASE
 from postlab.progress import console
 

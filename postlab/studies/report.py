@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from postlab.eval.metrics import mean_ci
+from postlab.eval.metrics import paired_difference_ci
 
 
 # ----------------------------------------------------------------------------- loading
@@ -75,8 +75,6 @@ def _metric(results: dict, split: str) -> tuple[float | None, list | None]:
     if key not in (r.get("diagnostics") or {}):
         return None, None
     cats = (r.get("diagnostics_per_problem") or {}).get(key)
-    if isinstance(cats, dict):  # results written before 2026-11-25: category -> per-problem fractions
-        return r["diagnostics"][key].get(cat, 0.0), cats.get(cat)
     per_problem = None if cats is None else [
         None if not (seen := [c for c in cs if c is not None]) else sum(c == cat for c in seen) / len(seen) for cs in cats]
     return r["diagnostics"][key].get(cat, 0.0), per_problem
@@ -192,17 +190,21 @@ def _per_problem(res: dict | None, split: str) -> list[float] | None:
     return _metric(pts[-1]["results"], split)[1] if pts else None
 
 
-def paired_problem_differences(run: dict, a: str, b: str, split: str, split_b: str | None = None) -> list[float]:
-    """Per-problem differences final(a) - final(b) pooled over seeds, where both sides were
-    evaluated on the same problems (eval results with ``per_problem``); [] otherwise."""
-    out: list[float] = []
+def paired_problem_outcomes(run: dict, a: str, b: str, split: str, split_b: str | None = None) -> tuple[list, list]:
+    """Per-problem values of final(a) and final(b), aligned and pooled over seeds, where both
+    sides were evaluated on the same problems (eval results with per-problem values); ([], [])
+    otherwise. Problems where either side has no value (a diagnostic with no verdict) are left out."""
+    xs: list[float] = []
+    ys: list[float] = []
     for seed in sorted(run["results"], key=int):
         pa = _per_problem(run["results"][seed].get(a), split)
         pb = _per_problem(run["results"][seed].get(b), split_b or split)
         if pa is None or pb is None or len(pa) != len(pb):
-            return []
-        out += [x - y for x, y in zip(pa, pb) if x is not None and y is not None]
-    return out
+            return [], []
+        pairs = [(x, y) for x, y in zip(pa, pb) if x is not None and y is not None]
+        xs += [x for x, _ in pairs]
+        ys += [y for _, y in pairs]
+    return xs, ys
 
 
 def _verdict(mean: float, ci: tuple[float, float] | None, expect: str, agree: int, n: int) -> str:
@@ -223,14 +225,14 @@ def findings(run: dict) -> list[dict]:
     out = []
     for f in rep.get("findings") or []:
         m = f.get("metric") or {}
-        diffs: list[float] = []
+        pairs: tuple[list, list] = ([], [])
         if "delta" in m:
             per_seed = _paired(run, m["delta"][0], m["delta"][1], m["split"])
-            diffs = paired_problem_differences(run, m["delta"][0], m["delta"][1], m["split"])
+            pairs = paired_problem_outcomes(run, m["delta"][0], m["delta"][1], m["split"])
         elif "diff" in m:
             (a, sa), (b, sb) = m["diff"]
             per_seed = _paired(run, a, b, sa, sb)
-            diffs = paired_problem_differences(run, a, b, sa, sb)
+            pairs = paired_problem_outcomes(run, a, b, sa, sb)
         elif "value" in m:
             per_seed = values(run, *m["value"])
         else:
@@ -238,8 +240,8 @@ def findings(run: dict) -> list[dict]:
         mean, sd = _mean_std(per_seed)
         expect = f.get("expect", "positive")
         ci = None
-        if diffs:
-            c = mean_ci(diffs)
+        if pairs[0]:
+            c = paired_difference_ci(*pairs)
             ci = (c["ci_low"], c["ci_high"])
         if not per_seed:
             verdict, agree = "not run", 0

@@ -164,6 +164,12 @@ def _trainer_config(ctx, cls, model_path: Path | None):
     """The trainer config: the stage's `config` with the study's run dir, seed and input model."""
     from postlab.config import load_config
 
+    return load_config(cls, base=trainer_overrides(ctx, model_path))
+
+
+def trainer_overrides(ctx, model_path: Path | None) -> dict:
+    """The stage's `config` mapping with what the study owns filled in (run dir, seed,
+    per-step logging for compute accounting, the input model)."""
     data = copy.deepcopy(ctx.spec.get("config") or {})
     run = data.setdefault("run", {})
     run["out_dir"] = str(ctx.run_dir)
@@ -173,7 +179,7 @@ def _trainer_config(ctx, cls, model_path: Path | None):
     if model_path is not None:
         model = data.setdefault("model", {})
         model["path"], model["preset"] = str(model_path), None
-    return load_config(cls, base=data)
+    return data
 
 
 def _resume(ctx) -> str | None:

@@ -8,23 +8,24 @@ them itself.
 
 from __future__ import annotations
 
-import copy
-
 from postlab.config import load_config
 
 
 def train_rl_stage(ctx):
-    from postlab.trainers.rl import RLConfig, train_rl
+    from postlab.trainers.rl import train_rl
+
+    cfg = rl_stage_config(ctx)
+    resume = str(ctx.run_dir) if ctx.run_dir.exists() else None
+    return train_rl(cfg, resume=resume)
+
+
+def rl_stage_config(ctx):
+    """The validated RLConfig of an `rl` stage (what `train_rl_stage` trains with)."""
+    from postlab.studies.kinds import trainer_overrides
+    from postlab.trainers.rl import RLConfig
 
     spec = ctx.spec
-    data = copy.deepcopy(spec.get("config") or {})
-    run = data.setdefault("run", {})
-    run["out_dir"] = str(ctx.run_dir)
-    run.setdefault("seed", ctx.seed)
-    run["log_every"] = 1
-    run.setdefault("keep_checkpoints", 1000)
-    model = data.setdefault("model", {})
-    model["path"], model["preset"] = str(ctx.input_checkpoint(0)), None
+    data = trainer_overrides(ctx, ctx.input_checkpoint(0))
     env = data.setdefault("env", {})
     split = spec.get("split", "id")
     # The trainer's own periodic eval runs on the training split unless the stage names others:
@@ -34,6 +35,4 @@ def train_rl_stage(ctx):
     for k, v in wanted.items():
         if v is not None:
             env.setdefault(k, v)
-    cfg = load_config(RLConfig, base=data)
-    resume = str(ctx.run_dir) if ctx.run_dir.exists() else None
-    return train_rl(cfg, resume=resume)
+    return load_config(RLConfig, base=data)

@@ -329,7 +329,7 @@ def plot_curves(run: dict) -> list[tuple[str, bytes]]:
                                 alpha=0.15)
             ax.set_title(title)
             ax.set_xlabel("training compute (FLOPs)")
-            ax.set_ylabel("success (%)")
+            ax.set_ylabel("% of first answers" if ":" in split else "success (%)")
             ax.grid(alpha=0.3)
         if any_data:
             axes[0][0].legend()

@@ -39,7 +39,7 @@ import re
 
 from postlab.envs.base import Env, Observation, StepResult, register_env, reject_unknown_options
 from postlab.envs.gp_solver import is_solvable, solutions
-from postlab.verifiers.generalpoints import GPVerdict, score_response
+from postlab.verifiers.generalpoints import MAX_RESPONSE_CHARS, GPVerdict, score_response
 
 RANK_NAMES = {1: "A", 11: "J", 12: "Q", 13: "K"}
 BLACK, RED = ("♠", "♣"), ("♥", "♦")
@@ -91,7 +91,9 @@ def face_rule_applied(text: str, ranks: list[int], face: int) -> str | None:
     faces = [r for r in ranks if r > 10]
     if not faces:
         return None
-    numbers = {int(x) for x in re.findall(r"\d+", text.split("=")[0])}
+    # card values have at most 2 digits; longer digit runs are not card values (and int() of a
+    # hostile 5,000-digit run would raise)
+    numbers = {int(x) for x in re.findall(r"\d+", text[:MAX_RESPONSE_CHARS].split("=")[0]) if len(x) <= 3}
     values = {card_value(r, face) for r in ranks}
     stated = {card_value(r, face) for r in faces}
     other = {card_value(r, 11 if face == 10 else 10) for r in faces} - values

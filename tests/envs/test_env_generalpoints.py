@@ -200,6 +200,7 @@ def test_face_rule_applied_tells_which_convention_an_answer_uses():
     assert face_rule_applied("12*2=24", [12, 2, 5, 5], 10) == "other"
     assert face_rule_applied("10+5+5+2=22", [12, 2, 5, 5], 10) == "stated"
     assert face_rule_applied("5+5=10", [9, 2, 5, 5], 10) is None  # no face card: no verdict
+    assert face_rule_applied("13+" + "9" * 50_000, [13, 3, 8, 1], 11) == "stated"  # hostile digit run: no crash
     env = GeneralPoints(split="ood-rule", max_turns=1)
     env.reset(0)
     assert env.step(env.expert()).info["face_rule"] == "stated"  # every rule-OOD expert answer uses the rule

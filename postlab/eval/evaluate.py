@@ -142,6 +142,8 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
     result["failure_reasons"] = dict(final.most_common())
     result["attempt_failure_reasons"] = dict(attempts.most_common())
     result.update(first_attempt_diagnostics(by_problem, getattr(ENV_REGISTRY.get(env), "diagnostics", ())))
+    # answers cut at max_new_tokens fail for a reason no verifier names: count them separately
+    result["truncated_fraction"] = sum(e.truncated for e in episodes) / len(episodes)
     result["mean_reward"] = sum(e.reward for e in episodes) / len(episodes)
     result["mean_turns"] = sum(len(e.turns) for e in episodes) / len(episodes)
     result["generated_tokens"] = sum(len(t.token_ids) for e in episodes for t in e.turns)

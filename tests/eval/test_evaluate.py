@@ -56,3 +56,10 @@ def test_gp_rule_probe_classifies_answers():
     assert classify("8*3*1=24", [13, 3, 8, 1], [13, 3, 8, 1]) == "other"
     assert classify("10+13+1=24", [10, 13, 1, 2], [10, 13, 1, 2]) == "rule"  # a real 10 card is no evidence
     assert classify("10*2+1+3=24", [10, 12, 1, 3], [10, 12, 1, 3]) == "other"
+
+
+def test_answers_cut_by_max_new_tokens_are_counted(nano):
+    model, tok = nano
+    r = evaluate(model, tok, "toy-copy", "id", n_episodes=6, max_turns=1, max_new_tokens=1)
+    # an untrained model never stops after one token; every episode is cut (and fails for it)
+    assert r["truncated_fraction"] == 1.0 and r["success_rate"] == 0.0

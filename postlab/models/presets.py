@@ -10,7 +10,7 @@ PRESETS: dict[str, dict] = {
     # ~0.2M parameters: unit tests.
     "nano": dict(arch="qwen2", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
-    # ~0.9M parameters: fast CPU learning tests.
+    # ~0.63M parameters (with the char tokenizer): fast CPU learning tests and the lab-scale studies.
     "micro": dict(arch="qwen2", hidden_size=128, intermediate_size=384, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
     # ~3.4M parameters: the lab-scale default (design.md reference numbers).

@@ -12,11 +12,10 @@ from postlab.config import load_config
 
 
 def train_rl_stage(ctx):
+    from postlab.studies.kinds import _resume
     from postlab.trainers.rl import train_rl
 
-    cfg = rl_stage_config(ctx)
-    resume = str(ctx.run_dir) if ctx.run_dir.exists() else None
-    return train_rl(cfg, resume=resume)
+    return train_rl(rl_stage_config(ctx), resume=_resume(ctx))
 
 
 def rl_stage_config(ctx):

@@ -47,15 +47,15 @@ def test_sampled_pass_at_k(nano):
         evaluate(model, tok, "toy-copy", "id", n_episodes=2, k=4)
 
 
-def test_gp_rule_probe_classifies_answers():
-    from postlab.eval.gp_rules import classify
+def test_gp_rule_probe_counts_the_face_rule_diagnostic():
+    from postlab.eval.gp_rules import probe
+    from postlab.models import build_tokenizer, init_model
 
-    # K♠ 3 8 A under J=11 Q=12 K=13: values 13 3 8 1
-    assert classify("13-1+3+9=24", [13, 3, 8, 1], [13, 3, 8, 1]) == "rule"
-    assert classify("10+8+3*2=24", [13, 3, 8, 1], [13, 3, 8, 1]) == "id_rule"  # K read as 10
-    assert classify("8*3*1=24", [13, 3, 8, 1], [13, 3, 8, 1]) == "other"
-    assert classify("10+13+1=24", [10, 13, 1, 2], [10, 13, 1, 2]) == "rule"  # a real 10 card is no evidence
-    assert classify("10*2+1+3=24", [10, 12, 1, 3], [10, 12, 1, 3]) == "other"
+    tok = build_tokenizer(["rule J=11 Q=12 K=13 | cards K♠ 3♣ 8♠ A♣ 0123456789+-*/()="], "char")
+    model = init_model("nano", tok, seed=0).eval()
+    counts = probe(model, tok, n=8, max_new_tokens=6)
+    # every rule-OOD hand has a face card, so every first answer gets exactly one verdict
+    assert set(counts) == {"stated", "other", "neither"} and sum(counts.values()) == 8
 
 
 def test_answers_cut_by_max_new_tokens_are_counted(nano):

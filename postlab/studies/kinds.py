@@ -271,8 +271,8 @@ def run_eval(ctx) -> dict:
             console.print(f"  step {p['step']}: {split} success {r['success_rate']:.3f} "
                           f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]", highlight=False)
             if r["truncated_fraction"] > 0.25:
-                console.print(f"  [yellow]warning: {r['truncated_fraction']:.0%} of {split} episodes hit "
-                              f"max_new_tokens={opts.get('max_new_tokens', 64)}; raise eval.max_new_tokens[/yellow]")
+                console.print(f"  [yellow]warning: {r['truncated_fraction']:.0%} of {split} episodes hit the "
+                              "generation cap; raise the stage's eval.max_new_tokens[/yellow]")
         out_points.append({"step": p["step"], "tokens_trained": p["tokens_trained"],
                            "tokens_generated": p["tokens_generated"],
                            "flops": flops(params, p["tokens_trained"], p["tokens_generated"]),

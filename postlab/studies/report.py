@@ -80,9 +80,14 @@ def _metric(results: dict, split: str) -> tuple[float | None, list | None]:
     return r["diagnostics"][key].get(cat, 0.0), per_problem
 
 
+def _final_metric(res: dict | None, split: str) -> tuple[float | None, list | None]:
+    """`_metric` of a stage's last evaluated point (None, None when it has none)."""
+    pts = (res or {}).get("points") or []
+    return _metric(pts[-1]["results"], split) if pts else (None, None)
+
+
 def _final(res: dict, split: str) -> float | None:
-    pts = res.get("points") or []
-    return _metric(pts[-1]["results"], split)[0] if pts else None
+    return _final_metric(res, split)[0]
 
 
 def values(run: dict, stage: str, split: str) -> list[float]:
@@ -185,11 +190,6 @@ def _paired(run: dict, a: str, b: str, split: str, split_b: str | None = None) -
     return out
 
 
-def _per_problem(res: dict | None, split: str) -> list[float] | None:
-    pts = (res or {}).get("points") or []
-    return _metric(pts[-1]["results"], split)[1] if pts else None
-
-
 def paired_problem_outcomes(run: dict, a: str, b: str, split: str, split_b: str | None = None) -> tuple[list, list]:
     """Per-problem values of final(a) and final(b), aligned and pooled over seeds, where both
     sides were evaluated on the same problems (eval results with per-problem values); ([], [])
@@ -197,8 +197,8 @@ def paired_problem_outcomes(run: dict, a: str, b: str, split: str, split_b: str 
     xs: list[float] = []
     ys: list[float] = []
     for seed in sorted(run["results"], key=int):
-        pa = _per_problem(run["results"][seed].get(a), split)
-        pb = _per_problem(run["results"][seed].get(b), split_b or split)
+        pa = _final_metric(run["results"][seed].get(a), split)[1]
+        pb = _final_metric(run["results"][seed].get(b), split_b or split)[1]
         if pa is None or pb is None or len(pa) != len(pb):
             return [], []
         pairs = [(x, y) for x, y in zip(pa, pb) if x is not None and y is not None]
@@ -207,12 +207,20 @@ def paired_problem_outcomes(run: dict, a: str, b: str, split: str, split_b: str 
     return xs, ys
 
 
+def _expected(expect: str):
+    """The predicate a finding's value must satisfy: > 0, < 0, or >= a threshold."""
+    if expect == "positive":
+        return lambda x: x > 0
+    if expect == "negative":
+        return lambda x: x < 0
+    return lambda x: x >= float(expect)
+
+
 def _verdict(mean: float, ci: tuple[float, float] | None, expect: str, agree: int, n: int) -> str:
     """'yes' when the direction holds and the 95% CI of the paired difference excludes 0 on that
     side; 'direction only' when the mean points the right way but the CI includes 0 (noise can
     explain it); 'no' otherwise."""
-    ok = (lambda x: x > 0) if expect == "positive" else (lambda x: x < 0) if expect == "negative" else \
-        (lambda x: x >= float(expect))
+    ok = _expected(expect)
     if not (ok(mean) and agree > n / 2):
         return "no"
     if ci is None or expect not in ("positive", "negative"):
@@ -246,8 +254,7 @@ def findings(run: dict) -> list[dict]:
         if not per_seed:
             verdict, agree = "not run", 0
         else:
-            agree = sum((x > 0) if expect == "positive" else (x < 0) if expect == "negative" else (x >= float(expect))
-                        for x in per_seed)
+            agree = sum(map(_expected(expect), per_seed))
             verdict = _verdict(mean, ci, expect, agree, len(per_seed))
         signed = "value" not in m
         out.append({"claim": f["claim"], "paper": str(f.get("paper", "")), "expect": expect,
@@ -331,15 +338,16 @@ def plot_curves(run: dict) -> list[tuple[str, bytes]]:
             ax.set_xlabel("training compute (FLOPs)")
             ax.set_ylabel("% of first answers" if ":" in split else "success (%)")
             ax.grid(alpha=0.3)
-        if any_data:
-            axes[0][0].legend()
+        if not any_data:  # a figure of stages the preset does not run is left out, like its tables
+            plt.close(fig)
+            continue
+        axes[0][0].legend()
         fig.suptitle(spec.get("title", ""))
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
         plt.close(fig)
-        if any_data:  # a figure of stages the preset does not run is left out, like its tables
-            figs.append((spec.get("title", "curves"), buf.getvalue()))
+        figs.append((spec.get("title", "curves"), buf.getvalue()))
     return figs
 
 

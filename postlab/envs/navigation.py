@@ -21,22 +21,24 @@ attempts per position; exhausting them ends the episode as a failure. The dialog
 observation/action history: each correct action is followed by a user turn with the next
 observation.
 
-Compact style (postlab's, for tiny models), split id, seed 0::
+Compact style (postlab's, for tiny models), split id, seed 0, with `restate=True`: each answer
+restates the current instruction, then the action (the paper's JSON "current instruction" and
+"action" fields, compacted). The default answers with the bare action ("turn W", "forward")::
 
     user:      mode abs | 1. turn left to W. 2. forward to Park Cafe on left. 3. turn slightly left to SW.
                4. forward to Bay Market on left, stop. | O1: int, Hill Diner right
-    assistant: turn W
+    assistant: 1. turn left to W. => turn W
     user:      O2: int, Hill Diner left
-    assistant: forward
+    assistant: 2. forward to Park Cafe on left. => forward
     user:      O3: none
     ...        (forward through an intersection whose landmark is not Park Cafe)
     user:      O6: int, Park Cafe left
-    assistant: turn SW
+    assistant: 3. turn slightly left to SW. => turn SW
     ...
     user:      O9: int, Bay Market left
-    assistant: stop
+    assistant: 4. forward to Bay Market on left, stop. => stop
 
-In `ood-rule` the prompt starts "mode rel" and the answer would be "turn left".
+In `ood-rule` the prompt starts "mode rel" and the first answer would be "turn left" ("1. turn left to W. => turn left" restated).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import json
 import random
 
 from postlab.envs.base import Env, Observation, StepResult, register_env, reject_unknown_options
-from postlab.verifiers.navigation import COMPASS, SHORT, NavVerdict, format_action, score_action
+from postlab.verifiers.navigation import COMPASS, RESTATE, SHORT, NavVerdict, format_action, score_action
 
 VEC = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))  # N, NE, ..., NW (clockwise)
 SIDES = ("front", "right", "right", "right", "back", "left", "left", "left")  # by clockwise offset in 45° steps
@@ -189,12 +191,17 @@ class Navigation(Env):
     styles = ("compact", "paper")
 
     def __init__(self, split: str = "id", style: str = "compact", verify_iter: int = 2, max_turns: int = 200,
-                 n_cities: int = 8, world_seed: int = 0, **kwargs):
+                 n_cities: int = 8, world_seed: int = 0, restate: bool = False, **kwargs):
         reject_unknown_options("navigation", type(self), kwargs)
         super().__init__(split=split, style=style, max_turns=max_turns)
         if verify_iter < 1:
             raise ValueError(f"navigation: verify_iter must be >= 1, got {verify_iter}")
         self.verify_iter, self.world_seed, self.n_cities = verify_iter, world_seed, n_cities
+        # restate=True: compact expert answers restate the current instruction before the action,
+        # as the paper's JSON answer does ("current instruction"), so the action can be copied from
+        # text the model has just written. Bare actions (the default) leave the model to find the
+        # k-th turn instruction in a 500-character prompt (docs/results.md measures both).
+        self.restate = bool(restate)
         self.city_kind, self.space = SPLITS[split]
         n = n_cities if self.city_kind == "seen" else max(2, n_cities // 2)  # fewer unseen cities, as eval only
         self.cities = cities(self.city_kind, n, world_seed)
@@ -255,7 +262,10 @@ class Navigation(Env):
     def expert(self) -> str:
         here = self.rail[self.index]
         if self.style == "compact":
-            return format_action(here.action, "compact")
+            action = format_action(here.action, "compact")
+            if not self.restate:
+                return action
+            return f"{here.instruction + 1}. {self.instruction_text(here.instruction)}{RESTATE}{action}"
         return ('{\n  "current observation": ' + json.dumps(self.observation(here)) +
                 ',\n  "current instruction": ' + json.dumps(self.instruction_text(here.instruction)) +
                 ',\n  "action": ' + json.dumps(format_action(here.action)) + "\n}")

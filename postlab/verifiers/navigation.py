@@ -3,8 +3,9 @@
 An answer is one action: `forward()`, `stop()` or `turn_direction(x)`, with x one of the 8
 compass directions (absolute action space) or left / right / slightly left / slightly right
 (relative action space). Paper-style answers are JSON with "current observation",
-"current instruction" and "action"; compact answers are the bare action, and short
-spellings are accepted by the same verifier ("forward", "turn NE", "turn slightly left").
+"current instruction" and "action"; compact answers are the action, optionally after the
+restated current instruction ("3. turn right to S. => turn S", the JSON fields compacted), and
+short spellings are accepted by the same verifier ("forward", "turn NE", "turn slightly left").
 
 Rewards, as the released code: +1 correct action; -1.5 when the action is wrong and the
 answer's "current observation" wrongly claims (or denies) being at an intersection; -1 for
@@ -62,8 +63,12 @@ def parse_action(text: str) -> tuple | None:
     return None
 
 
+RESTATE = " => "  # compact answers: "<current instruction> => <action>"
+
+
 def extract_fields(text: str) -> dict:
-    """The JSON fields of a paper-style answer (parsed leniently), or {"action": text}."""
+    """The JSON fields of a paper-style answer (parsed leniently), the two fields of a compact
+    restated answer, or {"action": text}."""
     if len(text) > MAX_RESPONSE_CHARS:
         return {}
     if '"action"' in text or "'action'" in text:
@@ -76,6 +81,9 @@ def extract_fields(text: str) -> dict:
             except (ValueError, RecursionError):  # the paper's template has a trailing comma
                 pass
         return {k: m.group(1) for k, rx in _FIELD.items() if (m := rx.search(text))}
+    if RESTATE.strip() in text:
+        instruction, _, action = text.rpartition(RESTATE.strip())
+        return {"current instruction": instruction.strip(), "action": action}
     return {"action": text}
 
 

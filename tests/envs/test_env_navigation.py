@@ -120,3 +120,26 @@ def test_determinism_bounds_and_corpus():
         else:
             assert mode == "mode abs" and all(w in SHORT.values() for w in words) and len(words) == len(asked)
     assert Navigation().base_corpus(10, 1) == corpus[:10]
+
+
+def test_restated_answers_name_the_current_instruction_and_score_only_the_action():
+    env = Navigation(split="id", restate=True)
+    env.reset(0)
+    answers = []
+    while not env.done:
+        answers.append(env.expert())
+        assert env.step(answers[-1]).reward == 1.0
+    # seed 0's route (module docstring): the instruction being executed, then the action
+    assert answers[0] == "1. turn left to W. => turn W"
+    assert answers[1] == "2. forward to Park Cafe on left. => forward"
+    assert answers[5] == "3. turn slightly left to SW. => turn SW"
+    assert answers[-1] == "4. forward to Bay Market on left, stop. => stop"
+    env.reset(0)
+    # only the action after the last "=>" is scored (the paper's reward ignores the instruction
+    # field); a wrong action after a right instruction is wrong; a bare action still counts
+    assert env.step("9. nonsense => => turn W").reward == 1.0
+    assert env.step("2. forward to Park Cafe on left. => stop").reward == -1.0
+    assert env.step("forward").reward == 1.0
+    bare = Navigation(split="id", restate=False)
+    bare.reset(0)
+    assert bare.expert() == "turn W"

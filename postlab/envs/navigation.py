@@ -49,7 +49,8 @@ import json
 import random
 
 from postlab.envs.base import Env, Observation, StepResult, register_env, reject_unknown_options
-from postlab.verifiers.navigation import COMPASS, RESTATE, SHORT, NavVerdict, format_action, score_action
+from postlab.verifiers.navigation import (COMPASS, RESTATE, SHORT, NavVerdict, action_space_used, format_action,
+                                          score_action)
 
 VEC = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))  # N, NE, ..., NW (clockwise)
 SIDES = ("front", "right", "right", "right", "back", "left", "left", "left")  # by clockwise offset in 45° steps
@@ -189,6 +190,7 @@ class Navigation(Env):
 
     splits = tuple(SPLITS)
     styles = ("compact", "paper")
+    diagnostics = ("action_space",)  # step-info categories evaluation counts on first attempts
 
     def __init__(self, split: str = "id", style: str = "compact", verify_iter: int = 2, max_turns: int = 200,
                  n_cities: int = 8, world_seed: int = 0, restate: bool = False, **kwargs):
@@ -252,7 +254,9 @@ class Navigation(Env):
         feedback = [] if self.done else [{"role": "user", "content": self._feedback(verdict)}]
         self.messages += feedback
         info = self.episode_info() | {"verdict": verdict.kind, "reasons": [verdict.reason] if verdict.reason else [],
-                                      "gold_action": format_action(here.action), "truncated": truncated}
+                                      "gold_action": format_action(here.action), "truncated": truncated,
+                                      "action_space": (action_space_used(verdict.action, self.space)
+                                                       if here.action[0] == "turn" else None)}
         return StepResult(feedback=feedback, reward=verdict.reward, done=self.done, success=success, info=info)
 
     def verify(self, text: str) -> NavVerdict:

@@ -94,6 +94,16 @@ def format_action(action: tuple, style: str = "paper") -> str:
     return f"turn_direction({x})" if style == "paper" else f"turn {SHORT.get(x, x)}"
 
 
+def action_space_used(action: tuple | None, stated: str) -> str:
+    """Which action space a turn answer uses: 'stated' (the prompt's mode, "absolute" or
+    "relative"), 'other' (the other mode's words, e.g. a compass turn on a relative prompt: the
+    ID action space applied where the prompt says otherwise) or 'neither' (no parsable turn).
+    Evaluation counts it on the opening turn of rule-OOD routes, where success alone is 0."""
+    if action is None or action[0] != "turn":
+        return "neither"
+    return "stated" if ("absolute" if action[1] in COMPASS else "relative") == stated else "other"
+
+
 def score_action(text: str, gold: tuple, at_intersection: bool) -> NavVerdict:
     """Score one answer against the ground-truth action at the current rail position."""
     if not isinstance(text, str):

@@ -143,3 +143,20 @@ def test_restated_answers_name_the_current_instruction_and_score_only_the_action
     bare = Navigation(split="id", restate=False)
     bare.reset(0)
     assert bare.expert() == "turn W"
+
+
+def test_action_space_diagnostic_on_turns_only():
+    from postlab.verifiers.navigation import action_space_used
+
+    assert action_space_used(("turn", "west"), "absolute") == "stated"
+    assert action_space_used(("turn", "west"), "relative") == "other"  # compass answer to a "mode rel" prompt
+    assert action_space_used(("turn", "slightly left"), "relative") == "stated"
+    assert action_space_used(("turn", "left"), "absolute") == "other"
+    assert action_space_used(("forward",), "relative") == action_space_used(None, "absolute") == "neither"
+    env = Navigation(split="ood-rule")
+    env.reset(3)
+    first = env.instructions[0][2]  # the compass word of instruction 1
+    assert env.step(f"turn {first}").info["action_space"] == "other"
+    assert env.step(env.expert()).info["action_space"] == "stated"
+    assert env.step(env.expert()).info["action_space"] is None  # a forward position: no verdict
+    assert env.diagnostics == ("action_space",)

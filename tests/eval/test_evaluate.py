@@ -63,3 +63,34 @@ def test_answers_cut_by_max_new_tokens_are_counted(nano):
     r = evaluate(model, tok, "toy-copy", "id", n_episodes=6, max_turns=1, max_new_tokens=1)
     # an untrained model never stops after one token; every episode is cut (and fails for it)
     assert r["truncated_fraction"] == 1.0 and r["success_rate"] == 0.0
+
+
+def test_nav_decision_probe_groups_and_scores_decisions(monkeypatch):
+    """Teacher-forced navigation decisions: totals follow the routes' rails; a model that always
+    says "forward" is right on every forward decision and on nothing else."""
+    import postlab.rollout.engine as engine
+    from postlab.envs.navigation import Navigation
+    from postlab.eval.nav_decisions import probe
+    from postlab.rollout.engine import Completion
+
+    env, expected = Navigation(split="id"), {"opening turn": 0, "later turn": 0, "forward": 0, "stop": 0}
+    for i in range(3):
+        env.reset(1_000_000 + i)
+        for pos, step in enumerate(env.rail):
+            kind = step.action[0] if step.action[0] != "turn" else ("opening turn" if pos == 0 else "later turn")
+            expected[kind] += 1
+    calls = []
+
+    def always_forward(model, tokenizer, prompts, params, backend=None):
+        calls.append(len(prompts))
+        return [Completion(0, [], "forward", [], "stop")]
+
+    monkeypatch.setattr(engine, "generate", always_forward)
+    tok = build_tokenizer(["mode abs"], "char")
+    counts = probe(None, tok, "id", routes=3)
+    assert {k: total for k, (_, total) in counts.items()} == expected and sum(calls) == sum(expected.values())
+    assert counts["forward"][0] == expected["forward"] > 0
+    assert counts["opening turn"][0] == counts["later turn"][0] == counts["stop"][0] == 0
+    # restated answers are scored on their action (the part after "=>")
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: [Completion(0, [], "9. anything => stop", [], "stop")])
+    assert probe(None, tok, "id", routes=3)["stop"] == (expected["stop"], expected["stop"])

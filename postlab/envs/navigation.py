@@ -38,7 +38,8 @@ restates the current instruction, then the action (the paper's JSON "current ins
     user:      O9: int, Bay Market left
     assistant: 4. forward to Bay Market on left, stop. => stop
 
-In `ood-rule` the prompt starts "mode rel" and the first answer would be "turn left" ("1. turn left to W. => turn left" restated).
+In `ood-rule` the prompt starts "mode rel" and the first answer would be "turn left" (restated:
+"1. turn left to W. => turn left").
 """
 
 from __future__ import annotations

@@ -24,26 +24,30 @@ def decision_kind(action: tuple, position: int) -> str:
 
 
 def probe(model, tokenizer, split: str = "id", routes: int = 24, max_new_tokens: int = 32,
-          env_args: dict | None = None, seed: int = 1_000_000) -> dict[str, tuple[int, int]]:
-    """kind -> (right, total) over the decisions of `routes` evaluation routes (seeds seed + i,
-    the evaluation's own). One greedy generation per decision; the history is always the expert's."""
+          env_args: dict | None = None) -> dict[str, tuple[int, int]]:
+    """kind -> (right, total) over the decisions of `routes` evaluation routes (the evaluation's
+    own seeds). The history is always the expert's, so every decision's prompt is known up front
+    and all are generated greedily in one batch."""
     from postlab.envs import make
+    from postlab.eval.evaluate import SEED_BASE
     from postlab.rollout.engine import SamplingParams, generate
     from postlab.rollout.episodes import _render
+    from postlab.verifiers.navigation import score_action
 
     env = make("navigation", split=split, **(env_args or {}))
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    counts = {k: [0, 0] for k in KINDS}
+    prompts, decisions = [], []  # decisions: (kind, gold action, at an intersection)
     for i in range(routes):
-        env.reset(seed + i)
+        env.reset(SEED_BASE + i)
         while not env.done:
             here = env.rail[env.index]
-            prompt = tokenizer(_render(tokenizer, env.messages, True), add_special_tokens=False)["input_ids"]
-            answer = generate(model, tokenizer, [prompt], params)[0].text.strip()
-            tally = counts[decision_kind(here.action, env.index)]
-            tally[0] += env.verify(answer).correct
-            tally[1] += 1
+            prompts.append(tokenizer(_render(tokenizer, env.messages, True), add_special_tokens=False)["input_ids"])
+            decisions.append((decision_kind(here.action, env.index), here.action, env.city.is_intersection(here.pos)))
             env.step(env.expert())
+    answers = generate(model, tokenizer, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
+    counts = {k: [0, 0] for k in KINDS}
+    for (kind, gold, at_intersection), answer in zip(decisions, answers):
+        counts[kind][0] += score_action(answer.text.strip(), gold, at_intersection).correct
+        counts[kind][1] += 1
     return {k: (right, total) for k, (right, total) in counts.items()}
 
 

@@ -83,7 +83,7 @@ def test_nav_decision_probe_groups_and_scores_decisions(monkeypatch):
 
     def always_forward(model, tokenizer, prompts, params, backend=None):
         calls.append(len(prompts))
-        return [Completion(0, [], "forward", [], "stop")]
+        return [Completion(i, [], "forward", [], "stop") for i in range(len(prompts))]
 
     monkeypatch.setattr(engine, "generate", always_forward)
     tok = build_tokenizer(["mode abs"], "char")
@@ -92,5 +92,6 @@ def test_nav_decision_probe_groups_and_scores_decisions(monkeypatch):
     assert counts["forward"][0] == expected["forward"] > 0
     assert counts["opening turn"][0] == counts["later turn"][0] == counts["stop"][0] == 0
     # restated answers are scored on their action (the part after "=>")
-    monkeypatch.setattr(engine, "generate", lambda *a, **k: [Completion(0, [], "9. anything => stop", [], "stop")])
+    monkeypatch.setattr(engine, "generate", lambda model, tok, prompts, params: [
+        Completion(i, [], "9. anything => stop", [], "stop") for i in range(len(prompts))])
     assert probe(None, tok, "id", routes=3)["stop"] == (expected["stop"], expected["stop"])

@@ -38,6 +38,15 @@ def git_revision() -> str | None:
         return None
 
 
+def _environment() -> dict:
+    """Machine, library versions and threads (postlab.runinfo); results are bit-identical only on the same."""
+    try:
+        from postlab.runinfo import environment
+    except ImportError:
+        return {}
+    return environment()
+
+
 def _json_default(x):
     if isinstance(x, torch.Tensor):
         return x.item() if x.numel() == 1 else x.tolist()
@@ -70,16 +79,30 @@ class RunDir:
                 print("wandb not installed; logging to JSONL and TensorBoard only", file=sys.stderr)
 
     # --------------------------------------------------------------- metadata
-    def write_meta(self, cfg, seed: int) -> None:
+    def write_meta(self, cfg, seed: int, trainer: str | None = None, data_fingerprint: str | None = None) -> None:
+        """config.yaml and meta.json of a fresh run: what `--resume` checks a continuation against."""
         from postlab import __version__
         from postlab.config import dump_yaml
 
         if self.rank:
             return
         dump_yaml(cfg, self.path / "config.yaml")
-        meta = {"seed": seed, "git_revision": git_revision(), "postlab": __version__, "torch": torch.__version__,
-                "python": sys.version.split()[0], "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        meta = {"trainer": trainer, "seed": seed, "data_fingerprint": data_fingerprint, "git_revision": git_revision(),
+                "postlab": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
+                "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "environment": _environment()}
         (self.path / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    def record_resume(self, cfg, changes: list[tuple[str, object, object]]) -> None:
+        """A resume that changed allowed keys (e.g. run.max_steps): log the change and make config.yaml current."""
+        from postlab.config import dump_yaml
+
+        if self.rank:
+            return
+        row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv,
+               "changes": [{"key": k, "old": old, "new": new} for k, old, new in changes]}
+        with open(self.path / "resumes.jsonl", "a") as fh:
+            fh.write(json.dumps(row, default=_json_default) + "\n")
+        dump_yaml(cfg, self.path / "config.yaml")
 
     def read_config(self) -> dict:
         import yaml
@@ -138,19 +161,67 @@ class RunDir:
         dirs = [d for d in self.checkpoint_dirs() if (d / "trainer_state.json").exists()]
         return dirs[-1] if dirs else None
 
-    def save_checkpoint(self, step: int, model, tokenizer, optimizer, state: dict, keep: int = 2) -> Path:
+    def latest_good_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose files verify (check_checkpoint); None when none does.
+
+        Says on stderr which damaged checkpoints it skipped and why, so a resume that falls back
+        never hides lost steps."""
+        damaged: list[tuple[Path, CheckpointError]] = []
+        good = None
+        for ckpt in reversed(self.checkpoint_dirs()):
+            try:
+                check_checkpoint(ckpt)
+            except CheckpointError as e:
+                damaged.append((ckpt, e))
+                continue
+            good = ckpt
+            break
+        if self.rank == 0:
+            for ckpt, e in damaged:
+                print(_damaged_message(ckpt, e, good), file=sys.stderr)
+        return good
+
+    def save_checkpoint(self, step: int, model, tokenizer, optimizer, state: dict, keep: int = 2,
+                        extra_files: dict[str, bytes] | None = None) -> Path:
         tensors, opt_meta = optimizer_to_flat(optimizer)
         tensors.update(rng_tensors())
         state = {**state, "step": step, "optimizer": opt_meta, "python_random": _py_random_state()}
         from safetensors.torch import save as st_save
 
         extra = {"trainer_state.safetensors": st_save({k: v.contiguous() for k, v in tensors.items()}),
-                 "trainer_state.json": json.dumps(state, default=_json_default).encode()}
+                 "trainer_state.json": json.dumps(state, default=_json_default).encode(), **(extra_files or {})}
         unwrapped = getattr(model, "module", model)
         out = save_pretrained_atomic(unwrapped, tokenizer, self.path / "checkpoints" / f"step_{step:06d}", extra)
         for old in self.checkpoint_dirs()[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
         return out
+
+
+def check_checkpoint(ckpt: Path) -> None:
+    """Raise CheckpointError (DamagedFileError naming the file) unless checkpoint `ckpt` can be resumed from.
+
+    Verifies checksums.json when present (weights, trainer state, tokenizer: every byte), then the cheap
+    structural checks that also cover checkpoints saved before checksums existed."""
+    from postlab.models.io import DamagedFileError, check_safetensors, verify_checkpoint
+
+    state = ckpt / "trainer_state.json"
+    if not state.exists():
+        raise DamagedFileError(state, "missing (the save did not finish)")
+    verify_checkpoint(ckpt)
+    check_safetensors(ckpt)  # model and trainer_state safetensors: headers and sizes
+    try:
+        json.loads(state.read_text())
+    except ValueError as e:
+        raise DamagedFileError(state, f"unreadable JSON ({e})") from None
+
+
+def _damaged_message(ckpt: Path, e: CheckpointError, fallback: Path | None) -> str:
+    from postlab.models.io import DamagedFileError
+
+    what = f"file {e.file.name}: {e.problem}" if isinstance(e, DamagedFileError) else str(e)
+    then = (f"falling back to {fallback.name}" if fallback is not None else
+            "no good checkpoint remains (a run keeps only its last run.keep_checkpoints checkpoints)")
+    return f"checkpoint {ckpt} is damaged ({what}); {then}"
 
 
 def load_trainer_state(ckpt: Path, optimizer) -> dict:
@@ -161,7 +232,10 @@ def load_trainer_state(ckpt: Path, optimizer) -> dict:
         state = json.loads((ckpt / "trainer_state.json").read_text())
         tensors = load_file(str(ckpt / "trainer_state.safetensors"))
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{ckpt}: cannot read trainer state ({e}); pick an older checkpoint") from None
+        # Resume takes a run directory, not a checkpoint: say what resume does about a damaged one.
+        raise CheckpointError(f"{ckpt}: cannot read trainer state ({e}); the checkpoint is damaged. "
+                              "`--resume RUN_DIR` falls back to the previous good checkpoint automatically; "
+                              f"or delete {ckpt} and resume again") from None
     optimizer_from_flat(optimizer, tensors, state["optimizer"])
     restore_rng(tensors)
     random.setstate(_py_random_from_json(state["python_random"]))

@@ -5,33 +5,18 @@
 
 addition: {"prompt": "12+30=", "completion": "42"}, operands 0..99, eval prompts never seen in training.
 reverse:  {"prompt": "abc=", "completion": "cba"}, 3-5 letters from a-f.
-Deterministic (seeded), so every machine trains on the same records.
+Deterministic (seeded), so every machine trains on the same records. The configs here read the
+same records without any file (`data.train: synthetic:addition/train`, postlab.data.synthetic);
+this script is for looking at them or training from JSONL.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
-
-def addition(n_train: int = 8000, n_eval: int = 200, seed: int = 0, max_operand: int = 99):
-    pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
-    random.Random(seed).shuffle(pairs)
-    recs = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a, b in pairs]
-    return recs[n_eval:n_eval + n_train], recs[:n_eval]
-
-
-def reverse(n_train: int = 4000, n_eval: int = 200, seed: int = 0, alphabet: str = "abcdef", lengths=(3, 5)):
-    rng = random.Random(seed)
-    seen, recs = set(), []
-    while len(recs) < n_train + n_eval:
-        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(*lengths)))
-        if s not in seen:
-            seen.add(s)
-            recs.append({"prompt": s + "=", "completion": s[::-1]})
-    return recs[n_eval:], recs[:n_eval]
+from postlab.data.synthetic import addition, reverse
 
 
 def write(recs, path: Path) -> None:

@@ -8,7 +8,7 @@ import sys
 
 # Command modules, each adding its subcommands; a module missing here is simply skipped.
 COMMAND_MODULES = ["postlab.cli.train", "postlab.cli.model", "postlab.cli.envs", "postlab.cli.eval",
-                   "postlab.cli.study"]
+                   "postlab.cli.study", "postlab.cli.rollout", "postlab.cli.interventions"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     from postlab.trainers.common import TrainingError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops collecting positionals at an option, so `train sft CFG --resume RUN lr=...` leaves the
+    # dotted overrides after --resume unparsed: they belong to the command's overrides.
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

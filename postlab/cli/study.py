@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--preset", default=None, help="override layer defined by the study (demo | tiny | paper)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the study's / preset's)")
     p.add_argument("--out", default="runs/studies", help="root directory of study runs (default runs/studies)")
-    p.add_argument("--plan", action="store_true", help="only show the stages and whether each is cached")
+    p.add_argument("--plan", action="store_true", help="only validate every stage and show whether each is cached")
     p.add_argument("--no-report", action="store_true", help="do not write report.html / report.md")
     p.set_defaults(func=_run_study)
 
@@ -42,6 +42,7 @@ def _run_study(args) -> int:
                        seeds=args.seeds)
     runner = StudyRunner(study, args.out)
     if args.plan:
+        runner.validate()  # the same checks `run` does before its first stage
         table = Table(title=f"study {study.name} ({study.preset or 'default'}): {runner.root}")
         for col in ("seed", "stage", "kind", "after", "status", "directory"):
             table.add_column(col)

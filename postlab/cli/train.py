@@ -39,6 +39,9 @@ def _run(args) -> int:
     if args.resume:  # the run's own resolved config, then any overrides
         from pathlib import Path
 
+        if not (Path(args.resume) / "config.yaml").exists():
+            raise ConfigError(f"--resume {args.resume}: no run there (no config.yaml); give the run directory of the "
+                              "run to continue, or drop --resume to start a new run")
         config = config or str(Path(args.resume) / "config.yaml")
     cfg = load_config(getattr(module, cls_name), config, overrides)
     getattr(module, fn_name)(cfg, resume=args.resume)

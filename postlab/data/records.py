@@ -106,8 +106,16 @@ def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
 
 
 def load_records(source: str | Path, split: str = "train") -> list[dict]:
-    """A JSONL file, or `hf:NAME` for a Hugging Face `datasets` dataset (when installed)."""
+    """A JSONL file, `synthetic:NAME/train|eval` (postlab.data.synthetic), `env:NAME/SPLIT/N` (N expert
+    dialogues of an environment, on the expert seed range), or `hf:NAME` for a Hugging Face `datasets`
+    dataset (when installed)."""
     source = str(source)
+    if source.startswith("env:"):
+        return _env_records(source)
+    if source.startswith("synthetic:"):
+        from postlab.data.synthetic import load_synthetic
+
+        return load_synthetic(source)
     if source.startswith("hf:"):
         try:
             import datasets
@@ -119,6 +127,23 @@ def load_records(source: str | Path, split: str = "train") -> list[dict]:
             raise DataError(f"{source}: no records (empty dataset)")
         return records
     return read_jsonl(source)
+
+
+def _env_records(source: str) -> list[dict]:
+    """`env:generalpoints/id/4000` -> 4000 expert dialogues of generalpoints' id split (compact style)."""
+    from postlab.envs import make
+    from postlab.envs.export import sft_records
+    from postlab.seeds import expert_seed
+
+    parts = source[len("env:"):].split("/")
+    if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
+        raise DataError(f"{source}: expected env:NAME/SPLIT/N, e.g. env:generalpoints/id/4000")
+    name, split, n = parts[0], parts[1], int(parts[2])
+    try:
+        env = make(name, split=split)
+    except ValueError as e:
+        raise DataError(f"{source}: {e}") from None
+    return list(sft_records(env, [expert_seed(0, i) for i in range(n)]))
 
 
 # ----------------------------------------------------------------------------- tokenization

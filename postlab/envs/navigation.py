@@ -50,6 +50,7 @@ import json
 import random
 
 from postlab.envs.base import Env, Observation, StepResult, register_env, reject_unknown_options
+from postlab.seeds import corpus_seed
 from postlab.verifiers.navigation import (COMPASS, RESTATE, SHORT, NavVerdict, action_space_used, format_action,
                                           score_action)
 
@@ -327,7 +328,6 @@ class Navigation(Env):
         return navigation_corpus(n, seed, self.world_seed, self.n_cities)
 
 
-CORPUS_SEED_BASE = 10_000_000  # routes read in the base corpus: disjoint from training (< 1e6) and eval (1e6 + i)
 
 
 def navigation_corpus(n: int, seed: int = 0, world_seed: int = 0, n_cities: int = 8) -> list[str]:
@@ -350,7 +350,7 @@ def navigation_corpus(n: int, seed: int = 0, world_seed: int = 0, n_cities: int 
         r = rng.random()
         if r < 0.4:
             env = readers[rng.choice(("abs", "rel"))]
-            env.reset(CORPUS_SEED_BASE + seed * 1_000_003 + i)
+            env.reset(corpus_seed(seed, i))  # the corpus seed range: never a training or evaluation route
             head = env.prompt().rsplit(" | O1:", 1)[0]
             turns = [format_action(st.action, "compact") for st in env.rail if st.action[0] == "turn"]
             out.append(f"{head} | turns: {', then '.join(turns)}")

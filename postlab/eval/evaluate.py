@@ -1,7 +1,8 @@
 """ID/OOD evaluation of a model on an environment split.
 
-`evaluate(model, tokenizer, env, split, ...)` plays `n_episodes` problems (episode seeds
-`seed_base + seed + i`, the same for every model, so every checkpoint sees the same problems)
+`evaluate(model, tokenizer, env, split, ...)` plays `n_episodes` problems (env seeds
+`postlab.seeds.eval_seed(seed + i)`: the evaluation range, disjoint from every training and
+corpus seed, and the same for every model, so every checkpoint sees the same problems)
 and returns a JSON-ready dict:
 
 - ``success_rate`` with a percentile-bootstrap 95% CI over problems (sampled decoding: the
@@ -24,8 +25,7 @@ from typing import Literal
 from postlab.eval.metrics import mean_ci, pass_at_k_per_problem
 from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import Episode, context_limit, play
-
-SEED_BASE = 1_000_000  # evaluation problems never overlap the training seeds studies use (< 1e6)
+from postlab.seeds import eval_seed
 
 
 def failure_reasons(info: dict) -> list[str]:
@@ -98,7 +98,8 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
              decoding: Literal["greedy", "sampled"] = "greedy", temperature: float = 1.0, k: int = 1,
              n_samples: int = 0, max_turns: int | None = None, style: str = "compact", seed: int = 0,
              max_new_tokens: int = 64, max_steps: int = 256, env_args: dict | None = None, batch_size: int = 256,
-             n_boot: int = 2000, num_examples: int = 3, seed_base: int = SEED_BASE) -> dict:
+             n_boot: int = 2000, num_examples: int = 3) -> dict:
+    """Play `n_episodes` evaluation problems of `env`/`split` (see the module doc); a JSON-ready dict."""
     from postlab.envs import ENV_REGISTRY, make
 
     if decoding not in ("greedy", "sampled"):
@@ -111,7 +112,7 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
     kw = dict(env_args or {}) if max_turns is None else {**(env_args or {}), "max_turns": max_turns}
     start = time.time()
     # samples of one problem are consecutive episodes with the same env seed
-    seeds = [seed_base + seed + i for i in range(n_episodes) for _ in range(samples)]
+    seeds = [eval_seed(seed + i) for i in range(n_episodes) for _ in range(samples)]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0 if decoding == "greedy" else temperature,
                             seed=seed)
     episodes = play(model, tokenizer, lambda: make(env, split=split, style=style, **kw), seeds, params,

@@ -29,7 +29,7 @@ def probe(model, tokenizer, split: str = "id", routes: int = 24, max_new_tokens:
     own seeds). The history is always the expert's, so every decision's prompt is known up front
     and all are generated greedily in one batch."""
     from postlab.envs import make
-    from postlab.eval.evaluate import SEED_BASE
+    from postlab.seeds import eval_seed
     from postlab.rollout.engine import SamplingParams, generate
     from postlab.rollout.episodes import _render
     from postlab.verifiers.navigation import score_action
@@ -37,7 +37,7 @@ def probe(model, tokenizer, split: str = "id", routes: int = 24, max_new_tokens:
     env = make("navigation", split=split, **(env_args or {}))
     prompts, decisions = [], []  # decisions: (kind, gold action, at an intersection)
     for i in range(routes):
-        env.reset(SEED_BASE + i)
+        env.reset(eval_seed(i))
         while not env.done:
             here = env.rail[env.index]
             prompts.append(tokenizer(_render(tokenizer, env.messages, True), add_special_tokens=False)["input_ids"])

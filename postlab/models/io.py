@@ -3,14 +3,19 @@
 A checkpoint directory holds config.json, model.safetensors, tokenizer files and
 generation_config.json, and nothing postlab-specific: plain `transformers` loads it.
 Saves are atomic (write to a temporary sibling, then rename) so an interrupted save never
-destroys the previous checkpoint.
+destroys the previous checkpoint. Every save also writes checksums.json (sha256 and size of each
+file; transformers ignores it), so damage after the save (a bad disk, a partial copy) is caught
+at load time instead of training or evaluating silently damaged weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,6 +32,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message says which file and what to do."""
+
+
+# What to do about a damaged file, wherever it is found.
+DAMAGED_ADVICE = ("restore the file from a copy; for a run's checkpoint, `--resume RUN_DIR` falls back to the "
+                  "previous good checkpoint automatically")
+
+
+class DamagedFileError(CheckpointError):
+    """One file of a checkpoint is missing or damaged: `file` and `problem` let callers compose their own message."""
+
+    def __init__(self, file: Path, problem: str, advice: str = DAMAGED_ADVICE):
+        self.file, self.problem = Path(file), problem
+        super().__init__(f"{file}: {problem}; {advice}")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -54,8 +72,11 @@ def init_model(preset: str, tokenizer, dtype: str = "float32", attn_implementati
     return model
 
 
-def _check_safetensors(path: Path) -> None:
-    """Validate every safetensors file's header and size before transformers touches it."""
+def check_safetensors(path: Path) -> None:
+    """Validate every safetensors file's header and size before transformers touches it.
+
+    Cheap (headers only) and works without checksums.json; it misses damage inside the tensor data,
+    which only verify_checkpoint catches."""
     from safetensors import safe_open
 
     files = sorted(path.glob("*.safetensors"))
@@ -71,19 +92,118 @@ def _check_safetensors(path: Path) -> None:
             with open(f, "rb") as fh:
                 header_len = int.from_bytes(fh.read(8), "little")
                 if header_len <= 0 or 8 + header_len > size:
-                    raise CheckpointError(f"{f}: corrupted safetensors header (file truncated?); "
-                                          "restore it or pick another checkpoint")
+                    raise DamagedFileError(f, "corrupted safetensors header (file truncated?)")
                 header = json.loads(fh.read(header_len))
             end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
             if 8 + header_len + end != size:
-                raise CheckpointError(f"{f}: expected {8 + header_len + end} bytes, found {size} (truncated or "
-                                      "corrupted); restore it or pick another checkpoint")
+                raise DamagedFileError(f, f"expected {8 + header_len + end} bytes, found {size} (truncated or "
+                                          "corrupted)")
             with safe_open(str(f), framework="pt") as st:
                 list(st.keys())
         except CheckpointError:
             raise
         except Exception as e:  # noqa: BLE001 - any parse failure is a corrupted file
-            raise CheckpointError(f"{f}: cannot read safetensors ({e}); the file is corrupted") from None
+            raise DamagedFileError(f, f"cannot read safetensors ({e}); the file is corrupted") from None
+
+
+# ------------------------------------------------------------------------------ checksums
+
+CHECKSUMS = "checksums.json"
+_CHUNK = 1 << 20  # hash in 1 MiB reads: constant memory for multi-GB shards
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(directory: Path) -> Path:
+    """Record sha256 and size of every file under `directory` in checksums.json (call it after the last file)."""
+    directory = Path(directory)
+    files = {f.relative_to(directory).as_posix(): {"sha256": file_sha256(f), "size": f.stat().st_size}
+             for f in sorted(directory.rglob("*")) if f.is_file() and f.name != CHECKSUMS}
+    out = directory / CHECKSUMS
+    out.write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=1) + "\n")
+    return out
+
+
+def verify_checkpoint(path: str | Path, select: Callable[[str], bool] | None = None) -> None:
+    """Check every file listed in `path`/checksums.json (or those whose name `select` accepts) against its
+    recorded size and sha256; raise DamagedFileError naming the first damaged or missing one.
+
+    A directory without checksums.json (written by plain transformers or an older postlab) passes: there
+    is nothing to compare with, and check_safetensors still catches truncated or garbled weights."""
+    path = Path(path)
+    manifest = path / CHECKSUMS
+    if not manifest.exists():
+        return
+    try:
+        listed = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DamagedFileError(manifest, f"unreadable ({e}); the file is corrupted") from None
+    for name, rec in listed.items():
+        if select is None or select(name):
+            _verify_file(path / name, rec, manifest)
+
+
+def _verify_file(f: Path, rec: dict, manifest: Path) -> None:
+    if not f.is_file():
+        raise DamagedFileError(f, f"missing (listed in {manifest.name})")
+    size = f.stat().st_size
+    # A size check first: a truncated multi-GB shard fails without being read.
+    if size != rec["size"]:
+        raise DamagedFileError(f, f"truncated or corrupted: {size} bytes, {rec['size']} recorded in {manifest.name}")
+    found = file_sha256(f)
+    if found != rec["sha256"]:
+        raise DamagedFileError(f, f"corrupted: sha256 {found} found, {rec['sha256']} expected "
+                                  f"(recorded in {manifest.name} when it was saved)")
+
+
+def _is_trainer_state(name: str) -> bool:
+    return name.startswith("trainer_state.")
+
+
+def _is_model_file(name: str) -> bool:
+    """Files load_model reads: config, generation config and weight shards (not the optimizer state)."""
+    return name in ("config.json", "generation_config.json") or (
+        name.endswith((".safetensors", ".safetensors.index.json")) and not _is_trainer_state(name))
+
+
+def _is_tokenizer_file(name: str) -> bool:
+    """The small files left over (tokenizer.json, special tokens, vocab...): cheap to verify on every load."""
+    return not _is_model_file(name) and not _is_trainer_state(name) and not name.endswith(".safetensors")
+
+
+# ------------------------------------------------------------------------------ model paths
+
+# Hub ids are "org/name" (or a bare legacy "name" such as "gpt2"); postlab's own model directories.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_RUN_DIR_NAME = re.compile(r"final|step_\d+|checkpoints")
+
+
+def _local_dir(path: str | Path) -> Path | None:
+    """The local directory `path` names; None for a hub id; CheckpointError for a local path that does not exist.
+
+    Without this a typo'd directory reaches transformers, which answers with a hub-id validation or
+    network error that never says the directory is missing."""
+    text = str(path)
+    local = Path(text).expanduser()
+    if local.exists():
+        if local.is_file():
+            raise CheckpointError(f"{local}: is a file; pass the model directory holding it ({local.parent})")
+        return local
+    last = re.split(r"[/\\]", text.rstrip("/\\"))[-1]
+    hub_id = _HUB_ID.fullmatch(text) is not None and ".." not in text and not _RUN_DIR_NAME.fullmatch(last)
+    # "org/name" also contains a separator: hub_id decides for that shape.
+    looks_local = (text.startswith((".", "/", "~")) or "/" in text or "\\" in text
+                   or _RUN_DIR_NAME.fullmatch(last) is not None)
+    if looks_local and not hub_id:
+        raise CheckpointError(f"{path}: no such model directory; pass a directory holding config.json and "
+                              "*.safetensors (e.g. RUN/final), or a Hugging Face hub id")
+    return None
 
 
 def load_model(path: str, dtype: str = "float32", attn_implementation: str = "sdpa",
@@ -91,29 +211,36 @@ def load_model(path: str, dtype: str = "float32", attn_implementation: str = "sd
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
-    local = Path(path)
-    if local.exists():
+    local = _local_dir(path)
+    if local is not None:
         if not (local / "config.json").exists():
             raise CheckpointError(f"{local}: not a model directory (no config.json)")
-        _check_safetensors(local)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], attn_implementation=attn_implementation,
-                                                 trust_remote_code=trust_remote_code, use_safetensors=True)
+        verify_checkpoint(local, _is_model_file)
+        check_safetensors(local)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(local or path), dtype=DTYPES[dtype],
+                                                     attn_implementation=attn_implementation,
+                                                     trust_remote_code=trust_remote_code, use_safetensors=True)
+    except OSError as e:  # hub id not found / offline, unreadable local file
+        where = "" if local is not None else "no such local directory, and as a Hugging Face hub id: "
+        raise CheckpointError(f"{path}: cannot load the model ({where}{e})") from None
     return model.to(device)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    local = Path(path)
-    if local.exists():
-        if not local.is_dir() or not (local / "config.json").exists():
+    local = _local_dir(path)
+    if local is not None:
+        if not (local / "config.json").exists():
             raise CheckpointError(f"{local}: not a model directory (no config.json)")
         if not any((local / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                                                    "vocab.json")):
             raise CheckpointError(f"{local}: no tokenizer files (tokenizer.json / tokenizer_config.json); "
                                   "save the tokenizer next to the model")
+        verify_checkpoint(local, _is_tokenizer_file)
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(local or path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot load the tokenizer ({e})") from None
     if tok.pad_token is None:
@@ -123,7 +250,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def save_pretrained_atomic(model, tokenizer, out: str | Path, extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write a Hugging Face directory to `out` atomically (tmp dir + rename)."""
+    """Write a Hugging Face directory to `out` atomically (tmp dir + rename), with checksums.json."""
     _quiet_transformers()
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -134,6 +261,7 @@ def save_pretrained_atomic(model, tokenizer, out: str | Path, extra_files: dict[
     tokenizer.save_pretrained(tmp)
     for name, data in (extra_files or {}).items():
         (tmp / name).write_bytes(data)
+    write_checksums(tmp)  # last: it covers every file above
     _fsync_dir(tmp)
     old = out.with_name(out.name + ".old")
     if out.exists():

@@ -8,6 +8,7 @@ from postlab.objectives.registry import (AGGREGATION_MODES, OBJECTIVES, LossInpu
                                          get_objective, per_sequence_mean, register_objective)
 
 from postlab.objectives import rl  # noqa: F401,E402  (registers the RL objectives)
+from postlab.objectives import rasft  # noqa: F401,E402  (registers RASFT's objective)
 
 __all__ = ["AGGREGATION_MODES", "OBJECTIVES", "LossInputs", "Normalizer", "Objective", "aggregate", "get_objective",
            "per_sequence_mean", "register_objective"]

@@ -91,7 +91,12 @@ OBJECTIVES: dict[str, Objective] = {}
 
 
 def register_objective(name: str, **meta):
+    """Decorator: register `fn` as objective `name`; a name registered twice is an error."""
+
     def wrap(fn):
+        if name in OBJECTIVES:
+            raise ValueError(f"objective {name!r} is already registered (by {OBJECTIVES[name].fn.__module__}); "
+                             "pick another name")
         OBJECTIVES[name] = Objective(name=name, fn=fn, doc=(fn.__doc__ or "").strip(), **meta)
         return fn
 

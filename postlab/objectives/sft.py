@@ -65,3 +65,18 @@ def profit(inp: LossInputs, prob_threshold: float = 0.1):
     """ProFit: SFT only on tokens the model already gives probability > threshold (sg(p_t) > 0.1)."""
     keep = (inp.logp.detach().exp() > prob_threshold).to(inp.logp.dtype)
     return -inp.logp * _weights(inp) * keep, {"kept_fraction": keep.mean().item()}
+
+
+@register_objective("drift_normalized", default_aggregation="seq_mean_token_mean")
+def drift_normalized(inp: LossInputs, weight_mean: float):
+    """DRIFT, weight-normalized reduction (the authors' BATCH_WEIGHT_NORMAL): L = sum_i w_i l_i / sum_i w_i.
+
+    With aggregation seq_mean_token_mean, l_t = -w_i log p_t / weight_mean gives
+    (1/B) sum_i w_i l_i / weight_mean = sum_i w_i l_i / sum_i w_i, where weight_mean =
+    (sum_i w_i) / B over the WHOLE optimizer step (all micro-batches and ranks, B = Normalizer.seqs);
+    the trainer passes it every step. The default reduction (1/B) sum_i w_i l_i is `weighted_nll`
+    with seq_mean_token_mean."""
+    if not weight_mean > 0:
+        raise ValueError(f"drift_normalized: weight_mean must be > 0 (the step's mean sample weight), "
+                         f"got {weight_mean}")
+    return -inp.logp * _weights(inp) / weight_mean, {}

@@ -1,6 +1,6 @@
-"""Rollouts: batched KV-cache sampling (`generate`), multi-turn episodes and evaluation on an env."""
+"""Rollouts: batched KV-cache sampling (`generate`), multi-turn episodes (evaluation: postlab.eval.evaluate)."""
 
 from postlab.rollout.engine import Completion, SamplingParams, generate, hf_generate
-from postlab.rollout.episodes import Episode, Turn, evaluate, run_episodes
+from postlab.rollout.episodes import Episode, Turn, play, run_episodes
 
-__all__ = ["Completion", "Episode", "SamplingParams", "Turn", "evaluate", "generate", "hf_generate", "run_episodes"]
+__all__ = ["Completion", "Episode", "SamplingParams", "Turn", "generate", "hf_generate", "play", "run_episodes"]

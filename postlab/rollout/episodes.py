@@ -1,4 +1,4 @@
-"""Multi-turn episodes against any `Env`, in lock-step, and evaluation of a model on an env.
+"""Multi-turn episodes against any `Env`, in lock-step (evaluation: postlab.eval.evaluate).
 
 All active episodes generate together each turn (one `generate` call per turn). The training
 sequence of an episode is built token by token: the rendered prompt, then the sampled tokens
@@ -164,27 +164,3 @@ def context_limit(model, max_new_tokens: int) -> int | None:
     """How many prompt tokens fit before `max_new_tokens` in the model's position range."""
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     return max_pos - max_new_tokens if max_pos else None
-
-
-def evaluate(model, tokenizer, make_env: Callable[[], Env], episodes: int = 64, seed: int = 0,
-             params: SamplingParams | None = None, max_turns: int | None = None, batch_size: int = 256,
-             backend=None) -> dict:
-    """Success rate of a model on an environment over `episodes` episodes (env seeds seed..seed+N-1).
-
-    Greedy by default (`SamplingParams(temperature=0)`); multi-turn verify iterations come from
-    `max_turns` (or the env's own). Returns success_rate, mean_reward, success_by_turn (fraction of
-    episodes solved within k+1 turns), mean_turns, truncation, and the episodes themselves.
-    """
-    params = params or SamplingParams(max_new_tokens=64, temperature=0.0)
-    eps = play(model, tokenizer, make_env, range(seed, seed + episodes), params, max_turns, batch_size, backend)
-    n = max(len(eps), 1)
-    horizon = max((len(e.turns) for e in eps), default=0)
-    first = [next((k for k, t in enumerate(e.turns) if t.success), None) for e in eps]
-    return {
-        "success_rate": sum(e.success for e in eps) / n,
-        "mean_reward": sum(e.reward for e in eps) / n,
-        "success_by_turn": [sum(f is not None and f <= k for f in first) / n for k in range(horizon)],
-        "mean_turns": sum(len(e.turns) for e in eps) / n,
-        "truncation": sum(e.truncated for e in eps) / n,
-        "episodes": eps,
-    }

@@ -1,25 +1,32 @@
-"""The built-in stage kinds: pretrain, sft, rl, eval. Each is `run_KIND(ctx) -> result dict`.
+"""The built-in stage kinds, declared once in a registry: pretrain, sft, rl, eval.
+
+A `StageKind` pairs `run(ctx) -> result dict` with `validate(ctx)`, which builds and checks
+everything the stage will use (trainer config, environment and splits, `data:` and `eval:`
+keys) without training anything. The runner validates every stage of a study before the first
+one runs, so a typo in a late stage fails in a second, not forty minutes in.
 
 A result holds ``checkpoint`` (relative to the stage directory; what downstream stages load),
 ``checkpoints`` (the saved points along training, with cumulative compute at each, used by
-eval stages with ``points: all``) and ``compute`` (tokens trained/generated, parameters).
-A custom kind (``kind: module:function``) follows the same contract.
+eval stages with ``points: all``) and ``compute`` (integer tokens trained/generated,
+parameters). A custom kind (``kind: module:function``) follows the same contract.
 
-Seeds: training episodes of study seed s use env seeds s*100_003 + i (always < 1e6);
-evaluation uses seeds >= 1e6 (postlab.eval.evaluate.SEED_BASE), identical for every model.
+Seeds: every problem seed comes from `postlab.seeds` (expert demonstrations, the RL range,
+corpus episodes, evaluation), whose named ranges are disjoint by construction.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from postlab.eval.evaluate import SEED_BASE
+from postlab.config import ConfigError, _suggest
 from postlab.progress import console
-
-TRAIN_SEED_STRIDE = 100_003
-BASE_MIX_SEED_OFFSET = 7_919  # corpus seeds of SFT base-mix items: disjoint from pre-training's (0 + study seed)
+from postlab.seeds import corpus_generator_seed, expert_seed
+from postlab.studies.compute import count_params, cumulative_tokens, flops
 
 
 # ----------------------------------------------------------------------------- data adapters
@@ -61,89 +68,22 @@ def base_mix_records(spec: dict, n_task: int, fraction: float, seed: int) -> lis
     if fraction == 0.0:
         return []
     n = round(n_task * fraction / (1.0 - fraction))
-    return base_corpus_records(spec, n, seed=BASE_MIX_SEED_OFFSET + seed)
+    return base_corpus_records(spec, n, seed=corpus_generator_seed(seed, "base_mix"))
 
 
 def expert_records(spec: dict, split: str, n: int, seed: int, max_steps: int = 64) -> list[dict]:
-    """Expert demonstrations as chat records: play each episode with env.expert() to the end."""
+    """Expert demonstrations as chat records (postlab.envs.export.expert_dialogue, the one expert
+    player), on the `sft_expert` seed range of run seed `seed`."""
+    from postlab.envs.export import expert_dialogue
+
     env = _env(spec, split=split)
-    first = seed * TRAIN_SEED_STRIDE
-    if first + n >= SEED_BASE:
-        raise ValueError(f"training episodes {first}..{first + n} would overlap evaluation seeds (>= {SEED_BASE})")
-    records = []
-    for i in range(n):
-        obs = env.reset(first + i)
-        msgs = [dict(m) for m in obs.messages]
-        for _ in range(max_steps):
-            answer = env.expert()
-            msgs.append({"role": "assistant", "content": answer})
-            res = env.step(answer)
-            if res.done:
-                break
-            msgs.extend(dict(m) for m in res.feedback)
-        records.append({"messages": msgs})
-    return records
+    return [{"messages": expert_dialogue(env, expert_seed(seed, i), max_steps)} for i in range(n)]
 
 
-# ----------------------------------------------------------------------------- compute helpers
-
-
-def count_params(model_dir: Path) -> int:
-    """Parameters in a safetensors checkpoint, from the headers (no weights loaded)."""
-    total = 0
-    for f in Path(model_dir).glob("*.safetensors"):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        for k, v in header.items():
-            if k != "__metadata__":
-                size = 1
-                for d in v["shape"]:
-                    size *= d
-                total += size
-    return total
-
-
-TRAIN_TOKEN_KEYS = ("tokens_trained", "train_tokens", "tokens")
-GEN_TOKEN_KEYS = ("tokens_generated", "generated_tokens", "gen_tokens")
-
-
-def _first(row: dict, keys) -> float:
-    for k in keys:
-        if isinstance(row.get(k), (int, float)):
-            return float(row[k])
-    return 0.0
-
-
-def cumulative_tokens(run_dir: Path) -> dict[int, tuple[int, int]]:
-    """step -> (tokens trained, tokens generated) summed over steps <= step (needs log_every=1)."""
-    p = run_dir / "metrics.jsonl"
-    out: dict[int, tuple[int, int]] = {}
-    if not p.exists():
-        return out
-    per_step: dict[int, tuple[float, float]] = {}
-    for line in p.read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if row.get("kind", "train") != "train":
-            continue
-        trained, generated = _first(row, TRAIN_TOKEN_KEYS), _first(row, GEN_TOKEN_KEYS)
-        if not generated and "gen_tokens_per_s" in row and "time_generation" in row:  # postlab.trainers.rl rows
-            generated = row["gen_tokens_per_s"] * row["time_generation"]
-            if not trained and "tokens_per_s" in row:
-                trained = row["tokens_per_s"] * (row["time_generation"] + row.get("time_training", 0.0))
-        per_step[int(row["step"])] = (trained, generated)
-    tr = ge = 0.0
-    for step in sorted(per_step):
-        tr, ge = tr + per_step[step][0], ge + per_step[step][1]
-        out[step] = (int(tr), int(ge))
-    return out
+# ----------------------------------------------------------------------------- trainer stages
 
 
 def trainer_result(ctx, final: Path) -> dict:
-    from postlab.studies.runner import flops
-
     params = count_params(final)
     cum = cumulative_tokens(ctx.run_dir)
     last = max(cum) if cum else 0
@@ -174,7 +114,7 @@ def trainer_overrides(ctx, model_path: Path | None) -> dict:
     run = data.setdefault("run", {})
     run["out_dir"] = str(ctx.run_dir)
     run.setdefault("seed", ctx.seed)
-    run["log_every"] = 1  # per-step token counts: compute accounting
+    run["log_every"] = 1  # every step's running token totals: compute at any saved point
     run.setdefault("keep_checkpoints", 1000)  # eval stages may evaluate every saved point
     if model_path is not None:
         model = data.setdefault("model", {})
@@ -183,7 +123,30 @@ def trainer_overrides(ctx, model_path: Path | None) -> dict:
 
 
 def _resume(ctx) -> str | None:
-    return str(ctx.run_dir) if ctx.run_dir.exists() else None
+    """The stage's run directory when an interrupted attempt left a run there (resume it)."""
+    from postlab.trainers.loop import holds_run
+
+    return str(ctx.run_dir) if (ctx.run_dir / "config.yaml").exists() and holds_run(ctx.run_dir) else None
+
+
+def rl_stage_config(ctx):
+    """The validated RLConfig of an `rl` stage: the stage's `config` with what the study owns (input
+    checkpoint, run directory, seed) and the stage's environment unless its config sets its own."""
+    from postlab.config import load_config
+    from postlab.trainers.rl import RLConfig
+
+    spec = ctx.spec
+    data = trainer_overrides(ctx, ctx.input_checkpoint(0))
+    env = data.setdefault("env", {})
+    split = spec.get("split", "id")
+    # The trainer's own periodic eval runs on the training split unless the stage names others:
+    # split names are per environment (biographies has no 'id'); the study's eval stages do the ID/OOD evaluation.
+    wanted = {"name": spec.get("env"), "split": split, "style": spec.get("style"),
+              "max_turns": spec.get("max_turns"), "kwargs": spec.get("env_args"), "eval_splits": [split]}
+    for k, v in wanted.items():
+        if v is not None:
+            env.setdefault(k, v)
+    return load_config(RLConfig, base=data)
 
 
 # ----------------------------------------------------------------------------- kinds
@@ -194,7 +157,8 @@ def run_pretrain(ctx) -> dict:
     from postlab.trainers.sft import SFTConfig, train_sft
 
     data = ctx.spec.get("data") or {}
-    records = base_corpus_records(ctx.spec, int(data.get("n", 10_000)), seed=int(data.get("seed", 0)) + ctx.seed)
+    records = base_corpus_records(ctx.spec, int(data.get("n", 10_000)),
+                                  seed=int(data.get("seed", 0)) + corpus_generator_seed(ctx.seed, "pretrain"))
     cfg = _trainer_config(ctx, SFTConfig, None)
     final = train_sft(cfg, records, resume=_resume(ctx))
     return trainer_result(ctx, final)
@@ -224,9 +188,9 @@ def run_sft(ctx) -> dict:
 
 def run_rl(ctx) -> dict:
     """RL from the input checkpoint on the environment (postlab.trainers.rl)."""
-    from postlab.studies.rl_adapter import train_rl_stage
+    from postlab.trainers.rl import train_rl
 
-    final = train_rl_stage(ctx)
+    final = train_rl(rl_stage_config(ctx), resume=_resume(ctx))
     return trainer_result(ctx, final)
 
 
@@ -235,7 +199,6 @@ def run_eval(ctx) -> dict:
     from postlab.envs import make
     from postlab.eval.evaluate import evaluate
     from postlab.models.io import load_model, load_tokenizer, pick_device
-    from postlab.studies.runner import flops
 
     spec = ctx.spec
     src = ctx.inputs[0] if ctx.inputs else {}
@@ -284,3 +247,99 @@ def run_eval(ctx) -> dict:
     return {"env": spec["env"], "splits": splits, "points": out_points,
             "success": {s: final[s]["success_rate"] for s in splits},
             "compute": {"params": params, "tokens_trained": 0, "tokens_generated": generated}}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_keys(ctx, field: str, given: dict, valid) -> None:
+    for key in given or {}:
+        if key not in valid:
+            raise ConfigError(f"stages.{ctx.stage.name}.{field}.{key}: unknown key.{_suggest(key, list(valid))} "
+                              f"Valid for a {ctx.stage.kind} stage: {', '.join(valid)}")
+
+
+def _check_splits(ctx, splits: list[str]) -> None:
+    """Each split must exist for the stage's environment (built once, as the stage would)."""
+    for split in splits:
+        try:
+            _env(ctx.spec, split=split)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"stages.{ctx.stage.name}: {e}") from None
+
+
+def _stage_error(ctx, e: Exception) -> ConfigError:
+    return ConfigError(f"stages.{ctx.stage.name} ({ctx.stage.kind}): {e}")
+
+
+def validate_pretrain(ctx) -> None:
+    from postlab.trainers.sft import SFTConfig
+
+    _check_keys(ctx, "data", ctx.spec.get("data"), ("n", "seed"))
+    _check_splits(ctx, [None])
+    try:
+        _trainer_config(ctx, SFTConfig, None)
+    except ConfigError as e:
+        raise _stage_error(ctx, e) from None
+
+
+def validate_sft(ctx) -> None:
+    from postlab.trainers.sft import SFTConfig
+
+    data = ctx.spec.get("data") or {}
+    _check_keys(ctx, "data", data, ("n", "eval_holdout", "base_mix"))
+    if not 0.0 <= float(data.get("base_mix") or 0.0) < 1.0:
+        raise ConfigError(f"stages.{ctx.stage.name}.data.base_mix must be in [0, 1), got {data['base_mix']}")
+    split = ctx.spec.get("split", "id")
+    _check_splits(ctx, split if isinstance(split, list) else [split])
+    try:
+        _trainer_config(ctx, SFTConfig, ctx.input_checkpoint(0))
+    except ConfigError as e:
+        raise _stage_error(ctx, e) from None
+
+
+def validate_rl(ctx) -> None:
+    from postlab.trainers.rl import validate_env
+
+    try:
+        validate_env(rl_stage_config(ctx).env)
+    except ConfigError as e:
+        raise _stage_error(ctx, e) from None
+
+
+def validate_eval(ctx) -> None:
+    from postlab.eval.evaluate import evaluate
+
+    owned = ("model", "tokenizer", "env", "split")  # the stage supplies these
+    valid = [p for p in inspect.signature(evaluate).parameters if p not in owned] + ["device"]
+    _check_keys(ctx, "eval", ctx.spec.get("eval"), valid)
+    if ctx.spec.get("points", "final") not in ("final", "all"):
+        raise ConfigError(f"stages.{ctx.stage.name}.points: {ctx.spec['points']!r}; valid: 'final', 'all'")
+    _check_splits(ctx, ctx.spec.get("splits") or [None])
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclasses.dataclass(frozen=True)
+class StageKind:
+    name: str
+    run: Callable  # run(ctx) -> result dict
+    validate: Callable  # validate(ctx) -> None; raises ConfigError naming the stage and key
+    doc: str = ""
+
+
+STAGE_KINDS: dict[str, StageKind] = {}
+
+
+def register_stage_kind(kind: StageKind) -> StageKind:
+    if kind.name in STAGE_KINDS:
+        raise ValueError(f"stage kind {kind.name!r} is already registered; pick another name")
+    STAGE_KINDS[kind.name] = kind
+    return kind
+
+
+register_stage_kind(StageKind("pretrain", run_pretrain, validate_pretrain, "base corpus -> tiny model from scratch"))
+register_stage_kind(StageKind("sft", run_sft, validate_sft, "SFT on expert demonstrations of `split`"))
+register_stage_kind(StageKind("rl", run_rl, validate_rl, "RL on the environment (postlab.trainers.rl)"))
+register_stage_kind(StageKind("eval", run_eval, validate_eval, "ID/OOD evaluation (postlab.eval.evaluate)"))

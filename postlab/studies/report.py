@@ -376,11 +376,77 @@ def _findings_table(fs: list[dict]) -> dict:
                       f["reproduced"] + (f" ({f['seeds_agree']}/{f['seeds']} seeds)" if f["seeds"] else "")] for f in fs]}
 
 
+def _verdict_class(verdict: str) -> str:
+    """The CSS class of a findings row's verdict cell, from the verdict (not the cell's text)."""
+    if verdict.startswith("direction only"):
+        return "verdict-direction"
+    return {"yes": "verdict-yes", "no": "verdict-no"}.get(verdict, "verdict-none")
+
+
+def _findings_html(fs: list[dict]) -> str:
+    """The findings table in HTML: the same cells as the Markdown table, the verdict cell classed."""
+    ft = _findings_table(fs)
+    head = "".join(f"<th>{html.escape(x)}</th>" for x in ft["header"])
+    rows = []
+    for f, row in zip(fs, ft["rows"]):
+        cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in row[:-1])
+        rows.append(f"<tr>{cells}<td class='{_verdict_class(f['reproduced'])}'>{html.escape(row[-1])}</td></tr>")
+    return f"<h2>Findings</h2><table class='findings'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+# How each recorded environment key (postlab.runinfo.environment) is labelled; others keep their key.
+ENV_LABELS = {"torch": "torch", "transformers": "transformers", "python": "Python", "platform": "platform",
+              "cpu": "CPU", "cpu_count": "logical CPUs", "torch_threads": "torch threads", "blas": "BLAS",
+              "mkldnn": "oneDNN (mkldnn) available", "onednn_version": "oneDNN version",
+              "cpu_capability": "CPU capability (kernels)", "avx512": "AVX-512 used", "cuda_device": "CUDA device"}
+
+
+def _env_value(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return str(v)
+
+
+def environment_table(run: dict) -> dict | None:
+    """The run's recorded environment (study.json's "environment") as a two-column table;
+    None when the study did not record one (runs made before it was recorded)."""
+    env = run.get("environment")
+    if not isinstance(env, dict) or not env:
+        return None
+    keys = [k for k in ENV_LABELS if k in env] + [k for k in env if k not in ENV_LABELS and k != "deterministic_note"]
+    return {"title": "machine and software this study ran on", "header": ["", "value"],
+            "rows": [[ENV_LABELS.get(k, k), _env_value(env[k])] for k in keys]}
+
+
+def _environment_sections(run: dict) -> tuple[list[str], list[str]]:
+    """(Markdown lines, HTML parts) of the Environment section."""
+    from postlab.runinfo import DETERMINISM
+
+    t = environment_table(run)
+    note = (run.get("environment") or {}).get("deterministic_note") if t else None
+    md, h = ["## Environment", ""], ["<h2>Environment</h2>"]
+    if t is None:
+        md.append("Environment: not recorded (study.json has no 'environment').\n")
+        h.append("<p>Environment: not recorded (study.json has no 'environment').</p>")
+    else:
+        md.append(_md_table(t))
+        h.append(_html_table(t))
+    # runinfo's note starts with the same sentence: print it once, followed by the run's own values
+    note = str(note or "")
+    text = note if note.startswith(DETERMINISM) else DETERMINISM + (f" Recorded note: {note}" if note else "")
+    md.append(text + "\n")
+    h.append(f"<p>{html.escape(text)}</p>")
+    return md, h
+
+
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
 background:#fff}h1{font-size:1.6em}table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;
 padding:4px 10px;text-align:right}th:first-child,td:first-child{text-align:left}thead{background:#f0f3f8}
 pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}img{max-width:100%;border:1px solid #eee}
-.yes{color:#176f2c;font-weight:bold}.no{color:#a11;font-weight:bold}"""
+.verdict-yes{color:#176f2c;font-weight:bold}.verdict-no{color:#a11;font-weight:bold}
+.verdict-direction{color:#8a5a00}.verdict-none{color:#777}"""
 
 
 def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
@@ -403,10 +469,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[P
     if fs:
         ft = _findings_table(fs)
         md += ["## Findings", "", _md_table(ft)]
-        rows = "".join(f"<tr><td>{html.escape(r[0])}</td><td>{html.escape(r[1])}</td><td>{html.escape(r[2])}</td>"
-                       f"<td class='{r[3].split()[0]}'>{html.escape(r[3])}</td></tr>" for r in ft["rows"])
-        h.append("<h2>Findings</h2><table><thead><tr>" + "".join(f"<th>{x}</th>" for x in ft["header"]) +
-                 f"</tr></thead><tbody>{rows}</tbody></table>")
+        h.append(_findings_html(fs))
     md += ["## Results", ""]
     h.append("<h2>Results</h2>")
     for t in tables + deltas:
@@ -426,6 +489,9 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[P
                      f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(name)}</figcaption></figure>")
     md += ["## Compute", "", _md_table(comp)]
     h += ["<h2>Compute</h2>", _html_table(comp)]
+    env_md, env_html = _environment_sections(run)
+    md += env_md
+    h += env_html
     cfg = yaml.safe_dump(study, sort_keys=False, allow_unicode=True)
     md += ["## Configuration", "", "```yaml", cfg, "```"]
     h.append(f"<h2>Configuration</h2><pre>{html.escape(cfg)}</pre></body></html>")

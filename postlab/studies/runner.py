@@ -30,19 +30,26 @@ import time
 from pathlib import Path
 
 from postlab.progress import console
-from postlab.studies.spec import BUILTIN_KINDS, Stage, Study, stage_hash
+from postlab.studies.compute import flops
+from postlab.studies.kinds import STAGE_KINDS
+from postlab.studies.spec import Stage, Study, stage_hash
 
 DEFAULT_OUT = "runs/studies"
+
+
+def environment() -> dict:
+    """Machine and library versions (postlab.runinfo): reports print them, as bit-identity needs the same."""
+    try:
+        from postlab.runinfo import environment as info
+    except ImportError:
+        return {}
+    return info()
 
 
 def write_json_atomic(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
-
-
-def flops(params: int, tokens_trained: int, tokens_generated: int) -> float:
-    return 6.0 * params * tokens_trained + 2.0 * params * tokens_generated
 
 
 class StageContext:
@@ -67,12 +74,16 @@ class StageContext:
 
 
 def resolve_kind(kind: str):
-    if kind in BUILTIN_KINDS:
-        from postlab.studies import kinds
-
-        return getattr(kinds, f"run_{kind}")
+    """The run function of a built-in kind, or of a custom `module:function` kind."""
+    if kind in STAGE_KINDS:
+        return STAGE_KINDS[kind].run
     module, _, fn = kind.partition(":")
-    return getattr(importlib.import_module(module), fn)
+    try:
+        return getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as e:
+        from postlab.config import ConfigError
+
+        raise ConfigError(f"stage kind {kind!r}: cannot import it ({e}); expected 'package.module:function'") from None
 
 
 class StudyRunner:
@@ -108,14 +119,29 @@ class StudyRunner:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.root / "study.json", {
             "name": self.study.name, "preset": self.study.preset, "source": self.study.source,
-            "seeds": self.study.seeds, "study": self.study.raw,
+            "seeds": self.study.seeds, "study": self.study.raw, "environment": environment(),
             "stages": {n: {"kind": s.kind, "after": s.after} for n, s in self.study.stages.items()},
             "dirs": {str(seed): {n: str(d.relative_to(self.root)) for n, d in dirs.items()} for seed, dirs in plan.items()},
         })
 
+    # ------------------------------------------------------------------ validating
+    def validate(self, plan=None) -> None:
+        """Check every stage of every seed (configs, envs, splits, data/eval keys) before any runs."""
+        plan = plan or self.plan()
+        for seed, dirs in plan.items():
+            for name, st in self.study.stages.items():
+                if st.kind not in STAGE_KINDS:
+                    resolve_kind(st.kind)  # a custom kind must at least import
+                    continue
+                inputs = [{"checkpoint": "run/final"} for _ in st.after]
+                ctx = StageContext(self.study, st, self.stage_seed(name, seed), dirs[name], inputs,
+                                   [dirs[d] for d in st.after])
+                STAGE_KINDS[st.kind].validate(ctx)
+
     # ------------------------------------------------------------------ running
     def run(self) -> dict[int, dict[str, dict]]:
         plan = self.plan()
+        self.validate(plan)
         self.write_manifest(plan)
         results: dict[int, dict[str, dict]] = {}
         total = len(plan) * len(self.study.stages)

@@ -39,7 +39,9 @@ from pathlib import Path
 
 from postlab.config import ConfigError, _deep_merge, _suggest, apply_override, parse_override, read_yaml
 
-BUILTIN_KINDS = ("pretrain", "sft", "rl", "eval")
+from postlab.studies.kinds import STAGE_KINDS
+
+BUILTIN_KINDS = tuple(STAGE_KINDS)
 STAGE_FIELDS = ("kind", "after", "enabled", "env", "env_args", "style", "split", "splits", "data", "config", "eval",
                 "points", "max_turns", "label", "shared")
 TOP_FIELDS = ("name", "description", "paper", "seeds", "env", "defaults", "stages", "presets", "report")

@@ -1,16 +1,20 @@
 """RL from verifier rewards: GRPO, Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++ and PPO.
 
 One step (all batch sizes are named once, in `RLBatchConfig`):
-    1. rollout: `prompts_per_step` env seeds x `samples_per_prompt` episodes, played in
+    1. rollout: `prompts_per_step` problems (env seeds from the `rl` range of postlab.seeds, never
+       evaluation's) x `samples_per_prompt` episodes, played in
        lock-step (multi-turn: model turn, env feedback, ... until done or max_turns); the
        sampler's log-probs are stored as the behaviour policy's (`old_logp`), so no pass
        recomputes them;
     2. rewards from the env verifier (or `reward_fn`); DAPO: overlong shaping and dynamic
        sampling (groups whose rewards are all equal carry no signal and are dropped);
-    3. advantages: group-normalized / leave-one-out / batch-normalized per algorithm, or,
-       for PPO, GAE over turn rewards with a value head read at each turn's last context token;
-    4. `ppo_epochs` (mu) optimizer steps over the batch, each split into micro-batches of
+    3. advantages: the algorithm's estimator (`postlab.objectives.algorithms`: group-normalized,
+       leave-one-out, batch-normalized), or, for a critic (PPO), GAE over turn rewards with a
+       value head read at each turn's last context token;
+    4. `updates_per_batch` (mu) optimizer steps over the batch, each split into micro-batches of
        `micro_batch_sequences`, losses aggregated with the step's global counts.
+This module is the set-up and the step; cadence, checkpoints, resume and the final save are
+the shared loop's (`postlab.trainers.loop`).
 Reference log-probs (only when beta > 0) and PPO's old values are computed once per rollout.
 Evaluation (greedy success rate per split) runs every `run.eval_every` steps and at the end.
 """
@@ -27,20 +31,21 @@ import torch
 
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.envs.base import make
-from postlab.models.io import load_model, pick_device, save_pretrained_atomic
+from postlab.models.io import pick_device
 from postlab.objectives.advantages import normalize_turn_advantages, overlong_penalty, zero_std_groups
+from postlab.objectives.algorithms import ALGORITHMS, AlgorithmSpec, get_algorithm
 from postlab.objectives.registry import AGGREGATION_MODES, get_objective
-from postlab.progress import StepProgress, console, summary_table
+from postlab.progress import console
 from postlab.rollout.engine import SamplingParams
-from postlab.rollout.episodes import evaluate, run_episodes
-from postlab.runs import RunDir, load_trainer_state
+from postlab.rollout.episodes import run_episodes
+from postlab.runs import RunDir
+from postlab.seeds import rl_seed, sampling_seed
 from postlab.trainers import rl_batch as rb
-from postlab.trainers.common import (TrainingError, accumulate_gradients, clip_gradients, lr_at, make_optimizer,
-                                     optimizer_step,
-                                     seed_everything, set_lr, setup_model, step_normalizer, world)
+from postlab.trainers.common import (TrainingError, accumulate_gradients, clip_gradients, make_optimizer,
+                                     optimizer_step, step_normalizer)
+from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.ppo_value import ValueHead, load_value_head, save_value_head, value_fn_for
-
-ALGORITHMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "ppo")
+from postlab.trainers.sft import load_policy, load_reference
 
 
 @dataclasses.dataclass
@@ -63,7 +68,9 @@ class RLBatchConfig:
     # sequences packed into one forward/backward (accumulation = ceil(sequences_per_step / micro)). Small by
     # default: a packed row attends through an L x L block-diagonal mask, so long packs cost O(L^2).
     micro_batch_sequences: int = 8
-    ppo_epochs: int = 1  # mu: optimizer steps per rollout batch (ratios vs stored old log-probs)
+    # mu: optimizer steps on each rollout batch, for every algorithm (ratios vs the stored sampler
+    # log-probs); Chu et al.'s PPO uses 4. (Formerly `ppo_epochs`.)
+    updates_per_batch: int = 1
 
     @property
     def sequences_per_step(self) -> int:
@@ -103,13 +110,15 @@ class RLConfig:
     reward_fn: str | None = None  # "module:function" f(episode) -> float | {component: float}; None = env verifier
 
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError(f"algorithm: {self.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+        try:
+            spec = get_algorithm(self.algorithm)
+        except ValueError as e:
+            raise ConfigError(f"algorithm: {e}") from None
         b = self.batch
-        for k in ("prompts_per_step", "samples_per_prompt", "micro_batch_sequences", "ppo_epochs"):
+        for k in ("prompts_per_step", "samples_per_prompt", "micro_batch_sequences", "updates_per_batch"):
             if getattr(b, k) < 1:
                 raise ConfigError(f"batch.{k} must be >= 1, got {getattr(b, k)}")
-        if self.algorithm in rb.GROUP_ALGORITHMS and b.samples_per_prompt < 2:
+        if spec.needs_groups and b.samples_per_prompt < 2:
             raise ConfigError(f"batch.samples_per_prompt must be >= 2 for {self.algorithm!r} (group baselines); "
                               f"got {b.samples_per_prompt}. Use reinforce_pp or ppo for one sample per prompt")
         if b.micro_batch_sequences > b.sequences_per_step:
@@ -121,7 +130,7 @@ class RLConfig:
             raise ConfigError(f"value_lr must be > 0, got {self.value_lr}")
         if self.aggregation is not None and self.aggregation not in AGGREGATION_MODES:
             raise ConfigError(f"aggregation: {self.aggregation!r}; valid: {', '.join(AGGREGATION_MODES)} or null")
-        valid = [p for p in inspect.signature(get_objective(self.algorithm).fn).parameters if p not in ("inp", "beta")]
+        valid = [p for p in inspect.signature(get_objective(spec.objective).fn).parameters if p not in ("inp", "beta")]
         for k in self.objective_args:
             if k not in valid:
                 raise ConfigError(f"objective_args.{k}: not a parameter of {self.algorithm!r}; valid: {valid}")
@@ -130,6 +139,12 @@ class RLConfig:
                               f"({self.sampling.max_new_tokens})")
         if self.env.max_turns < 1 or not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ConfigError("env.max_turns must be >= 1 and gamma, lam in [0, 1]")
+        if self.env.eval_episodes < 1:
+            raise ConfigError(f"env.eval_episodes must be >= 1, got {self.env.eval_episodes}")
+
+    @property
+    def spec(self) -> AlgorithmSpec:
+        return get_algorithm(self.algorithm)
 
     def sampling_params(self, seed: int) -> SamplingParams:
         s = self.sampling
@@ -147,99 +162,112 @@ def _import_reward_fn(spec: str | None):
         raise ConfigError(f"reward_fn: cannot import {spec!r} ({e}); expected 'package.module:function'") from None
 
 
+def validate_env(env: RLEnvConfig) -> None:
+    """Build the training env and every eval split's env once, before any model loads or any step runs:
+    a bad env.name, env.split, env.eval_splits or env.kwargs fails here, not after training."""
+    for split, what in [(env.split, "env.split")] + [(s, "env.eval_splits") for s in env.eval_splits]:
+        try:
+            make(env.name, split=split, style=env.style, max_turns=env.max_turns, **env.kwargs)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{what}: {e}") from None
+
+
 def train_rl(cfg: RLConfig, resume: str | Path | None = None, reward_fn=None) -> Path:
     """Run RL from `cfg.model.path`; returns the final Hugging Face checkpoint (RUN/final)."""
-    rank, _ = world()
-    device = pick_device(cfg.run.device)
-    if cfg.model.path is None and not resume:
+    if cfg.model.path is None:
         raise ConfigError("model.path: RL starts from a checkpoint (e.g. an SFT run's RUN/final)")
+    validate_env(cfg.env)
     reward_fn = reward_fn or _import_reward_fn(cfg.reward_fn)
-    run = RunDir(resume or cfg.run.out_dir, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb, rank=rank)
-    seed_everything(cfg.run.seed)
-    ckpt = run.latest_checkpoint() if resume else None
-    model, tok = setup_model(dataclasses.replace(cfg.model, path=str(ckpt or cfg.model.path), preset=None), device)
-    if ckpt is None:
-        run.write_meta(cfg, cfg.run.seed)
-    objective = get_objective(cfg.algorithm)
+    session = open_run(cfg, f"rl:{cfg.algorithm}", resume)
+    return run_loop(setup_rl(cfg, session, reward_fn), cfg.run, session)
+
+
+def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
+    """Policy (+ frozen reference when beta > 0, + value head for critic algorithms), optimizer, env."""
+    device = pick_device(cfg.run.device)
+    spec = cfg.spec
+    model, tok = load_policy(cfg.model, session, device)
+    objective = get_objective(spec.objective)
     hparams = {**cfg.objective_args, "beta": cfg.beta}
-    aggregation = cfg.aggregation or objective.default_aggregation
-    ref_model = None
-    if cfg.beta > 0:  # the frozen initial policy
-        ref_model = load_model(cfg.model.path, dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)
-    head = ValueHead(model.config.hidden_size).to(device) if cfg.algorithm == "ppo" else None
+    aggregation = cfg.aggregation or spec.default_aggregation
+    ref_model = load_reference(cfg.model, device, "beta > 0") if cfg.beta > 0 else None
+    head = ValueHead(model.config.hidden_size).to(device) if spec.value_head else None
     optimizer = make_optimizer(model, cfg.optim)
     if head is not None:  # the critic's group keeps value_lr: set_lr only schedules the policy's groups
         optimizer.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0, "lr": cfg.value_lr,
                                    "fixed_lr": True})
-    step = 0
-    if ckpt is not None:
-        if head is not None:
-            load_value_head(head, ckpt)
-        step = load_trainer_state(ckpt, optimizer)["step"]
-        run.truncate_metrics(step)
-        console.print(f"resumed from {ckpt} at step {step}")
+    if head is not None and session.checkpoint is not None:
+        load_value_head(head, session.checkpoint)
+    state = session.restore(optimizer)
+    recent_rewards: list[float] = list(state.get("recent_rewards", []))
     env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
     P, G = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
-    dynamic = cfg.dynamic_sampling if cfg.dynamic_sampling is not None else cfg.algorithm == "dapo"
+    dynamic = cfg.dynamic_sampling if cfg.dynamic_sampling is not None else spec.dynamic_sampling
     console.print(f"RL {cfg.algorithm}: env={cfg.env.name}/{cfg.env.split}, {P} prompts x {G} samples, "
-                  f"mu={cfg.batch.ppo_epochs}, aggregation={aggregation}, beta={cfg.beta}, device={device}")
-    last: dict = {}
-    with StepProgress(cfg.run.max_steps, f"rl:{cfg.algorithm}", start=step, enabled=cfg.run.progress) as progress:
-        while step < cfg.run.max_steps:
-            t0 = time.time()
-            # 1. rollout: env seeds never repeat across steps; G episodes share each seed
-            seeds = [cfg.run.seed * 1_000_000 + step * P + p for p in range(P) for _ in range(G)]
-            envs = [make(cfg.env.name, **env_args) for _ in seeds]
-            episodes = run_episodes(model, tok, envs, seeds, cfg.sampling_params(cfg.run.seed * 7919 + step))
-            t_gen = time.time() - t0
-            # 2. rewards and 3. advantages
-            rewards = rb.episode_rewards(episodes, reward_fn)
-            m = rollout_metrics(episodes, rewards, G)
-            if cfg.overlong_buffer:
-                lengths = [len(e.turns[-1].token_ids) for e in episodes]
-                rewards = rewards + overlong_penalty(lengths, cfg.sampling.max_new_tokens, cfg.overlong_buffer)
-            keep = rb.keep_informative_groups(len(episodes), rewards, G) if dynamic else list(range(len(episodes)))
-            m["kept_fraction"] = len(keep) / len(episodes)
-            lr = lr_at(step, cfg.run.max_steps, cfg.optim.lr, cfg.optim)
-            set_lr(optimizer, lr)
-            if keep:
-                m.update(_update(cfg, model, head, ref_model, optimizer, objective, hparams, aggregation,
-                                 episodes, rewards, keep, device))
-            step += 1
-            t_all = time.time() - t0
-            gen_tokens = sum(len(t.token_ids) for e in episodes for t in e.turns)
-            m.update(lr=lr, time_generation=t_gen, time_training=t_all - t_gen, gen_tokens_per_s=gen_tokens / t_gen,
-                     tokens_per_s=sum(len(e.input_ids) for e in episodes) / t_all)
-            progress.advance(tokens=gen_tokens, reward=m["reward_mean"], success=m["success"])
-            if step % max(cfg.run.log_every, 1) == 0 or step == cfg.run.max_steps:
-                run.log(step, m)
-            last = m
-            if (cfg.run.eval_every and step % cfg.run.eval_every == 0) or step == cfg.run.max_steps:
-                last.update(evaluate_splits(cfg, model, tok, run, step))
-            if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == cfg.run.max_steps:
-                path = run.save_checkpoint(step, model, tok, optimizer, {}, cfg.run.keep_checkpoints)
-                if head is not None:
-                    save_value_head(head, path)
-    final = run.path / "final"
-    if rank == 0:
-        save_pretrained_atomic(getattr(model, "module", model), tok, final)
+                  f"updates/batch={cfg.batch.updates_per_batch}, aggregation={aggregation}, beta={cfg.beta}, "
+                  f"device={device}")
+
+    def step(i: int) -> StepOutput:
+        t0 = time.time()
+        # 1. rollout: problems from the `rl` seed range (never evaluation's); G episodes share each problem
+        seeds = [rl_seed(cfg.run.seed, i * P + p) for p in range(P) for _ in range(G)]
+        envs = [make(cfg.env.name, **env_args) for _ in seeds]
+        episodes = run_episodes(model, tok, envs, seeds, cfg.sampling_params(sampling_seed(cfg.run.seed, i)))
+        t_gen = time.time() - t0
+        # 2. rewards and 3. advantages
+        rewards = rb.episode_rewards(episodes, reward_fn)
+        m = rollout_metrics(episodes, rewards, G)
+        if cfg.overlong_buffer:
+            lengths = [len(e.turns[-1].token_ids) for e in episodes]
+            rewards = rewards + overlong_penalty(lengths, cfg.sampling.max_new_tokens, cfg.overlong_buffer)
+        keep = rb.keep_informative_groups(len(episodes), rewards, G) if dynamic else list(range(len(episodes)))
+        m["kept_fraction"] = len(keep) / len(episodes)
+        trained = 0
+        if keep:
+            update, trained = _update(cfg, spec, model, head, ref_model, optimizer, objective, hparams, aggregation,
+                                      episodes, rewards, keep, device)
+            m.update(update)
+        # plasticity during RL: how fast reward still moves (least-squares slope over the last 10 steps)
+        recent_rewards.append(m["reward_mean"])
+        del recent_rewards[:-10]
+        m["reward_slope"] = _slope(recent_rewards)
+        gen_tokens = sum(len(t.token_ids) for e in episodes for t in e.turns)
+        m.update(time_generation=t_gen, time_training=time.time() - t0 - t_gen, gen_tokens_per_s=gen_tokens / t_gen)
+        return StepOutput(m, tokens_trained=trained, tokens_generated=gen_tokens,
+                          show={"reward": m["reward_mean"], "success": m["success"]})
+
+    def evaluate(i: int) -> dict:
+        return evaluate_splits(cfg, model, tok, session.run, i)
+
+    def save_extra(path: Path) -> None:
         if head is not None:
-            save_value_head(head, final)
-    summary_table(f"RL ({cfg.algorithm}) finished: {run.path}",
-                  {"steps": step, **{k: v for k, v in last.items()
-                                     if k.startswith(("reward_mean", "success", "eval_"))}})
-    run.close()
-    return final
+            save_value_head(head, path)
+
+    return Trainer(f"rl:{cfg.algorithm}", model, tok, optimizer, cfg.optim, step=step, evaluate=evaluate,
+                   state=lambda: {"recent_rewards": list(recent_rewards)},
+                   save_extra=save_extra if head is not None else None,
+                   summary=lambda last: {k: v for k, v in last.items()
+                                         if k.startswith(("reward_mean", "success", "eval_"))})
 
 
-def _update(cfg, model, head, ref_model, optimizer, objective, hparams, aggregation, episodes, rewards,
-            keep, device) -> dict:
-    """Advantages, micro-batches and `ppo_epochs` optimizer steps on the kept episodes."""
+def _slope(values: list[float]) -> float:
+    """Least-squares slope of `values` against their index (0 for fewer than 2 points)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mx, my = (n - 1) / 2, sum(values) / n
+    return sum((x - mx) * (y - my) for x, y in enumerate(values)) / sum((x - mx) ** 2 for x in range(n))
+
+
+def _update(cfg, spec, model, head, ref_model, optimizer, objective, hparams, aggregation, episodes, rewards,
+            keep, device) -> tuple[dict, int]:
+    """Advantages, micro-batches and `updates_per_batch` optimizer steps on the kept episodes;
+    returns (metrics, tokens that went through training forward/backward passes)."""
     eps = [episodes[i] for i in keep]
     mb = cfg.batch.micro_batch_sequences
     micro_sets = [eps[i:i + mb] for i in range(0, len(eps), mb)]
     extras: dict[str, list] = {}
-    if cfg.algorithm == "ppo":  # V(s_k) of every turn with the current head, then GAE over turns
+    if spec.advantages is None:  # a critic: V(s_k) of every turn with the current head, then GAE over turns
         turn_values = _turn_values(model, head, micro_sets, device)
         gae = rb.turn_advantages(eps, turn_values, cfg.gamma, cfg.lam)
         advantages = [a for a, _ in gae]
@@ -249,7 +277,7 @@ def _update(cfg, model, head, ref_model, optimizer, objective, hparams, aggregat
                   "returns": rb.broadcast([r for _, r in gae], eps),
                   "old_values": rb.broadcast([torch.tensor(v) for v in turn_values], eps)}
     else:
-        adv = rb.sequence_advantages(cfg.algorithm, rewards, cfg.batch.samples_per_prompt)[keep]
+        adv = spec.advantages(rewards, cfg.batch.samples_per_prompt)[keep]
         extras = {"advantages": rb.broadcast(list(adv), eps)}
     batches, start = [], 0
     for group in micro_sets:
@@ -263,16 +291,16 @@ def _update(cfg, model, head, ref_model, optimizer, objective, hparams, aggregat
     norm = step_normalizer(batches, constant=float(cfg.sampling.max_new_tokens), device=device)
     value_fn = value_fn_for(head) if head is not None else None
     metrics: dict = {}
-    for _ in range(cfg.batch.ppo_epochs):
-        try:
-            metrics = accumulate_gradients(model, batches, objective, hparams, aggregation, norm, ref_model=None,
-                                           want_entropy=True, value_fn=value_fn, forward_fn=rb.packed_outputs)
-            if head is not None:  # clipped on its own, before the shared step
-                metrics["value_grad_norm"] = clip_gradients(head, cfg.optim.grad_clip)
-            metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
-        except TrainingError as e:
-            raise TrainingError(f"{e}; stopping RL") from None
-    return metrics
+    for _ in range(cfg.batch.updates_per_batch):
+        metrics = accumulate_gradients(model, batches, objective, hparams, aggregation, norm, ref_model=None,
+                                       want_entropy=True, value_fn=value_fn, forward_fn=rb.packed_outputs)
+        if head is not None:  # clipped on its own, before the shared step
+            metrics["value_grad_norm"] = clip_gradients(head, cfg.optim.grad_clip)
+        metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
+    if "clip_low" in metrics:  # fraction of trained tokens whose ratio the clip bound (last update)
+        metrics["clip_fraction"] = metrics["clip_low"] + metrics["clip_high"]
+    tokens = sum(int(b.input_ids.numel()) for b in batches) * cfg.batch.updates_per_batch
+    return metrics, tokens
 
 
 @torch.no_grad()
@@ -315,12 +343,16 @@ def rollout_metrics(episodes, rewards: torch.Tensor, group_size: int) -> dict:
 
 
 def evaluate_splits(cfg: RLConfig, model, tok, run: RunDir, step: int) -> dict:
-    """Greedy success rate on each eval split (env seeds disjoint from training's)."""
+    """Greedy success rate on each eval split, through the one evaluator (evaluation seed range)."""
+    from postlab.eval.evaluate import evaluate
+
     out = {}
+    was_training = model.training
+    model.eval()
     for split in cfg.env.eval_splits:
-        args = dict(split=split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
-        res = evaluate(model, tok, lambda: make(cfg.env.name, **args), episodes=cfg.env.eval_episodes,
-                       seed=10**9, params=SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=0.0))
+        res = evaluate(model, tok, cfg.env.name, split, n_episodes=cfg.env.eval_episodes, max_turns=cfg.env.max_turns,
+                       style=cfg.env.style, env_args=cfg.env.kwargs, max_new_tokens=cfg.sampling.max_new_tokens)
         out[f"eval_{split}_success"], out[f"eval_{split}_reward"] = res["success_rate"], res["mean_reward"]
+    model.train(was_training)
     run.log(step, out, kind="eval")
     return out

@@ -1,9 +1,9 @@
 """From finished episodes to packed training micro-batches: rewards, advantages, extras.
 
 Kept apart from the trainer loop so each piece is a small function with a test:
-rewards (env verifier or user function, DAPO overlong shaping) -> advantages (per
-algorithm) -> dynamic sampling (drop all-same groups) -> packed micro-batches whose
-`extras` carry per-target old log-probs, advantages and, for PPO, turn values/returns.
+rewards (env verifier or user function, DAPO overlong shaping) -> advantages (the
+algorithm spec's estimator, postlab.objectives.algorithms) -> dynamic sampling (drop
+all-same groups) -> packed micro-batches whose `extras` carry per-target old log-probs, advantages and, for PPO, turn values/returns.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from postlab.data.batching import PackedBatch, pack
 from postlab.objectives import advantages as adv_fns
 from postlab.rollout.episodes import Episode
 
-GROUP_ALGORITHMS = ("grpo", "dr_grpo", "dapo", "gspo", "rloo")
-
 
 def episode_rewards(episodes: Sequence[Episode], reward_fn: Callable | None = None) -> torch.Tensor:
     """[N] returns: the env's summed turn rewards, or `reward_fn(episode)` (a float or a dict of components)."""
@@ -28,19 +26,6 @@ def episode_rewards(episodes: Sequence[Episode], reward_fn: Callable | None = No
         r = reward_fn(e)
         out.append(sum(r.values()) if isinstance(r, dict) else float(r))
     return torch.tensor(out, dtype=torch.float32)
-
-
-def sequence_advantages(algorithm: str, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """[N] per-episode advantages for the critic-free algorithms."""
-    if algorithm in ("grpo", "dapo", "gspo"):
-        return adv_fns.grpo_advantages(rewards, group_size, std=True)
-    if algorithm == "dr_grpo":
-        return adv_fns.grpo_advantages(rewards, group_size, std=False)
-    if algorithm == "rloo":
-        return adv_fns.rloo_advantages(rewards, group_size)
-    if algorithm == "reinforce_pp":
-        return adv_fns.reinforce_pp_advantages(rewards)
-    raise ValueError(f"no sequence advantages for {algorithm!r}")
 
 
 def keep_informative_groups(n: int, rewards: torch.Tensor, group_size: int) -> list[int]:

@@ -16,7 +16,6 @@ the last good checkpoint stays.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import torch
@@ -25,12 +24,13 @@ from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.data.records import DataError, encode_all, iter_texts, load_records, prompt_and_target
 from postlab.models.io import load_model, pick_device
 from postlab.objectives.registry import AGGREGATION_MODES, AggregationMode, get_objective
-from postlab.progress import StepProgress, console, summary_table
+from postlab.progress import console
 from postlab.rollout.engine import SamplingParams, generate
-from postlab.runs import RunDir, load_trainer_state
-from postlab.trainers.common import (TrainingError, accumulate_gradients, all_reduce_gradients, broadcast_parameters,
-                                     count_parameters, lr_at, make_optimizer, optimizer_step, pack_micro_batches,
-                                     seed_everything, set_lr, setup_model, shard_for_rank, step_normalizer, world)
+from postlab.runs import RunDir
+from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, broadcast_parameters,
+                                     count_parameters, make_optimizer, optimizer_step, pack_micro_batches,
+                                     setup_model, shard_for_rank, step_normalizer, world)
+from postlab.trainers.loop import Session, StepOutput, Trainer, fingerprint, open_run, run_loop
 
 
 @dataclasses.dataclass
@@ -147,8 +147,15 @@ def heldout_loss(model, seqs, micro: int) -> float:
 def train_sft(cfg: SFTConfig, train_records: list[dict] | None = None, eval_records: list[dict] | None = None,
               resume: str | Path | None = None, tokenizer_texts: list[str] | None = None) -> Path:
     """Run SFT; returns the path of the final Hugging Face checkpoint (RUN/final)."""
-    rank, world_size = world()
-    device = pick_device(cfg.run.device)
+    train_records, eval_records = _load_data(cfg, train_records, eval_records)
+    session = open_run(cfg, "sft", resume, data_fingerprint=fingerprint(train_records))
+    trainer, _ = setup_sft(cfg, session, train_records, eval_records, tokenizer_texts)
+    return run_loop(trainer, cfg.run, session)
+
+
+def _load_data(cfg: SFTConfig, train_records, eval_records) -> tuple[list[dict], list[dict] | None]:
+    """Training and held-out records: passed in, or read from data.train / data.eval / data.eval_holdout."""
+    _, world_size = world()
     if cfg.batch.sequences_per_step < world_size:
         raise ConfigError(f"batch.sequences_per_step ({cfg.batch.sequences_per_step}) must be >= the number of "
                           f"data-parallel processes ({world_size})")
@@ -164,91 +171,63 @@ def train_sft(cfg: SFTConfig, train_records: list[dict] | None = None, eval_reco
         train_records, eval_records = train_records[cfg.data.eval_holdout:], train_records[:cfg.data.eval_holdout]
     if not train_records:
         raise DataError("training data is empty")
+    return train_records, eval_records
 
-    if not resume and ((Path(cfg.run.out_dir) / "final").exists() or any(Path(cfg.run.out_dir).glob("checkpoints/step_*"))):
-        raise ConfigError(f"run.out_dir: {cfg.run.out_dir} already holds a run; continue it with --resume "
-                          f"{cfg.run.out_dir} (train_sft(..., resume=...)), or choose another run.out_dir")
-    run = RunDir(resume or cfg.run.out_dir, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb, rank=rank)
-    seed_everything(cfg.run.seed)
-    ckpt = run.latest_checkpoint() if resume else None
-    if ckpt is not None:
-        model, tokenizer = setup_model(dataclasses.replace(cfg.model, path=str(ckpt), preset=None), device)
-    else:
-        texts = tokenizer_texts or list(iter_texts(train_records + (eval_records or [])))
-        model, tokenizer = setup_model(cfg.model, device, texts_for_tokenizer=texts, seed=cfg.run.seed)
-        run.write_meta(cfg, cfg.run.seed)
-        if resume:  # killed before its first checkpoint: start over, dropping the dead run's metrics
-            run.truncate_metrics(0)
+
+def load_policy(cfg_model: ModelConfig, session: Session, device, texts=None, seed: int = 0):
+    """(model, tokenizer): the resume checkpoint's weights, or `cfg_model` (a checkpoint or a fresh preset)."""
+    if session.checkpoint is not None:
+        return setup_model(dataclasses.replace(cfg_model, path=str(session.checkpoint), preset=None), device)
+    return setup_model(cfg_model, device, texts_for_tokenizer=texts, seed=seed)
+
+
+def load_reference(cfg_model: ModelConfig, device, why: str):
+    """The frozen initial checkpoint (model.path), for objectives that read a reference policy."""
+    if cfg_model.path is None:
+        raise ConfigError(f"{why} needs a reference: set model.path to a checkpoint (the frozen initial policy)")
+    return load_model(cfg_model.path, dtype=cfg_model.dtype, device=device).eval().requires_grad_(False)
+
+
+def setup_sft(cfg: SFTConfig, session: Session, train_records: list[dict], eval_records: list[dict] | None,
+              tokenizer_texts: list[str] | None = None):
+    """Model, reference, optimizer, encoded data and data order; returns (Trainer, encoded train sequences)."""
+    rank, world_size = world()
+    device = pick_device(cfg.run.device)
+    texts = tokenizer_texts or list(iter_texts(train_records + (eval_records or [])))
+    model, tokenizer = load_policy(cfg.model, session, device, texts, seed=cfg.run.seed)
     broadcast_parameters(model)
     objective = get_objective(cfg.objective)
-    ref_model = None
-    if objective.needs_ref:  # the frozen initial checkpoint
-        ref_model = load_model(cfg.model.path, dtype=cfg.model.dtype, device=device) if cfg.model.path else None
-        if ref_model is None:
-            raise ConfigError(f"objective {cfg.objective!r} needs a reference: set model.path to a checkpoint")
-        ref_model.eval().requires_grad_(False)
-
+    ref_model = load_reference(cfg.model, device, f"objective {cfg.objective!r}") if objective.needs_ref else None
     train_seqs = _trainable(encode_all(tokenizer, train_records, cfg.data.max_length), "training")
     eval_seqs = encode_all(tokenizer, eval_records, cfg.data.max_length) if eval_records else []
     optimizer = make_optimizer(model, cfg.optim)
-    order = DataOrder(len(train_seqs), cfg.run.seed, cfg.data.shuffle)
-    step = 0
-    if ckpt is not None:
-        state = load_trainer_state(ckpt, optimizer)
-        step = state["step"]
-        order = DataOrder(len(train_seqs), cfg.run.seed, cfg.data.shuffle, **state["data"])
-        run.truncate_metrics(step)
-        console.print(f"resumed from {ckpt} at step {step}")
-
+    state = session.restore(optimizer)
+    order = DataOrder(len(train_seqs), cfg.run.seed, cfg.data.shuffle, **state.get("data", {}))
     console.print(f"SFT: {count_parameters(model) / 1e6:.2f}M parameters, {len(train_seqs)} train / {len(eval_seqs)} "
                   f"eval records, objective={cfg.objective}, aggregation={cfg.aggregation}, device={device}")
     model.train()
-    last: dict = {}
-    start = time.time()
-    trained_tokens = 0
-    with StepProgress(cfg.run.max_steps, "sft", start=step, enabled=cfg.run.progress) as progress:
-        while step < cfg.run.max_steps:
-            seqs = [train_seqs[i] for i in order.take(cfg.batch.sequences_per_step)]
-            seqs = shard_for_rank(seqs, rank, world_size)  # data parallel: this rank's share of the step
-            micro = pack_micro_batches(seqs, cfg.batch.micro_batch_sequences)
-            norm = step_normalizer(micro, device=device)
-            lr = lr_at(step, cfg.run.max_steps, cfg.optim.lr, cfg.optim)
-            set_lr(optimizer, lr)
-            try:
-                metrics = accumulate_gradients(model, micro, objective, cfg.objective_args, cfg.aggregation, norm,
-                                               ref_model=ref_model)
-                all_reduce_gradients(model)  # sum over ranks (aggregate used global counts)
-                metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
-            except TrainingError as e:
-                good = run.latest_checkpoint()
-                raise TrainingError(f"{e} at step {step + 1}; stopping. Last good checkpoint: {good or 'none'}") from None
-            step += 1
-            tokens = sum(mb.num_tokens for mb in micro)
-            trained_tokens += tokens
-            metrics.update(lr=lr, tokens=tokens, epoch=order.epoch)
-            progress.advance(tokens=tokens, loss=metrics["loss"])
-            if step % max(cfg.run.log_every, 1) == 0 or step == cfg.run.max_steps:
-                run.log(step, {**metrics, "tokens_per_s": progress.tokens_per_second()})
-            last = metrics
-            if rank == 0 and ((cfg.run.eval_every and step % cfg.run.eval_every == 0) or step == cfg.run.max_steps):
-                last.update(_evaluate(cfg, run, model, tokenizer, eval_records, eval_seqs, step))
-            if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == cfg.run.max_steps:
-                if rank == 0:
-                    run.save_checkpoint(step, model, tokenizer, optimizer, {"data": order.state()},
-                                        cfg.run.keep_checkpoints)
-                _barrier()
 
-    final = run.path / "final"
-    from postlab.models.io import save_pretrained_atomic
+    def step(_: int) -> StepOutput:
+        seqs = [train_seqs[i] for i in order.take(cfg.batch.sequences_per_step)]
+        seqs = shard_for_rank(seqs, rank, world_size)  # data parallel: this rank's share of the step
+        micro = pack_micro_batches(seqs, cfg.batch.micro_batch_sequences)
+        norm = step_normalizer(micro, device=device)
+        metrics = accumulate_gradients(model, micro, objective, cfg.objective_args, cfg.aggregation, norm,
+                                       ref_model=ref_model)
+        all_reduce_gradients(model)  # sum over ranks (aggregate used global counts)
+        metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
+        metrics["epoch"] = order.epoch
+        tokens = sum(mb.num_tokens for mb in micro)
+        return StepOutput(metrics, tokens_trained=tokens, show={"loss": metrics["loss"]})
 
-    if rank == 0:
-        save_pretrained_atomic(getattr(model, "module", model), tokenizer, final)
-    summary = {"steps": step, "final loss": last.get("loss", float("nan")), "trained tokens": trained_tokens,
-               "wall time (s)": round(time.time() - start, 1)}
-    summary.update({k: v for k, v in last.items() if k.startswith("eval_")})
-    summary_table(f"SFT finished: {run.path}", summary)
-    run.close()
-    return final
+    def evaluate(step_: int) -> dict:
+        return _evaluate(cfg, session.run, model, tokenizer, eval_records, eval_seqs, step_)
+
+    trainer = Trainer("sft", model, tokenizer, optimizer, cfg.optim, step=step, evaluate=evaluate,
+                      state=lambda: {"data": order.state()},
+                      summary=lambda last: {"final loss": last.get("loss", float("nan")),
+                                            **{k: v for k, v in last.items() if k.startswith("eval_")}})
+    return trainer, train_seqs
 
 
 def _trainable(seqs: list, what: str) -> list:
@@ -258,13 +237,6 @@ def _trainable(seqs: list, what: str) -> list:
         console.print(f"warning: {len(seqs) - len(keep)} of {len(seqs)} {what} records have no trainable token "
                       "(all turns masked or truncated by data.max_length); skipped")
     return keep
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if world()[1] > 1:
-        dist.barrier()
 
 
 def _evaluate(cfg: SFTConfig, run: RunDir, model, tokenizer, eval_records, eval_seqs, step: int) -> dict:

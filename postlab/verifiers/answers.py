@@ -6,8 +6,12 @@ last `<answer>...</answer>` (DRIFT), the last `\\boxed{...}` (math data), and `#
 (GSM8K-style, the compact math style).
 
 Checking is exact match after light normalisation, then exact numeric equality for
-numbers (`0.5` == `1/2` == `\\frac{1}{2}`, `1,000` == `1000`), then, only if the optional
-`math-verify` package is installed and the caller asks for it, symbolic equivalence.
+numbers (`0.5` == `1/2` == `\\frac{1}{2}`; digit groups of three split by a comma, a space or
+a LaTeX thin space: `1,000` == `1\\,000` == `1000`; but `1 2` is not `12`), then, only if
+the optional `math-verify` package is installed and the caller asks for it, symbolic
+equivalence. Decimals are exact everywhere: `1.414214` is not `\\sqrt{2}` and `0.333333` is not
+`1/3` (math-verify would round both sides to 6 places), and a product with a zero factor and
+a symbol or constant (`0z`, `0\\pi`) equals nothing but itself.
 `math-verify` is called with LaTeX extraction only: its plain-expression mode hands the
 text to sympy's `parse_expr`, which uses `eval`. It runs with its own timeouts, on short
 inputs that pass a screen against the inputs that make sympy hang (power towers, huge
@@ -84,9 +88,20 @@ def normalize(ans: str) -> str:
     return s
 
 
+def _number_text(ans: str) -> str:
+    """`ans` normalised for number parsing. MATH-style spacing goes: `\\!` (negative thin
+    space: `10,\\!000`, `44\\!`) is dropped and `{,}` is a comma. A space or a LaTeX space
+    (`\\,` `\\;` `\\:` `\\ `) between two digits becomes a comma, so it only passes as a
+    thousands separator (`10\\,000`, `10 000`) and `1 2` is no number; other spaces go (`- 3`)."""
+    s = normalize(ans).replace("\\!", "").replace("{,}", ",")
+    s = re.sub(r"\\[,;: ]", " ", s)
+    s = re.sub(r"(?<=\d)\s+(?=\d)", ",", s)
+    return re.sub(r"\s+", "", s)
+
+
 def as_number(ans: str) -> Fraction | None:
-    """An exact number for plain numeric answers: 42, -3, 0.5, 1,000, 3/4, \\frac{3}{4}, 50%."""
-    s = normalize(ans).replace(" ", "")
+    """An exact number for plain numeric answers: 42, -3, 0.5, 1,000, 10\\,000, 3/4, \\frac{3}{4}, 50%."""
+    s = _number_text(ans)
     if len(s) > 80:
         return None
     m = _FRAC.fullmatch(s)
@@ -171,14 +186,64 @@ def math_verify_available() -> bool:
     return bool(_math_verify())
 
 
+# Digits split by a space or a LaTeX space: LaTeX ignores the space (`1 2` renders as 12), the
+# numeric path already had its chance to read a digit group (`10\,000`), so this is no answer.
+_SPLIT_DIGITS = re.compile(r"\d(?:\s|\\[,;:! ])+\d")
+
+
+def _exact_decimals(expr):
+    """`expr` with every sympy Float replaced by the exact rational its decimal digits write
+    (1.414214 -> 707107/500000), or None when that fails. math-verify compares anything next
+    to a Float after rounding both sides to `float_rounding` places (so 1.414214 == sqrt(2)),
+    and has no switch to turn that off; without Floats it compares exactly."""
+    import sympy
+
+    if isinstance(expr, str):  # parse() also returns the matched text; verify compares it as text
+        return expr
+    try:
+        floats = expr.atoms(sympy.Float)
+        return expr.xreplace({f: sympy.Rational(str(f)) for f in floats}) if floats else expr
+    except Exception:  # a structure sympy cannot rebuild: no exact comparison, no verdict
+        return None
+
+
+def _zero_product(expr) -> bool:
+    """Whether `expr` holds a product of a literal zero and a symbol or constant (`0z`, `0\\pi`,
+    `0\\sqrt{2}`): it evaluates to 0, but an answer written so states no number."""
+    import sympy
+
+    def plain(a) -> bool:  # a number, or a percentage's 1/100 (X% parses as X * UnevaluatedExpr(1/100))
+        return isinstance(a, sympy.Number) or (isinstance(a, sympy.UnevaluatedExpr)
+                                               and isinstance(a.args[0], sympy.Number))
+
+    if isinstance(expr, str):
+        return False
+    try:
+        return any(any(isinstance(a, sympy.Number) and a == 0 for a in m.args) and not all(map(plain, m.args))
+                   for m in expr.atoms(sympy.Mul))
+    except Exception:  # cannot inspect it: treat it as suspect
+        return True
+
+
+def _mv_parse(text: str, mv, timeout: int) -> list | None:
+    """math-verify's parse of `$text$`, with decimals made exact; None when it yields nothing usable."""
+    cfg = [mv.LatexExtractionConfig()]  # never ExprExtractionConfig: it evals via sympy
+    parsed = mv.parse(f"${text}$", extraction_config=cfg, parsing_timeout=timeout)
+    if not parsed or any(_zero_product(e) for e in parsed):
+        return None
+    exact = [_exact_decimals(e) for e in parsed]
+    return None if any(e is None for e in exact) else exact
+
+
 def _mv_equal(pred: str, gold: str, timeout: int = 1) -> bool:
     mv = _math_verify()
     if not mv or not (_mv_safe(pred) and _mv_safe(gold)):
         return False
+    if _SPLIT_DIGITS.search(pred) or _SPLIT_DIGITS.search(gold):
+        return False
     try:
-        cfg = [mv.LatexExtractionConfig()]  # never ExprExtractionConfig: it evals via sympy
-        g = mv.parse(f"${gold}$", extraction_config=cfg, parsing_timeout=timeout)
-        p = mv.parse(f"${pred}$", extraction_config=cfg, parsing_timeout=timeout)
+        g = _mv_parse(gold, mv, timeout)
+        p = _mv_parse(pred, mv, timeout)
         if not g or not p:
             return False
         return bool(mv.verify(g, p, timeout_seconds=timeout))

@@ -11,12 +11,11 @@ import random
 from postlab.config import load_config
 from postlab.envs import make
 from postlab.models import load_model, load_tokenizer
-from postlab.rollout.engine import SamplingParams
-from postlab.rollout.episodes import evaluate
+from postlab.eval.evaluate import evaluate
+from postlab.seeds import eval_seed
 from postlab.studies.kinds import expert_records
 from postlab.trainers.sft import SFTConfig, train_sft
 
-EVAL_SEED = 10**6  # the studies' evaluation seeds: disjoint from training episodes
 N_EVAL = 200
 
 
@@ -25,7 +24,7 @@ def _format_only_success(n: int) -> float:
     env = make("generalpoints", split="id", style="compact", max_turns=1)
     wins = 0
     for i in range(n):
-        env.reset(EVAL_SEED + i)
+        env.reset(eval_seed(i))
         values = list(env.values)
         rng.shuffle(values)
         formula = str(values[0]) + "".join(rng.choice("+-*/") + str(v) for v in values[1:])
@@ -43,8 +42,7 @@ def test_tiny_model_learns_generalpoints_by_sft(tmp_path):
     final = train_sft(cfg, records)
 
     model, tok = load_model(str(final)), load_tokenizer(str(final))
-    result = evaluate(model, tok, lambda: make("generalpoints", split="id", style="compact", max_turns=1),
-                      episodes=N_EVAL, seed=EVAL_SEED, params=SamplingParams(max_new_tokens=24, temperature=0))
+    result = evaluate(model, tok, "generalpoints", "id", n_episodes=N_EVAL, max_turns=1, max_new_tokens=24)
     chance = _format_only_success(N_EVAL)
     print(f"GeneralPoints ID one-attempt greedy success: {result['success_rate']:.3f} (format-only chance {chance:.3f})")
     # measured: 0.415 vs chance 0.010 (500 steps, ~50 s on 2 cores)

@@ -155,18 +155,34 @@ def test_corrupted_safetensors_clear_error_nothing_overwritten(tmp_path, char_to
     assert st.read_bytes() == damaged and sorted(p.name for p in ckpt.iterdir()) == listing
 
 
-def test_resume_from_corrupted_checkpoint_fails_and_keeps_files(tmp_path):
+def test_resume_falls_back_past_a_damaged_checkpoint_and_ends_as_an_uninterrupted_run(tmp_path, capsys):
+    """The newest checkpoint is damaged: resume says so, continues from the previous good one and
+    ends bit-identical to a run that was never interrupted (constant lr: the schedule ignores max_steps)."""
+    from safetensors.torch import load_file
+
     recs = reverse_records(40)
-    train_sft(sft_cfg(tmp_path, "run.max_steps=4", "run.save_every=2", "run.keep_checkpoints=5"), train_records=recs)
+    common = ["run.save_every=2", "run.keep_checkpoints=5", "optim.schedule=constant"]
+    train_sft(sft_cfg(tmp_path, "run.max_steps=4", *common), train_records=recs)
     run = tmp_path / "run"
     st = run / "checkpoints" / "step_000004" / "model.safetensors"
-    damaged = _damage(st, "truncated")
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "tb" not in p.parts}
-    cfg = sft_cfg(tmp_path, "run.max_steps=6", "run.save_every=2")
-    with pytest.raises(CheckpointError, match=rf"{st}"):
-        train_sft(cfg, train_records=recs, resume=run)
-    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "tb" not in p.parts}
-    assert after == before and st.read_bytes() == damaged
+    _damage(st, "truncated")
+    resumed = train_sft(sft_cfg(tmp_path, "run.max_steps=6", *common), train_records=recs, resume=run)
+    out = capsys.readouterr()
+    assert "step_000004" in out.err + out.out and "step_000002" in out.err + out.out
+    full = train_sft(load_config(SFTConfig, None, ["model.preset=nano", f"run.out_dir={tmp_path / 'full'}",
+                                                   "batch.sequences_per_step=8", "batch.micro_batch_sequences=4",
+                                                   *QUIET, "run.max_steps=6", *common]), train_records=recs)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_every_checkpoint_damaged_starts_over_and_says_so(tmp_path, capsys):
+    recs = reverse_records(40)
+    train_sft(sft_cfg(tmp_path, "run.max_steps=2", "run.save_every=2"), train_records=recs)
+    _damage(tmp_path / "run" / "checkpoints" / "step_000002" / "model.safetensors", "truncated")
+    train_sft(sft_cfg(tmp_path, "run.max_steps=2", "run.save_every=2"), train_records=recs, resume=tmp_path / "run")
+    out = capsys.readouterr()
+    assert "no good checkpoint" in out.err + out.out
 
 
 def test_fresh_run_refuses_to_overwrite_existing_run(tmp_path):

@@ -8,7 +8,8 @@ from postlab.data.records import render_messages
 from postlab.envs import make
 from postlab.models.forward import token_outputs
 from postlab.rollout.engine import SamplingParams
-from postlab.rollout.episodes import evaluate, run_episodes
+from postlab.eval.evaluate import evaluate
+from postlab.rollout.episodes import run_episodes
 
 
 def test_multiturn_episode_masks_and_logprobs(nano, tok):
@@ -37,9 +38,8 @@ def test_multiturn_episode_masks_and_logprobs(nano, tok):
 
 
 def test_evaluate_success_by_turn(nano, tok):
-    res = evaluate(nano, tok, lambda: make("toy", max_turns=2), episodes=10,
-                   params=SamplingParams(max_new_tokens=3, temperature=0.0))
-    assert 0.0 <= res["success_rate"] <= 1.0 and len(res["episodes"]) == 10
+    res = evaluate(nano, tok, "toy", "id", n_episodes=10, max_turns=2, max_new_tokens=3)
+    assert 0.0 <= res["success_rate"] <= 1.0 and len(res["per_problem"]) == 10
     assert len(res["success_by_turn"]) <= 2 and res["success_by_turn"][-1] == res["success_rate"]
 
 

@@ -10,7 +10,7 @@ import postlab.envs.toy  # noqa: F401
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.envs import make
 from postlab.rollout.engine import SamplingParams
-from postlab.rollout.episodes import evaluate
+from postlab.eval.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def _cfg(ckpt, out, **kw):
 def test_config_rejects_invalid_combinations(tmp_path):
     from postlab.trainers.rl import RLBatchConfig
 
-    with pytest.raises(ConfigError, match="valid: grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo, ppo"):
+    with pytest.raises(ConfigError, match="valid: grpo, dr_grpo, dapo, gspo, rloo, reinforce_pp, ppo"):
         _cfg("x", tmp_path, algorithm="ppo2")
     with pytest.raises(ConfigError, match="samples_per_prompt must be >= 2"):
         _cfg("x", tmp_path, batch=RLBatchConfig(4, 1, 4))
@@ -123,8 +123,8 @@ def test_rl_raises_reward_of_sft_model(sft_checkpoint, tmp_path):
 
     def sampled_success(path):
         model, tok = load_model(path), load_tokenizer(path)
-        res = evaluate(model, tok, lambda: make("toy"), episodes=256, seed=777,
-                       params=SamplingParams(max_new_tokens=4, temperature=1.0, seed=1))
+        res = evaluate(model, tok, "toy", "id", n_episodes=256, seed=777, decoding="sampled", temperature=1.0,
+                       max_new_tokens=4, max_turns=1)
         return res["success_rate"], res["mean_reward"]
 
     before = sampled_success(sft_checkpoint)
@@ -134,3 +134,94 @@ def test_rl_raises_reward_of_sft_model(sft_checkpoint, tmp_path):
     print(f"\ntoy env, sampled success / mean reward: before RL {before[0]:.3f} / {before[1]:.3f}, "
           f"after 25 GRPO steps {after[0]:.3f} / {after[1]:.3f}")
     assert after[0] >= before[0] + 0.15 and after[1] > before[1]
+
+
+# ------------------------------------------------------------------------------ the run-directory contract
+
+
+def _rows(path):
+    return [json.loads(line) for line in open(path / "metrics.jsonl")]
+
+
+def test_rl_refuses_to_overwrite_a_finished_run(sft_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    final = train_rl_quiet(_cfg(sft_checkpoint, out, run=RunConfig(out_dir=str(out), max_steps=1, progress=False,
+                                                                    tensorboard=False, log_every=1)))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "tb" not in p.parts}
+    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+        train_rl_quiet(_cfg(sft_checkpoint, out, optim=OptimConfig(lr=1e-3, schedule="constant")))
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "tb" not in p.parts}
+    assert after == before and (final / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("env_kw, words", [
+    ({"name": "toyy"}, ["unknown environment 'toyy'", "toy"]),
+    ({"name": "toy", "split": "nope"}, ["env.split", "nope"]),
+    ({"name": "toy", "eval_splits": ("id", "nope")}, ["env.eval_splits", "nope"]),
+])
+def test_env_errors_fail_before_anything_runs(sft_checkpoint, tmp_path, env_kw, words):
+    from postlab.trainers.rl import RLEnvConfig
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError) as e:
+        train_rl_quiet(_cfg(sft_checkpoint, out, env=RLEnvConfig(**env_kw)))
+    assert all(w in str(e.value) for w in words) and not out.exists()
+
+
+def test_an_evaluation_error_never_loses_the_trained_model(sft_checkpoint, tmp_path, monkeypatch):
+    import sys
+
+    ev = sys.modules["postlab.eval.evaluate"]  # the module (postlab.eval re-exports the function)
+
+    def broken(*a, **k):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(ev, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        train_rl_quiet(_cfg(sft_checkpoint, tmp_path / "run"))
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def test_resume_checks_the_run_and_records_allowed_changes(sft_checkpoint, tmp_path):
+    from postlab.trainers.sft import SFTConfig, train_sft
+
+    out = tmp_path / "run"
+    cfg = _cfg(sft_checkpoint, out, run=RunConfig(out_dir=str(out), max_steps=2, save_every=2, progress=False,
+                                                  tensorboard=False, log_every=1))
+    train_rl_quiet(cfg)
+    with pytest.raises(ConfigError, match=r"optim.lr: 0.0005 -> 0.001"):  # another learning rate
+        train_rl_quiet(dataclasses.replace(cfg, optim=OptimConfig(lr=1e-3, schedule="constant")), resume=out)
+    with pytest.raises(ConfigError, match="holds a 'rl:grpo' run, not 'sft'"):  # another trainer
+        train_sft(SFTConfig(model=ModelConfig(path=str(sft_checkpoint)), run=RunConfig(out_dir=str(out))),
+                  train_records=[{"prompt": "a", "completion": "b"}], resume=out)
+    with pytest.raises(ConfigError, match="no run there"):  # a mistyped path
+        train_rl_quiet(cfg, resume=tmp_path / "rnu")
+    assert not (tmp_path / "rnu").exists()
+    longer = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, max_steps=3))
+    train_rl_quiet(longer, resume=out)
+    changes = [json.loads(line) for line in open(out / "resumes.jsonl")]
+    assert changes[-1]["changes"] == [{"key": "run.max_steps", "old": 2, "new": 3}]
+    assert "max_steps: 3" in (out / "config.yaml").read_text()
+    steps = [r["step"] for r in _rows(out) if r["kind"] == "train"]
+    assert steps == [1, 2, 3]  # no duplicate rows
+
+
+def test_rl_seed_1_never_trains_on_its_evaluation_problems(sft_checkpoint, tmp_path, monkeypatch):
+    """The defect: RL drew `run.seed * 1_000_000 + i`, which for seed 1 are evaluation's `1_000_000 + i`."""
+    from postlab.envs.toy import ToyDigitsEnv as ToyEnv
+
+    seen = []
+    orig = ToyEnv.reset
+
+    def reset(self, seed):
+        seen.append(seed)
+        return orig(self, seed)
+
+    monkeypatch.setattr(ToyEnv, "reset", reset)
+    cfg = _cfg(sft_checkpoint, tmp_path / "run", run=RunConfig(out_dir=str(tmp_path / "run"), max_steps=2, seed=1,
+                                                               progress=False, tensorboard=False))
+    cfg.env.eval_episodes = 64
+    train_rl_quiet(cfg)
+    n_train = 2 * cfg.batch.sequences_per_step
+    train_seeds, eval_seeds = set(seen[:n_train]), set(seen[n_train:])
+    assert len(eval_seeds) == 64 and not train_seeds & eval_seeds

@@ -2,6 +2,8 @@ import base64
 import json
 import shutil
 import subprocess
+from html import unescape
+from html.parser import HTMLParser
 
 import pytest
 
@@ -41,12 +43,61 @@ STUDY = {
 }
 
 
+ENVIRONMENT = {"torch": "2.13.0+cpu", "transformers": "5.24.0", "python": "3.11.7", "platform": "Linux-6.1-x86_64",
+               "cpu": "Fixture CPU 9000", "cpu_count": 16, "torch_threads": 8, "blas": "mkl", "mkldnn": True,
+               "cpu_capability": "AVX512", "avx512": True, "cuda_device": None,
+               "deterministic_note": "bit-identical on Fixture CPU 9000 with 8 threads"}
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     runner = StudyRunner(resolve(STUDY, preset="tiny", seeds=2), out)
     runner.run()
+    # a known environment, as the runner records it (postlab.runinfo.environment()), so the report's is checkable
+    manifest = json.loads((runner.root / "study.json").read_text())
+    manifest["environment"] = ENVIRONMENT
+    (runner.root / "study.json").write_text(json.dumps(manifest))
     return runner.root
+
+
+class _Tables(HTMLParser):
+    """Every <table> of a page: the <h2>/<h3> heading before it, header texts, rows of (text, class) cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[dict] = []
+        self._heading, self._in_heading, self._cell = "", False, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("h2", "h3"):
+            self._heading, self._in_heading = "", True
+        elif tag == "table":
+            self.tables.append({"heading": self._heading, "header": [], "rows": []})
+        elif tag == "tr" and self.tables:
+            self.tables[-1]["rows"].append([])
+        elif tag in ("th", "td") and self.tables:
+            self._cell = {"tag": tag, "text": "", "class": dict(attrs).get("class")}
+
+    def handle_endtag(self, tag):
+        if tag in ("h2", "h3"):
+            self._in_heading = False
+        elif tag in ("th", "td") and self._cell is not None:
+            t = self.tables[-1]
+            (t["header"] if self._cell["tag"] == "th" else t["rows"][-1]).append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._in_heading:
+            self._heading += data
+        if self._cell is not None:
+            self._cell["text"] += data
+
+
+def _html_tables(text: str) -> dict[str, dict]:
+    p = _Tables()
+    p.feed(text)
+    return {t["heading"]: {**t, "rows": [r for r in t["rows"] if r]} for t in p.tables}
 
 
 def test_report_builds(run_dir):
@@ -67,6 +118,60 @@ def test_report_builds(run_dir):
     for text in ("+3.5%", "-8.1%", "OOD change from the warm-up", "+20.0", "compute per stage", "warm-up"):
         assert text in html and text in md
     assert (run_dir / "report_files" / "curves_0.png").exists()
+
+
+def test_html_findings_rows_show_their_verdict(run_dir):
+    html_path, md_path = build_report(run_dir)
+    fs = findings(load_run(run_dir))
+    table = _html_tables(html_path.read_text())["Findings"]
+    header = [c["text"] for c in table["header"]]
+    assert header[-1] == "reproduced" and len(table["rows"]) == len(fs)
+    classes = {"yes": "verdict-yes", "no": "verdict-no"}
+    for f, row in zip(fs, table["rows"]):
+        assert len(row) == len(header), f"row {[c['text'] for c in row]} has {len(row)} cells for {len(header)} headers"
+        assert row[0]["text"] == f["claim"]
+        assert row[-1]["text"].startswith(f["reproduced"]) and f"({f['seeds_agree']}/2 seeds)" in row[-1]["text"]
+        assert row[-1]["class"] == classes[f["reproduced"]]
+        assert row[3]["text"].startswith("[") and row[3]["class"] is None  # the CI cell is plain
+    for f in fs:  # the Markdown rows end with the same verdict
+        assert any(line.startswith(f"| {f['claim']} |") and f"| {f['reproduced']} (" in line
+                   for line in md_path.read_text().splitlines())
+
+
+def test_report_prints_the_environment(run_dir, tmp_path):
+    html_path, md_path = build_report(run_dir)
+    md, page = md_path.read_text(), html_path.read_text()
+    env = {r[0]["text"]: r[1]["text"] for r in _html_tables(page)["machine and software this study ran on"]["rows"]}
+    assert env["torch"] == "2.13.0+cpu" and env["CPU"] == "Fixture CPU 9000" and env["torch threads"] == "8"
+    assert env["AVX-512 used"] == "yes" and env["CUDA device"] == "–" and env["BLAS"] == "mkl"
+    sentence = "bit-identical only on the same machine type, torch build and thread count"
+    for text in ("## Environment", "| CPU | Fixture CPU 9000 |", "| torch threads | 8 |", "| Python | 3.11.7 |",
+                 sentence, ENVIRONMENT["deterministic_note"]):
+        assert text in md
+    assert "<h2>Environment</h2>" in page and sentence in page and ENVIRONMENT["deterministic_note"] in page
+    assert md.count(sentence) == 1 and page.count(sentence) == 1
+    # a study run that did not record its environment says so, in both outputs
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    manifest = json.loads((old / "study.json").read_text())
+    del manifest["environment"]
+    (old / "study.json").write_text(json.dumps(manifest))
+    html_path, md_path = build_report(old)
+    for text in (md_path.read_text(), html_path.read_text()):
+        assert "Environment: not recorded" in text and sentence in text and "Fixture CPU" not in text
+
+
+def test_runinfo_environment_is_json_ready():
+    from postlab.runinfo import cpu_model, environment
+
+    env = environment()
+    json.dumps(env)  # stored in study.json and meta.json
+    for key in ("torch", "transformers", "python", "platform", "cpu", "cpu_count", "torch_threads", "mkldnn",
+                "cpu_capability", "avx512", "cuda_device", "deterministic_note"):
+        assert key in env
+    assert env["torch_threads"] >= 1 and env["cpu_count"] >= 1 and isinstance(env["avx512"], bool)
+    assert "thread count" in env["deterministic_note"]
+    assert isinstance(cpu_model("/nonexistent/cpuinfo"), (str, type(None)))  # falls back to platform.processor()
 
 
 def test_tables_of_stages_a_preset_does_not_run_are_left_out(run_dir):
@@ -108,6 +213,39 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert 0.002 < dark < 0.9, f"screenshot looks blank (dark pixel fraction {dark:.4f})"
     colors = sum(1 for c in img.resize((300, 400)).histogram() if c)
     assert colors > 20  # grey levels: text, table borders and the plot, not a flat page
+    rendered = _rendered_verdicts(browser, html_path, tmp_path)
+    expected = [f["reproduced"] for f in findings(load_run(run_dir))]
+    assert len(rendered) == len(expected)
+    for verdict, cell in zip(expected, rendered):
+        assert cell["visible"] and cell["text"].startswith(verdict), f"under 'reproduced': {cell}, expected {verdict!r}"
+
+
+# Runs in the rendered page: for each findings row, the laid-out text (innerText: what is shown)
+# of the cell that sits under the "reproduced" header, found by position, not by DOM index.
+_VERDICT_PROBE = """<script>
+const h2 = [...document.querySelectorAll('h2')].find(h => h.textContent.trim() === 'Findings');
+let table = h2.nextElementSibling; while (table && table.tagName !== 'TABLE') table = table.nextElementSibling;
+const th = [...table.querySelectorAll('thead th')].find(x => x.textContent.trim() === 'reproduced');
+const col = th.getBoundingClientRect(), mid = (col.left + col.right) / 2;
+const out = [...table.querySelectorAll('tbody tr')].map(tr => {
+  const td = [...tr.children].find(c => { const r = c.getBoundingClientRect(); return r.left <= mid && mid <= r.right; });
+  const r = td ? td.getBoundingClientRect() : null;
+  return {text: td ? td.innerText.trim() : '', visible: !!r && r.width > 0 && r.height > 0};
+});
+const pre = document.createElement('pre'); pre.id = 'rendered-verdicts'; pre.textContent = JSON.stringify(out);
+document.body.appendChild(pre);
+</script>"""
+
+
+def _rendered_verdicts(browser: str, html_path, tmp_path) -> list[dict]:
+    """What headless Chromium shows under the findings table's "reproduced" header, row by row."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(html_path.read_text().replace("</body>", _VERDICT_PROBE + "</body>"))
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1200,1600", "--dump-dom", probe.resolve().as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    assert "id=\"rendered-verdicts\">" in dom, "the probe script did not run in Chromium"
+    return json.loads(unescape(dom.split('id="rendered-verdicts">')[1].split("</pre>")[0]))
 
 
 def test_verdict_needs_the_ci_to_exclude_zero():

@@ -1,4 +1,5 @@
-"""Every shipped study, under every preset, builds valid trainer configs for all its stages.
+"""Every shipped study, under every preset, validates: every stage's trainer config, environment,
+splits and `data:` / `eval:` keys, before anything runs.
 
 A study runs for tens of minutes before it reaches its later stages; a config that a trainer
 rejects (the tiny preset's navigation RL once asked for micro-batches larger than its batch)
@@ -8,23 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from postlab.studies.kinds import _trainer_config
-from postlab.studies.rl_adapter import rl_stage_config
-from postlab.studies.spec import load_study
-from postlab.trainers.sft import SFTConfig
+from postlab.config import ConfigError
+from postlab.studies.runner import StudyRunner
+from postlab.studies.spec import load_study, resolve
 
 STUDIES = sorted(Path(__file__).resolve().parents[2].glob("configs/studies/*.yaml"))
-
-
-class _Ctx:
-    """The parts of a StageContext that config building reads."""
-
-    def __init__(self, stage, seed: int, tmp: Path):
-        self.stage, self.spec, self.seed = stage, stage.spec, seed
-        self.run_dir = tmp / stage.name / "run"
-
-    def input_checkpoint(self, i: int = 0) -> Path:
-        return Path("/nonexistent/checkpoint")
 
 
 def _presets(path: Path) -> list:
@@ -34,18 +23,30 @@ def _presets(path: Path) -> list:
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
-def test_every_preset_builds_valid_trainer_configs(path, tmp_path):
-    checked = 0
+def test_every_preset_validates(path, tmp_path):
     for preset in _presets(path):
         study = load_study(str(path), preset=preset)
-        for stage in study.stages.values():
-            ctx = _Ctx(stage, study.seeds[0], tmp_path)
-            if stage.kind == "rl":
-                cfg = rl_stage_config(ctx)
-                assert cfg.env.name == stage.spec["env"]
-            elif stage.kind in ("sft", "pretrain"):
-                _trainer_config(ctx, SFTConfig, None if stage.kind == "pretrain" else ctx.input_checkpoint())
-            else:
-                continue
-            checked += 1
-    assert checked >= 4
+        StudyRunner(study, out=tmp_path).validate()
+
+
+def _study(**stage_fields) -> dict:
+    base = {"kind": "pretrain", "data": {"n": 10}, "config": {"model": {"preset": "nano"}, "run": {"max_steps": 1}}}
+    later = {"kind": "sft", "after": "base", "split": "id", "data": {"n": 10}, "config": {"run": {"max_steps": 1}}}
+    later.update(stage_fields)
+    return {"name": "t", "env": "toy", "stages": {"base": base, "late": later}}
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"data": {"n": 10, "base_mixx": 0.3}}, ["late.data.base_mixx", "base_mix"]),
+    ({"split": "od"}, ["late", "unknown split 'od'"]),
+    ({"config": {"optim": {"lrr": 1e-3}}}, ["late", "optim.lrr"]),
+    ({"kind": "eval", "eval": {"n_episode": 4}}, ["late.eval.n_episode", "n_episodes"]),
+    ({"kind": "rl", "config": {"env": {"eval_splits": ["nope"]}}}, ["late", "eval_splits", "nope"]),
+])
+def test_a_typo_in_a_late_stage_fails_before_the_first_stage_runs(fields, words, tmp_path):
+    runner = StudyRunner(resolve(_study(**fields)), out=tmp_path)
+    with pytest.raises(ConfigError) as e:
+        runner.run()
+    for w in words:
+        assert w in str(e.value)
+    assert not runner.calls  # nothing ran

@@ -1,0 +1,77 @@
+"""RL algorithms declared once: what makes GRPO GRPO, in one registry.
+
+An `AlgorithmSpec` names everything the RL trainer needs to know about an algorithm:
+its loss (a registered objective), its advantage estimator (a pure function of the batch's
+rewards and the group size; None for a critic), whether it needs groups of samples per
+prompt, whether it keeps a value head, whether it drops all-same-reward groups (dynamic
+sampling), and its default loss aggregation. The trainer reads the spec; it never branches
+on an algorithm's name. As with objectives, registering a name twice is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from postlab.objectives import advantages as adv
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmSpec:
+    name: str
+    objective: str  # a registered objective
+    # rewards [N] (G consecutive samples per prompt), G -> advantages [N]; None: a critic (GAE over turns)
+    advantages: Callable[[torch.Tensor, int], torch.Tensor] | None
+    needs_groups: bool  # G >= 2 samples per prompt (group baselines)
+    value_head: bool = False
+    dynamic_sampling: bool = False  # default of RLConfig.dynamic_sampling
+    paper: str = ""
+
+    @property
+    def default_aggregation(self) -> str:
+        from postlab.objectives.registry import get_objective
+
+        return get_objective(self.objective).default_aggregation
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {}
+
+
+def register_algorithm(spec: AlgorithmSpec) -> AlgorithmSpec:
+    if spec.name in ALGORITHMS:
+        raise ValueError(f"RL algorithm {spec.name!r} is already registered; pick another name")
+    ALGORITHMS[spec.name] = spec
+    return spec
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    if name not in ALGORITHMS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(ALGORITHMS), n=1)
+        raise ValueError(f"unknown RL algorithm {name!r}; valid: {', '.join(ALGORITHMS)}."
+                         + (f" Did you mean '{close[0]}'?" if close else ""))
+    return ALGORITHMS[name]
+
+
+def _batch_normalized(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    return adv.reinforce_pp_advantages(rewards)
+
+
+register_algorithm(AlgorithmSpec("grpo", "grpo", partial(adv.grpo_advantages, std=True), needs_groups=True,
+                                 paper="Shao et al. 2024 (DeepSeekMath)"))
+register_algorithm(AlgorithmSpec("dr_grpo", "dr_grpo", partial(adv.grpo_advantages, std=False), needs_groups=True,
+                                 paper="Liu et al. 2025 (Dr. GRPO)"))
+register_algorithm(AlgorithmSpec("dapo", "dapo", partial(adv.grpo_advantages, std=True), needs_groups=True,
+                                 dynamic_sampling=True, paper="Yu et al. 2025 (DAPO)"))
+register_algorithm(AlgorithmSpec("gspo", "gspo", partial(adv.grpo_advantages, std=True), needs_groups=True,
+                                 paper="Zheng et al. 2025 (GSPO)"))
+register_algorithm(AlgorithmSpec("rloo", "rloo", adv.rloo_advantages, needs_groups=True,
+                                 paper="Ahmadian et al. 2024 (RLOO)"))
+register_algorithm(AlgorithmSpec("reinforce_pp", "reinforce_pp", _batch_normalized, needs_groups=False,
+                                 paper="Hu 2025 (REINFORCE++)"))
+register_algorithm(AlgorithmSpec("ppo", "ppo", None, needs_groups=False, value_head=True,
+                                 paper="Schulman et al. 2017; Chu et al. 2025's turn-level GAE"))

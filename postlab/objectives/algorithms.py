@@ -16,6 +16,7 @@ from functools import partial
 
 import torch
 
+from postlab.naming import Registry
 from postlab.objectives import advantages as adv
 
 
@@ -37,24 +38,15 @@ class AlgorithmSpec:
         return get_objective(self.objective).default_aggregation
 
 
-ALGORITHMS: dict[str, AlgorithmSpec] = {}
+ALGORITHMS: Registry = Registry("RL algorithm")
 
 
 def register_algorithm(spec: AlgorithmSpec) -> AlgorithmSpec:
-    if spec.name in ALGORITHMS:
-        raise ValueError(f"RL algorithm {spec.name!r} is already registered; pick another name")
-    ALGORITHMS[spec.name] = spec
-    return spec
+    return ALGORITHMS.add(spec.name, spec)
 
 
 def get_algorithm(name: str) -> AlgorithmSpec:
-    if name not in ALGORITHMS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(ALGORITHMS), n=1)
-        raise ValueError(f"unknown RL algorithm {name!r}; valid: {', '.join(ALGORITHMS)}."
-                         + (f" Did you mean '{close[0]}'?" if close else ""))
-    return ALGORITHMS[name]
+    return ALGORITHMS.lookup(name)
 
 
 def _batch_normalized(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -14,6 +14,8 @@ from typing import Callable, Literal
 
 import torch
 
+from postlab.naming import Registry
+
 AggregationMode = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant"]
 AGGREGATION_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
 
@@ -87,17 +89,15 @@ class Objective:
     doc: str = ""
 
 
-OBJECTIVES: dict[str, Objective] = {}
+OBJECTIVES: Registry = Registry("objective")
 
 
 def register_objective(name: str, **meta):
     """Decorator: register `fn` as objective `name`; a name registered twice is an error."""
 
     def wrap(fn):
-        if name in OBJECTIVES:
-            raise ValueError(f"objective {name!r} is already registered (by {OBJECTIVES[name].fn.__module__}); "
-                             "pick another name")
-        OBJECTIVES[name] = Objective(name=name, fn=fn, doc=(fn.__doc__ or "").strip(), **meta)
+        owner = OBJECTIVES[name].fn.__module__ if name in OBJECTIVES else ""
+        OBJECTIVES.add(name, Objective(name=name, fn=fn, doc=(fn.__doc__ or "").strip(), **meta), owner)
         return fn
 
     return wrap
@@ -106,10 +106,4 @@ def register_objective(name: str, **meta):
 def get_objective(name: str) -> Objective:
     import postlab.objectives  # noqa: F401 - populates the registry
 
-    if name not in OBJECTIVES:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(OBJECTIVES), n=1)
-        raise ValueError(f"unknown objective {name!r}; valid: {', '.join(sorted(OBJECTIVES))}."
-                         + (f" Did you mean '{close[0]}'?" if close else ""))
-    return OBJECTIVES[name]
+    return OBJECTIVES.lookup(name)

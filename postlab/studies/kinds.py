@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from postlab.config import ConfigError, _suggest
+from postlab.naming import Registry
 from postlab.progress import console
 from postlab.seeds import corpus_generator_seed, expert_seed
 from postlab.studies.compute import count_params, cumulative_tokens, flops
@@ -329,14 +330,11 @@ class StageKind:
     doc: str = ""
 
 
-STAGE_KINDS: dict[str, StageKind] = {}
+STAGE_KINDS: Registry = Registry("stage kind")
 
 
 def register_stage_kind(kind: StageKind) -> StageKind:
-    if kind.name in STAGE_KINDS:
-        raise ValueError(f"stage kind {kind.name!r} is already registered; pick another name")
-    STAGE_KINDS[kind.name] = kind
-    return kind
+    return STAGE_KINDS.add(kind.name, kind)
 
 
 register_stage_kind(StageKind("pretrain", run_pretrain, validate_pretrain, "base corpus -> tiny model from scratch"))

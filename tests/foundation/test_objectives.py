@@ -116,3 +116,28 @@ def test_aggregate_micro_batches_sum_to_full_batch(mode):
 def test_unknown_objective_suggests_nearest():
     with pytest.raises(ValueError, match="Did you mean 'dft'"):
         get_objective("dtf")
+
+
+def test_registries_reject_a_duplicate_name():
+    """A plugin registering an existing name must fail, not silently replace the built-in."""
+    from postlab.objectives import register_objective
+    from postlab.objectives.algorithms import AlgorithmSpec, get_algorithm, register_algorithm
+    from postlab.studies.kinds import STAGE_KINDS, StageKind, register_stage_kind
+
+    with pytest.raises(ValueError, match="objective 'nll' is already registered"):
+        register_objective("nll")(lambda inp: (inp.logp, {}))
+    with pytest.raises(ValueError, match="RL algorithm 'grpo' is already registered"):
+        register_algorithm(AlgorithmSpec("grpo", "nll", None, needs_groups=False))
+    with pytest.raises(ValueError, match="stage kind 'sft' is already registered"):
+        register_stage_kind(StageKind("sft", print, print))
+    assert get_algorithm("grpo").objective == "grpo" and STAGE_KINDS["sft"].run.__name__ == "run_sft"
+    with pytest.raises(ValueError, match="Did you mean 'dapo'"):
+        get_algorithm("dapoo")
+
+
+def test_every_algorithm_spec_names_a_registered_objective():
+    from postlab.objectives.algorithms import ALGORITHMS
+
+    for spec in ALGORITHMS.values():
+        assert get_objective(spec.objective).needs_old_logp
+        assert spec.needs_groups == (spec.advantages is not None and spec.name not in ("reinforce_pp",))

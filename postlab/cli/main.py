@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Command modules, each adding its subcommands; a module missing here is simply skipped.
@@ -47,8 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from postlab import distributed
+
+    # Under torchrun (WORLD_SIZE > 1) the process group starts here, once, before any command
+    # touches a model; a command run without torchrun never sees torch.distributed.
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
-        return args.func(args) or 0
+        if multi:
+            distributed.init_from_env()
+        code = args.func(args) or 0
+        if multi:
+            distributed.shutdown()
+        return code
     except (ConfigError, DataError, CheckpointError, TrainingError) as e:
         print(f"postlab: error: {e}", file=sys.stderr)
         return 2

@@ -232,9 +232,13 @@ def to_drift_records(trajectories: Sequence[dict], weights: Sequence[float],
     for i, (traj, w) in enumerate(zip(trajectories, weights)):
         if keep is not None and not keep[i]:
             continue
-        if not _finite(w):
-            raise DataError(f"weights[{i}] (prompt {traj.get('prompt_id')}, sample {traj.get('sample')}) is {w!r}; "
-                            "weights must be finite numbers")
+        try:  # numpy and torch scalars are welcome; bools are not weights
+            w = float(w) if not isinstance(w, bool) else math.nan
+        except (TypeError, ValueError):
+            w = math.nan
+        if not math.isfinite(w):
+            raise DataError(f"weights[{i}] (prompt {traj.get('prompt_id')}, sample {traj.get('sample')}) is "
+                            f"{weights[i]!r}; weights must be finite numbers")
         msgs = traj.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(_message(m) for m in msgs) \
                 or msgs[-1]["role"] != "assistant":
@@ -246,7 +250,7 @@ def to_drift_records(trajectories: Sequence[dict], weights: Sequence[float],
         for k, m in enumerate(out):
             if m["role"] == "assistant":
                 m["train"] = k == last
-        records.append({"messages": out, "weight": float(w), "prompt_id": traj.get("prompt_id"),
+        records.append({"messages": out, "weight": w, "prompt_id": traj.get("prompt_id"),
                         "sample": traj.get("sample")})
     return records
 

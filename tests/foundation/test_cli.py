@@ -97,3 +97,36 @@ def test_cli_resume_of_finished_run_is_a_no_op(tmp_path, capsys):
     assert main(["train", "sft", "--resume", str(tmp_path / "run")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
+
+
+def test_overrides_after_resume_are_applied(tmp_path, capsys):
+    """`postlab train sft --resume RUN run.max_steps=3`: the override after --resume is not rejected."""
+    run = tmp_path / "run"
+    args = ["model.preset=nano", "data.train=synthetic:reverse/train", f"run.out_dir={run}", "run.max_steps=2",
+            "run.save_every=2", "run.log_every=1", "batch.sequences_per_step=8", "batch.micro_batch_sequences=8", *QUIET]
+    assert main(["train", "sft", *args]) == 0
+    assert main(["train", "sft", "--resume", str(run), "run.max_steps=3"]) == 0
+    steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl") if '"train"' in line]
+    assert steps == [1, 2, 3]
+    assert json.loads((run / "resumes.jsonl").read_text())["changes"] == [
+        {"key": "run.max_steps", "old": 2, "new": 3}]
+
+
+def test_every_shipped_trainer_config_loads_and_its_data_exist():
+    """The README's `postlab train sft|rl configs/...` commands work on a fresh clone: no data file to make."""
+    from postlab.config import load_config
+    from postlab.data.records import load_records
+    from postlab.trainers.rl import RLConfig, validate_env
+    from postlab.trainers.sft import SFTConfig
+
+    sft = sorted((REPO / "configs" / "sft").glob("*.yaml"))
+    rl = sorted((REPO / "configs" / "rl").glob("*.yaml"))
+    assert sft and rl
+    for path in sft:
+        cfg = load_config(SFTConfig, path)
+        assert load_records(cfg.data.train), path
+    for path in rl:
+        cfg = load_config(RLConfig, path)
+        validate_env(cfg.env)
+        produced_by = [p for p in sft if load_config(SFTConfig, p).run.out_dir + "/final" == cfg.model.path]
+        assert produced_by, f"{path}: model.path {cfg.model.path} is made by no shipped SFT config"

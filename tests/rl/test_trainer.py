@@ -8,6 +8,7 @@ import torch
 
 import postlab.envs.toy  # noqa: F401
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
+from postlab.trainers.common import TrainingError
 from postlab.envs import make
 from postlab.rollout.engine import SamplingParams
 from postlab.eval.evaluate import evaluate
@@ -225,3 +226,19 @@ def test_rl_seed_1_never_trains_on_its_evaluation_problems(sft_checkpoint, tmp_p
     n_train = 2 * cfg.batch.sequences_per_step
     train_seeds, eval_seeds = set(seen[:n_train]), set(seen[n_train:])
     assert len(eval_seeds) == 64 and not train_seeds & eval_seeds
+
+
+def test_non_finite_loss_names_the_step_and_the_last_good_checkpoint(sft_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+
+    def nan_after_two_steps(episode):
+        calls["n"] += 1
+        return float("nan") if calls["n"] > 2 * 16 else 1.0 - calls["n"] % 2
+
+    cfg = _cfg(sft_checkpoint, out, run=RunConfig(out_dir=str(out), max_steps=4, save_every=2, progress=False,
+                                                  tensorboard=False))
+    with pytest.raises(TrainingError) as e:
+        train_rl_quiet(cfg, reward_fn=nan_after_two_steps)
+    msg = str(e.value)
+    assert "non-finite" in msg and "at step 3" in msg and "step_000002" in msg and f"--resume {out}" in msg

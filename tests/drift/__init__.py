@@ -1,0 +1,1 @@
+"""DRIFT: returns and weights, trajectory datasets, loss, offline rollouts, multi-turn metrics."""

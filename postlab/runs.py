@@ -7,6 +7,7 @@
       samples.jsonl      generated samples at each eval
       tb/                TensorBoard event files
       checkpoints/step_000100/   Hugging Face model dir + trainer_state.{json,safetensors}
+                         (+ dcp/ and trainer_state.rankR.safetensors for a sharded multi-process run)
       final/             Hugging Face model dir of the last step
 
 Checkpoints never use pickle: optimizer tensors and RNG states go to safetensors, the rest to
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -84,10 +86,12 @@ class RunDir:
         from postlab import __version__
         from postlab.config import dump_yaml
 
+        from postlab.distributed import backend, world
+
         if self.rank:
             return
         dump_yaml(cfg, self.path / "config.yaml")
-        meta = {"trainer": trainer, "seed": seed, "data_fingerprint": data_fingerprint, "git_revision": git_revision(),
+        meta = {"trainer": trainer, "seed": seed, "world_size": world()[1], "backend": backend() or "none", "data_fingerprint": data_fingerprint, "git_revision": git_revision(),
                 "postlab": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
                 "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "environment": _environment()}
         (self.path / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -192,8 +196,63 @@ class RunDir:
                  "trainer_state.json": json.dumps(state, default=_json_default).encode(), **(extra_files or {})}
         unwrapped = getattr(model, "module", model)
         out = save_pretrained_atomic(unwrapped, tokenizer, self.path / "checkpoints" / f"step_{step:06d}", extra)
+        self._rotate(keep)
+        return out
+
+    def _rotate(self, keep: int) -> None:
         for old in self.checkpoint_dirs()[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
+
+    def save_sharded_checkpoint(self, step: int, model, tokenizer, optimizer, state: dict, keep: int = 2,
+                                extra_files: dict[str, bytes] | None = None, modules: dict | None = None) -> Path:
+        """A checkpoint of an FSDP2-sharded run; every rank calls it (it holds collectives).
+
+        Each rank writes its shard of model and optimizer (torch.distributed.checkpoint, `dcp/`)
+        and its RNG state (`trainer_state.rankR.safetensors`); rank 0 writes the Hugging Face copy
+        from the gathered full state dict, the tokenizer, trainer_state.json and, last,
+        checksums.json over every file. As for one process, the directory appears only complete
+        (written as step_N.tmp, then renamed by rank 0). Needs a file system all ranks share."""
+        from safetensors.torch import save as st_save
+
+        from postlab import distributed
+        from postlab.models.io import _fsync_dir, _quiet_transformers, write_checksums
+
+        _quiet_transformers()
+        out = self.path / "checkpoints" / f"step_{step:06d}"
+        tmp = out.with_name(out.name + ".tmp")
+        if self.rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        distributed.barrier()
+        distributed.save_sharded(tmp / distributed.SHARDED_DIR, model, optimizer, modules)
+        (tmp / f"trainer_state.rank{self.rank}.safetensors").write_bytes(
+            st_save({k: v.contiguous() for k, v in rng_tensors().items()},
+                    metadata={"python_random": json.dumps(_py_random_state())}))
+        full = distributed.full_state_dict(model)  # collective; the tensors land on rank 0
+        if self.rank == 0:
+            with distributed.plain_class(model) as plain:
+                plain.save_pretrained(tmp, state_dict=full, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            meta = {**state, "step": step, "sharded": True, "world_size": distributed.world()[1]}
+            (tmp / "trainer_state.json").write_bytes(json.dumps(meta, default=_json_default).encode())
+            for name, data in (extra_files or {}).items():
+                (tmp / name).write_bytes(data)
+        del full
+        distributed.barrier()  # every rank's files are in tmp
+        if self.rank == 0:
+            write_checksums(tmp)
+            _fsync_dir(tmp)
+            old = out.with_name(out.name + ".old")
+            if out.exists():
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(out, old)
+            os.replace(tmp, out)
+            if old.exists():
+                shutil.rmtree(old)
+            self._rotate(keep)
+        distributed.barrier()
         return out
 
 
@@ -224,9 +283,21 @@ def _damaged_message(ckpt: Path, e: CheckpointError, fallback: Path | None) -> s
     return f"checkpoint {ckpt} is damaged ({what}); {then}"
 
 
-def load_trainer_state(ckpt: Path, optimizer) -> dict:
-    """Restore optimizer and RNG states from a checkpoint; return its JSON state."""
+def load_trainer_state(ckpt: Path, optimizer, model=None, modules: dict | None = None) -> dict:
+    """Restore optimizer and RNG states from a checkpoint; return its JSON state.
+
+    A sharded checkpoint (`dcp/`) restores model and optimizer through torch distributed
+    checkpointing (any world size: DCP reshards), so `model` must be given."""
     from safetensors.torch import load_file
+
+    from postlab import distributed
+
+    if (ckpt / distributed.SHARDED_DIR).is_dir():
+        return _load_sharded_state(ckpt, optimizer, model, modules)
+    if distributed.is_sharded(model):
+        raise CheckpointError(f"{ckpt}: written by a single-process run, but this run is sharded over "
+                              f"{distributed.world()[1]} processes; resume it with one process (plain `postlab`), "
+                              "or start a new multi-process run from its weights (model.path)")
 
     try:
         state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -243,6 +314,30 @@ def load_trainer_state(ckpt: Path, optimizer) -> dict:
 
 
 # ------------------------------------------------------------------------- no-pickle state helpers
+
+
+def _load_sharded_state(ckpt: Path, optimizer, model, modules: dict | None) -> dict:
+    from safetensors import safe_open
+
+    from postlab import distributed
+
+    if model is None:
+        raise CheckpointError(f"{ckpt}: a sharded (multi-process) checkpoint restores model and optimizer together; "
+                              "call session.restore(optimizer, model)")
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        distributed.load_sharded(ckpt / distributed.SHARDED_DIR, model, optimizer, modules)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{ckpt}: cannot read the sharded trainer state ({e}); the checkpoint is damaged. "
+                              "`--resume RUN_DIR` falls back to the previous good checkpoint automatically") from None
+    # Each rank's own RNG; a resume on another world size gives the extra ranks rank 0's.
+    rank_file = ckpt / f"trainer_state.rank{distributed.world()[0]}.safetensors"
+    if not rank_file.exists():
+        rank_file = ckpt / "trainer_state.rank0.safetensors"
+    with safe_open(str(rank_file), framework="pt") as f:
+        restore_rng({k: f.get_tensor(k) for k in f.keys()})
+        random.setstate(_py_random_from_json(json.loads(f.metadata()["python_random"])))
+    return state
 
 
 def optimizer_to_flat(optimizer) -> tuple[dict[str, torch.Tensor], dict]:

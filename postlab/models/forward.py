@@ -43,8 +43,14 @@ def row_width(batch: PackedBatch) -> int:
 
 
 def want_logits_only_path_blocked(model) -> bool:
-    """True when the model does not expose the (decoder, lm_head) split the row layout needs."""
-    return getattr(model, "lm_head", None) is None or getattr(model, "model", None) is None \
+    """True when the model does not expose the (decoder, lm_head) split the row layout needs.
+
+    Also for an FSDP2-sharded model: the row layout calls `model.model` and `model.lm_head`
+    directly, which skips the root's all-gather (the root unit owns the embeddings and the head),
+    so it runs the whole forward instead (same log-probs: tests/foundation/test_invariance)."""
+    from postlab.distributed import is_sharded
+
+    return is_sharded(model) or getattr(model, "lm_head", None) is None or getattr(model, "model", None) is None \
         or getattr(model.config, "final_logit_softcapping", None) is not None
 
 

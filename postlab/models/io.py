@@ -249,15 +249,21 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def save_pretrained_atomic(model, tokenizer, out: str | Path, extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write a Hugging Face directory to `out` atomically (tmp dir + rename), with checksums.json."""
+def save_pretrained_atomic(model, tokenizer, out: str | Path, extra_files: dict[str, bytes] | None = None,
+                           state_dict: dict | None = None) -> Path:
+    """Write a Hugging Face directory to `out` atomically (tmp dir + rename), with checksums.json.
+
+    `state_dict`: the weights to write instead of the model's own (a sharded model's gathered ones)."""
     _quiet_transformers()
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    if state_dict is None:
+        model.save_pretrained(tmp, safe_serialization=True)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     for name, data in (extra_files or {}).items():
         (tmp / name).write_bytes(data)

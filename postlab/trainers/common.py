@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+from postlab import distributed
 from postlab.config import ModelConfig, OptimConfig
 from postlab.data.batching import PackedBatch, pack
 from postlab.data.records import Encoded
@@ -29,30 +30,28 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def world() -> tuple[int, int]:
-    """(rank, world_size); (0, 1) without torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+# Re-exported: distributed set-up lives in postlab.distributed (one owner); these names stay importable here.
+world = distributed.world
+is_main = distributed.is_main
+barrier = distributed.barrier
 
 
 def all_reduce_sum(values: list[float], device="cpu") -> list[float]:
     """Sum counts over data-parallel ranks (identity on one process)."""
     if world()[1] == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+    return distributed.all_reduce_sum(values, device)
 
 
 def all_reduce_gradients(model) -> None:
-    """Sum gradients over data-parallel ranks (identity on one process).
+    """Sum gradients over data-parallel ranks (identity on one process; FSDP2-sharded models
+    reduce their own gradients, see postlab.distributed.shard).
 
     `aggregate` already divides by the step's GLOBAL counts, so each rank's gradient is its
     share of the step's loss and the step's gradient is the plain SUM over ranks (not the mean
     DistributedDataParallel computes). One flat all-reduce per step, after all micro-batches.
     """
-    if world()[1] == 1:
+    if world()[1] == 1 or distributed.is_sharded(model):
         return
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     missing = [i for i, g in enumerate(grads) if g is None]
@@ -70,8 +69,8 @@ def all_reduce_gradients(model) -> None:
 
 
 def broadcast_parameters(model, src: int = 0) -> None:
-    """Make every rank start from rank `src`'s weights (identity on one process)."""
-    if world()[1] == 1:
+    """Make every rank start from rank `src`'s weights (identity on one process); call it before sharding."""
+    if world()[1] == 1 or distributed.is_sharded(model):
         return
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
@@ -163,19 +162,33 @@ def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None,
 
 def accumulate_gradients(model, micro_batches: Sequence[PackedBatch], objective: Objective, hparams: dict,
                          aggregation: str, norm: Normalizer, ref_model=None, want_entropy: bool = False,
-                         value_fn=None, forward_fn=None) -> dict:
-    """Forward/backward every micro-batch of one optimizer step; gradients add up to the step's loss."""
+                         value_fn=None, forward_fn=None, pad_batch: PackedBatch | None = None) -> dict:
+    """Forward/backward every micro-batch of one optimizer step; gradients add up to the step's loss.
+
+    Data parallel: the returned metrics are the step's (summed over ranks, so `loss` is the
+    global loss). A sharded (FSDP2) model's forward and backward are collectives, so every rank
+    runs as many as the rank with the most micro-batches: the others repeat a micro-batch of
+    theirs (or `pad_batch`, for a rank with none) with weight 0, which adds nothing."""
     total = 0.0
     metrics: dict[str, float] = {}
     entropy_sum, entropy_n = 0.0, 0
     device = next(model.parameters()).device
-    for mb in micro_batches:
-        if mb.num_targets == 0:  # nothing trained here (e.g. every turn masked): contributes 0
-            continue
+    runs = [(mb, True) for mb in micro_batches if mb.num_targets > 0]  # an empty one contributes 0: skipped
+    if distributed.is_sharded(model):
+        most = distributed.all_reduce_max(len(runs))
+        filler = runs[-1][0] if runs else pad_batch
+        if len(runs) < most and filler is None:
+            raise TrainingError("data parallel: this rank has no micro-batch for the step and no pad_batch was given "
+                                "(a sharded model needs the same number of forwards on every rank)")
+        runs += [(filler, False)] * (most - len(runs))
+    for mb, real in runs:
         mb = mb.to(device)
         inp, entropy = loss_inputs(model, mb, objective, ref_model, want_entropy, value_fn, forward_fn)
         per_token, m = objective.fn(inp, **hparams)
         loss = aggregate(per_token, inp.seq_idx, inp.num_seqs, aggregation, norm)
+        if not real:
+            (loss * 0.0).backward()  # joins the collectives, adds zero gradient
+            continue
         if not torch.isfinite(loss):
             raise TrainingError("non-finite loss")
         loss.backward()
@@ -186,6 +199,12 @@ def accumulate_gradients(model, micro_batches: Sequence[PackedBatch], objective:
         if entropy is not None:
             entropy_sum += entropy.sum().item()
             entropy_n += entropy.numel()
+    if world()[1] > 1:  # each rank holds its share (global counts): the step's values are the sums
+        keys = sorted({k for d in distributed.all_gather_objects(sorted(metrics)) for k in d})
+        sums = distributed.all_reduce_sum([total, entropy_sum, float(entropy_n)] + [metrics.get(k, 0.0) for k in keys],
+                                          device)
+        total, entropy_sum, entropy_n = sums[0], sums[1], int(sums[2])
+        metrics = dict(zip(keys, sums[3:]))
     metrics["loss"] = total
     if entropy_n:
         metrics["entropy"] = entropy_sum / entropy_n
@@ -197,6 +216,8 @@ def clip_gradients(model, grad_clip: float | None) -> float:
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return 0.0
+    if distributed.is_sharded(model):  # DTensor gradients: the norm is reduced over ranks
+        return distributed.clip_grad_norm(params, grad_clip)
     if grad_clip is not None:
         return float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))

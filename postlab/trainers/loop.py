@@ -17,6 +17,12 @@
 - the end: the final model is saved before the final evaluation, so an evaluation error can
   never lose a trained model.
 
+Data parallel (torchrun, `postlab.distributed`): `open_run` starts the process group; every rank
+runs the loop; rank 0 alone logs, evaluates and writes run files. A set-up that shards its
+model (`distributed.shard`) gets distributed checkpoints (each rank its shard, rank 0 the
+Hugging Face copy) and a final save from the gathered full state dict; evaluation of a sharded
+model runs on rank 0 inside `distributed.gathered(model)`, which every rank enters.
+
 `open_run` owns the run directory's contract: a fresh run refuses a directory that already
 holds one; `--resume` refuses a path that holds no run, another trainer, other data or another
 config (only the keys in `RESUMABLE_CHANGES` may change, and each change is recorded in
@@ -32,6 +38,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from postlab import distributed
 from postlab.config import ConfigError, OptimConfig, RunConfig, to_dict
 from postlab.progress import StepProgress, console, summary_table
 from postlab.runs import RunDir, load_trainer_state
@@ -66,6 +73,10 @@ class Trainer:
     state: Callable[[], dict] = dict  # JSON resume state besides weights/optimizer/RNG (data order, pools)
     save_extra: Callable[[Path], None] | None = None  # writes extra files into a checkpoint dir (e.g. value head)
     summary: Callable[[dict], dict] | None = None  # rows for the final table from the last metrics
+    # Other modules whose parameters `optimizer` holds (e.g. PPO's value head): a sharded run's
+    # distributed checkpoint stores their optimizer state with the model's. Pass the same dict to
+    # `Session.restore`.
+    modules: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -77,11 +88,14 @@ class Session:
     step: int = 0
     state: dict = dataclasses.field(default_factory=dict)
 
-    def restore(self, optimizer) -> dict:
-        """Load optimizer, RNG and trainer state from the resume checkpoint; returns the trainer state."""
+    def restore(self, optimizer, model=None, modules: dict | None = None) -> dict:
+        """Load optimizer, RNG and trainer state from the resume checkpoint; returns the trainer state.
+
+        A sharded run passes its (already sharded) `model` and the `Trainer.modules` it will
+        build: its checkpoints hold model and optimizer shards that are restored together."""
         if self.checkpoint is None:
             return {}
-        self.state = load_trainer_state(self.checkpoint, optimizer)
+        self.state = load_trainer_state(self.checkpoint, optimizer, model, modules)
         self.step = int(self.state["step"])
         self.run.truncate_metrics(self.step)  # rows the dead run logged after its last checkpoint
         console.print(f"resumed from {self.checkpoint} at step {self.step}")
@@ -104,13 +118,14 @@ def holds_run(path: Path) -> bool:
 
 def open_run(cfg, trainer: str, resume: str | Path | None, data_fingerprint: str | None = None) -> Session:
     """Open `cfg.run.out_dir` for a fresh run, or `resume` to continue one (see the module doc)."""
-    rank, _ = world()
+    rank, _ = distributed.init_from_env()  # under torchrun: the process group, before anything else
     seed_everything(cfg.run.seed)
     if resume is None:
         out = Path(cfg.run.out_dir)
         if holds_run(out):
             raise ConfigError(f"run.out_dir: {out} already holds a run; continue it with --resume {out}, or choose "
                               "another run.out_dir (nothing was changed)")
+        barrier()  # every rank has looked before rank 0 writes config.yaml
         run = RunDir(out, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb, rank=rank)
         run.write_meta(cfg, cfg.run.seed, trainer=trainer, data_fingerprint=data_fingerprint)
         return Session(run, None)
@@ -127,7 +142,8 @@ def open_run(cfg, trainer: str, resume: str | Path | None, data_fingerprint: str
                           f"{meta['data_fingerprint']} vs {data_fingerprint}); a resumed run must train on the same "
                           "data: restore them, or start a new run in another run.out_dir")
     run = RunDir(path, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb, rank=rank)
-    changes = config_changes(run.read_config(), to_dict(cfg))
+    changes = config_changes(_with_defaults(type(cfg), run.read_config()), to_dict(cfg))
+    barrier()  # every rank has read the run's config before rank 0 rewrites it (record_resume)
     refused = [c for c in changes if c[0] not in RESUMABLE_CHANGES]
     if refused:
         lines = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in refused[:8])
@@ -142,6 +158,17 @@ def open_run(cfg, trainer: str, resume: str | Path | None, data_fingerprint: str
         run.truncate_metrics(0)
         run.write_meta(cfg, cfg.run.seed, trainer=trainer, data_fingerprint=data_fingerprint)
     return Session(run, checkpoint)
+
+
+def _with_defaults(cls, old: dict) -> dict:
+    """The run's config with defaults for sections added since it was written (e.g. `rollout`), so a
+    new key at its default is not a change; the config as written when it no longer loads."""
+    from postlab.config import load_config
+
+    try:
+        return to_dict(load_config(cls, base=old))
+    except (ConfigError, TypeError, ValueError):
+        return old
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
@@ -185,6 +212,9 @@ def run_loop(trainer: Trainer, cfg: RunConfig, session: Session) -> Path:
                 raise TrainingError(f"{e} at step {step + 1}; stopping. Last good checkpoint: {good or 'none'}"
                                     + (f"; continue with --resume {run.path}" if good else "")) from None
             step += 1
+            if world()[1] > 1:  # a step reports its rank's tokens; the run counts every rank's
+                out.tokens_trained, out.tokens_generated = (int(x) for x in distributed.all_reduce_sum(
+                    [float(out.tokens_trained), float(out.tokens_generated)]))
             totals["tokens_trained"] += int(out.tokens_trained)
             totals["tokens_generated"] += int(out.tokens_generated)
             elapsed = max(time.time() - t0, 1e-9)
@@ -198,14 +228,13 @@ def run_loop(trainer: Trainer, cfg: RunConfig, session: Session) -> Path:
             if step % max(cfg.log_every, 1) == 0 or final:
                 run.log(step, metrics)
             last = metrics
-            if trainer.evaluate is not None and rank == 0 and cfg.eval_every and step % cfg.eval_every == 0 \
-                    and not final:
-                last.update(trainer.evaluate(step))
+            if trainer.evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and not final:
+                last.update(_evaluate(trainer, step))
             if (cfg.save_every and step % cfg.save_every == 0) or final:
                 save_checkpoint(trainer, run, step, totals, cfg.keep_checkpoints)
     final_dir = save_final(trainer, run)
-    if trainer.evaluate is not None and rank == 0:  # after the save: an eval error cannot lose the model
-        last.update(trainer.evaluate(step))
+    if trainer.evaluate is not None:  # after the save: an eval error cannot lose the model
+        last.update(_evaluate(trainer, step))
     rows = {"steps": step, "tokens trained": totals["tokens_trained"], "tokens generated": totals["tokens_generated"],
             "wall time (s)": round(time.time() - start, 1)}
     rows.update(trainer.summary(last) if trainer.summary else {k: v for k, v in last.items() if k.startswith("eval_")})
@@ -214,7 +243,19 @@ def run_loop(trainer: Trainer, cfg: RunConfig, session: Session) -> Path:
     return final_dir
 
 
+def _evaluate(trainer: Trainer, step: int) -> dict:
+    """`trainer.evaluate` on rank 0; a sharded model's weights are gathered on every rank around it."""
+    with distributed.gathered(trainer.model):
+        return trainer.evaluate(step) if world()[0] == 0 else {}
+
+
 def save_checkpoint(trainer: Trainer, run: RunDir, step: int, totals: dict, keep: int) -> None:
+    if distributed.is_sharded(trainer.model):  # every rank writes its shard
+        extra = _extra_files(trainer.save_extra) if trainer.save_extra is not None and world()[0] == 0 else None
+        run.save_sharded_checkpoint(step, trainer.model, trainer.tokenizer, trainer.optimizer,
+                                    {**trainer.state(), "totals": dict(totals)}, keep, extra_files=extra,
+                                    modules=trainer.modules)
+        return
     if world()[0] == 0:
         extra = _extra_files(trainer.save_extra) if trainer.save_extra is not None else None
         run.save_checkpoint(step, trainer.model, trainer.tokenizer, trainer.optimizer,
@@ -226,6 +267,15 @@ def save_final(trainer: Trainer, run: RunDir) -> Path:
     from postlab.models.io import save_pretrained_atomic
 
     final = run.path / "final"
+    if distributed.is_sharded(trainer.model):
+        full = distributed.full_state_dict(trainer.model)  # collective; the tensors land on rank 0 (CPU)
+        if world()[0] == 0:
+            extra = _extra_files(trainer.save_extra) if trainer.save_extra is not None else {}
+            with distributed.plain_class(trainer.model) as plain:
+                save_pretrained_atomic(plain, trainer.tokenizer, final, extra, state_dict=full)
+        del full
+        barrier()
+        return final
     if world()[0] == 0:
         model = getattr(trainer.model, "module", trainer.model)
         extra = {}
@@ -246,7 +296,4 @@ def _extra_files(save_extra: Callable[[Path], None]) -> dict[str, bytes]:
 
 
 def barrier() -> None:
-    import torch.distributed as dist
-
-    if world()[1] > 1:
-        dist.barrier()
+    distributed.barrier()

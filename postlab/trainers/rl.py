@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from postlab import distributed
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.envs.base import make
 from postlab.models.io import pick_device
@@ -36,13 +37,14 @@ from postlab.objectives.advantages import normalize_turn_advantages, overlong_pe
 from postlab.objectives.algorithms import ALGORITHMS, AlgorithmSpec, get_algorithm
 from postlab.objectives.registry import AGGREGATION_MODES, get_objective
 from postlab.progress import console
+from postlab.rollout.backends import RolloutConfig, make_backend
 from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import run_episodes
 from postlab.runs import RunDir
 from postlab.seeds import rl_seed, sampling_seed
 from postlab.trainers import rl_batch as rb
-from postlab.trainers.common import (TrainingError, accumulate_gradients, clip_gradients, make_optimizer,
-                                     optimizer_step, step_normalizer)
+from postlab.trainers.common import (TrainingError, accumulate_gradients, all_reduce_gradients, broadcast_parameters,
+                                     clip_gradients, make_optimizer, optimizer_step, step_normalizer)
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.ppo_value import ValueHead, load_value_head, save_value_head, value_fn_for
 from postlab.trainers.sft import load_policy, load_reference
@@ -92,6 +94,7 @@ class RLConfig:
     env: RLEnvConfig = dataclasses.field(default_factory=RLEnvConfig)
     batch: RLBatchConfig = dataclasses.field(default_factory=RLBatchConfig)
     sampling: RLSamplingConfig = dataclasses.field(default_factory=RLSamplingConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)  # backend: local | vllm
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-4, schedule="constant"))
     run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(out_dir="runs/rl"))
     algorithm: str = "grpo"  # grpo | dr_grpo | dapo | rloo | reinforce_pp | gspo | ppo (docs/rl.md)
@@ -182,15 +185,36 @@ def train_rl(cfg: RLConfig, resume: str | Path | None = None, reward_fn=None) ->
     return run_loop(setup_rl(cfg, session, reward_fn), cfg.run, session)
 
 
+# Each rank samples its own prompts; offsetting the sampler's seed by rank keeps two ranks' rows
+# from drawing the same random numbers (rank 0 keeps the single-process seed).
+RANK_SEED_STRIDE = 1_000_000_007
+
+
 def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
-    """Policy (+ frozen reference when beta > 0, + value head for critic algorithms), optimizer, env."""
+    """Policy (+ frozen reference when beta > 0, + value head for critic algorithms), optimizer, env.
+
+    Data parallel (torchrun): policy and reference are FSDP2-sharded; each rank plays whole prompt
+    groups (prompts_per_step / world_size of them), and every batch statistic that crosses
+    groups (advantage normalization, dynamic sampling, logged reward metrics) is computed on the
+    step's rewards gathered from all ranks, so the update equals one process's on the same batch."""
+    rank, world_size = distributed.init_from_env()
     device = pick_device(cfg.run.device)
     spec = cfg.spec
+    P, G = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
+    if P % world_size:
+        raise ConfigError(f"batch.prompts_per_step ({P}) must be divisible by the number of data-parallel processes "
+                          f"({world_size}): each process plays whole prompt groups. Use a multiple of {world_size}, "
+                          "or another --nproc_per_node")
+    local_prompts = P // world_size
     model, tok = load_policy(cfg.model, session, device)
+    broadcast_parameters(model)
+    model = distributed.shard(model)
     objective = get_objective(spec.objective)
     hparams = {**cfg.objective_args, "beta": cfg.beta}
     aggregation = cfg.aggregation or spec.default_aggregation
     ref_model = load_reference(cfg.model, device, "beta > 0") if cfg.beta > 0 else None
+    ref_model = distributed.shard(ref_model) if ref_model is not None else None
+    # The critic's head is tiny and stays unsharded: its gradients are all-reduced (summed) by hand.
     head = ValueHead(model.config.hidden_size).to(device) if spec.value_head else None
     optimizer = make_optimizer(model, cfg.optim)
     if head is not None:  # the critic's group keeps value_lr: set_lr only schedules the policy's groups
@@ -198,35 +222,52 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
                                    "fixed_lr": True})
     if head is not None and session.checkpoint is not None:
         load_value_head(head, session.checkpoint)
-    state = session.restore(optimizer)
+    modules = {"value_head": head} if head is not None else {}
+    state = session.restore(optimizer, model, modules)
+    # vLLM holds its own weights: it starts from what the policy starts from and is synced after every update
+    start = str(session.checkpoint) if session.checkpoint is not None else cfg.model.path
+    backend = make_backend(cfg.rollout, start, dtype=cfg.model.dtype, seed=cfg.run.seed + rank)
     recent_rewards: list[float] = list(state.get("recent_rewards", []))
     env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
-    P, G = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
     dynamic = cfg.dynamic_sampling if cfg.dynamic_sampling is not None else spec.dynamic_sampling
     console.print(f"RL {cfg.algorithm}: env={cfg.env.name}/{cfg.env.split}, {P} prompts x {G} samples, "
                   f"updates/batch={cfg.batch.updates_per_batch}, aggregation={aggregation}, beta={cfg.beta}, "
-                  f"device={device}")
+                  f"device={device}" + (f", {world_size} processes" if world_size > 1 else ""))
 
     def step(i: int) -> StepOutput:
         t0 = time.time()
-        # 1. rollout: problems from the `rl` seed range (never evaluation's); G episodes share each problem
-        seeds = [rl_seed(cfg.run.seed, i * P + p) for p in range(P) for _ in range(G)]
+        # 1. rollout: problems from the `rl` seed range (never evaluation's); G episodes share each problem.
+        # This rank's prompts are a contiguous block, so gathering per-rank results in rank order
+        # restores the step's prompt order.
+        first = rank * local_prompts
+        seeds = [rl_seed(cfg.run.seed, i * P + p) for p in range(first, first + local_prompts) for _ in range(G)]
         envs = [make(cfg.env.name, **env_args) for _ in seeds]
-        episodes = run_episodes(model, tok, envs, seeds, cfg.sampling_params(sampling_seed(cfg.run.seed, i)))
+        params = cfg.sampling_params(sampling_seed(cfg.run.seed, i) + RANK_SEED_STRIDE * rank)
+        if backend is not None:
+            episodes = run_episodes(model, tok, envs, seeds, params, backend=backend)
+        else:
+            with distributed.gathered(model):  # rank-local sampling: ranks stop after different numbers of tokens
+                episodes = run_episodes(model, tok, envs, seeds, params)
         t_gen = time.time() - t0
-        # 2. rewards and 3. advantages
-        rewards = rb.episode_rewards(episodes, reward_fn)
-        m = rollout_metrics(episodes, rewards, G)
+        # 2. rewards and 3. advantages, on the whole step's rewards
+        raw = rb.episode_rewards(episodes, reward_fn)
+        rewards = raw
         if cfg.overlong_buffer:
             lengths = [len(e.turns[-1].token_ids) for e in episodes]
             rewards = rewards + overlong_penalty(lengths, cfg.sampling.max_new_tokens, cfg.overlong_buffer)
-        keep = rb.keep_informative_groups(len(episodes), rewards, G) if dynamic else list(range(len(episodes)))
-        m["kept_fraction"] = len(keep) / len(episodes)
+        all_raw, all_rewards = _gather(raw), _gather(rewards)
+        m = _global_rollout_metrics(episodes, raw, all_raw, G)
+        keep = rb.keep_informative_groups(len(all_rewards), all_rewards, G) if dynamic else list(range(len(all_rewards)))
+        m["kept_fraction"] = len(keep) / len(all_rewards)
+        offset = rank * len(episodes)
+        local_keep = [k - offset for k in keep if offset <= k < offset + len(episodes)]
         trained = 0
-        if keep:
+        if keep:  # the same decision on every rank (global rewards): they all join the update
             update, trained = _update(cfg, spec, model, head, ref_model, optimizer, objective, hparams, aggregation,
-                                      episodes, rewards, keep, device)
+                                      episodes, all_rewards, local_keep, device, offset)
             m.update(update)
+            if backend is not None:  # the next rollout samples from the updated policy
+                backend.sync(model)
         # plasticity during RL: how fast reward still moves (least-squares slope over the last 10 steps)
         recent_rewards.append(m["reward_mean"])
         del recent_rewards[:-10]
@@ -245,9 +286,32 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
 
     return Trainer(f"rl:{cfg.algorithm}", model, tok, optimizer, cfg.optim, step=step, evaluate=evaluate,
                    state=lambda: {"recent_rewards": list(recent_rewards)},
-                   save_extra=save_extra if head is not None else None,
+                   save_extra=save_extra if head is not None else None, modules=modules,
                    summary=lambda last: {k: v for k, v in last.items()
                                          if k.startswith(("reward_mean", "success", "eval_"))})
+
+
+def _gather(values: torch.Tensor) -> torch.Tensor:
+    """The step's values from every rank, in rank (= prompt) order; `values` itself on one process."""
+    if distributed.world()[1] == 1:
+        return values
+    return torch.tensor([v for part in distributed.all_gather_objects(values.tolist()) for v in part],
+                        dtype=values.dtype)
+
+
+def _global_rollout_metrics(episodes, raw: torch.Tensor, all_raw: torch.Tensor, group_size: int) -> dict:
+    """`rollout_metrics` of the whole step: every rank plays as many episodes, so per-episode means
+    average over ranks; reward mean/std and zero-std groups come from the gathered rewards. (Per-
+    component reward std is the mean of the ranks' stds.)"""
+    m = rollout_metrics(episodes, raw, group_size)
+    if distributed.world()[1] == 1:
+        return m
+    rows = distributed.all_gather_objects(m)
+    keys = sorted({k for r in rows for k in r})  # e.g. success_turn_3 only where some episode got that far
+    m = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
+    m.update(reward_mean=all_raw.mean().item(), reward_std=all_raw.std().item() if len(all_raw) > 1 else 0.0,
+             zero_std_groups=zero_std_groups(all_raw, group_size).float().mean().item())
+    return m
 
 
 def _slope(values: list[float]) -> float:
@@ -260,24 +324,29 @@ def _slope(values: list[float]) -> float:
 
 
 def _update(cfg, spec, model, head, ref_model, optimizer, objective, hparams, aggregation, episodes, rewards,
-            keep, device) -> tuple[dict, int]:
-    """Advantages, micro-batches and `updates_per_batch` optimizer steps on the kept episodes;
-    returns (metrics, tokens that went through training forward/backward passes)."""
+            keep, device, offset: int = 0) -> tuple[dict, int]:
+    """Advantages, micro-batches and `updates_per_batch` optimizer steps on this rank's kept episodes;
+    returns (metrics, tokens that went through training forward/backward passes).
+
+    `rewards` are the whole step's (every rank's, in order); this rank's episodes are
+    rewards[offset:offset + len(episodes)] and `keep` indexes them. A rank none of whose groups
+    was kept (dynamic sampling) still joins every collective with a zero-weight batch."""
     eps = [episodes[i] for i in keep]
     mb = cfg.batch.micro_batch_sequences
     micro_sets = [eps[i:i + mb] for i in range(0, len(eps), mb)]
     extras: dict[str, list] = {}
     if spec.advantages is None:  # a critic: V(s_k) of every turn with the current head, then GAE over turns
-        turn_values = _turn_values(model, head, micro_sets, device)
+        with distributed.gathered(model):  # rank-local forwards: ranks hold different numbers of episodes
+            turn_values = _turn_values(model, head, micro_sets, device)
         gae = rb.turn_advantages(eps, turn_values, cfg.gamma, cfg.lam)
         advantages = [a for a, _ in gae]
         if cfg.normalize_advantages:
-            advantages = normalize_turn_advantages(advantages)
+            advantages = _normalize_globally(advantages)
         extras = {"advantages": rb.broadcast(advantages, eps),
                   "returns": rb.broadcast([r for _, r in gae], eps),
                   "old_values": rb.broadcast([torch.tensor(v) for v in turn_values], eps)}
     else:
-        adv = spec.advantages(rewards, cfg.batch.samples_per_prompt)[keep]
+        adv = spec.advantages(rewards, cfg.batch.samples_per_prompt)[[offset + k for k in keep]]
         extras = {"advantages": rb.broadcast(list(adv), eps)}
     batches, start = [], 0
     for group in micro_sets:
@@ -285,22 +354,48 @@ def _update(cfg, spec, model, head, ref_model, optimizer, objective, hparams, ag
         batches.append(rb.pack_shared_prefix(group, per, with_values=head is not None, device=device))
         start += len(group)
     if ref_model is not None:
-        with torch.no_grad():
+        with torch.no_grad(), distributed.gathered(ref_model):
             for b in batches:
                 b.extras["ref_logp"] = rb.packed_outputs(ref_model, b).logp
+    pad = _pad_batch(episodes[:1], head is not None, ref_model is not None, device) if not batches else None
     norm = step_normalizer(batches, constant=float(cfg.sampling.max_new_tokens), device=device)
     value_fn = value_fn_for(head) if head is not None else None
     metrics: dict = {}
     for _ in range(cfg.batch.updates_per_batch):
         metrics = accumulate_gradients(model, batches, objective, hparams, aggregation, norm, ref_model=None,
-                                       want_entropy=True, value_fn=value_fn, forward_fn=rb.packed_outputs)
-        if head is not None:  # clipped on its own, before the shared step
+                                       want_entropy=True, value_fn=value_fn, forward_fn=rb.packed_outputs,
+                                       pad_batch=pad)
+        if head is not None:  # summed over ranks, then clipped on its own, before the shared step
+            all_reduce_gradients(head)
             metrics["value_grad_norm"] = clip_gradients(head, cfg.optim.grad_clip)
         metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
     if "clip_low" in metrics:  # fraction of trained tokens whose ratio the clip bound (last update)
         metrics["clip_fraction"] = metrics["clip_low"] + metrics["clip_high"]
     tokens = sum(int(b.input_ids.numel()) for b in batches) * cfg.batch.updates_per_batch
     return metrics, tokens
+
+
+def _normalize_globally(advantages: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`normalize_turn_advantages` over every rank's turns (the step's batch), this rank's part back."""
+    if distributed.world()[1] == 1:
+        return normalize_turn_advantages(advantages)
+    parts = distributed.all_gather_objects([torch.as_tensor(a).tolist() for a in advantages])
+    rank = distributed.world()[0]
+    normed = normalize_turn_advantages([torch.tensor(a, dtype=torch.float32) for part in parts for a in part])
+    start = sum(len(p) for p in parts[:rank])
+    return normed[start:start + len(advantages)]
+
+
+def _pad_batch(episodes, with_values: bool, with_ref: bool, device):
+    """A zero-weight stand-in micro-batch for a rank with no kept episode (see _update)."""
+    zeros = [torch.zeros(len(e.target_turns())) for e in episodes]
+    per = {"advantages": zeros}
+    if with_values:
+        per.update(returns=zeros, old_values=zeros)
+    batch = rb.pack_shared_prefix(episodes, per, with_values=with_values, device=device)
+    if with_ref:
+        batch.extras["ref_logp"] = torch.zeros(batch.num_targets, device=device)
+    return batch
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from postlab import distributed
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.data.records import DataError, encode_all, iter_texts, load_records, prompt_and_target
 from postlab.models.io import load_model, pick_device
@@ -190,18 +191,23 @@ def load_reference(cfg_model: ModelConfig, device, why: str):
 
 def setup_sft(cfg: SFTConfig, session: Session, train_records: list[dict], eval_records: list[dict] | None,
               tokenizer_texts: list[str] | None = None):
-    """Model, reference, optimizer, encoded data and data order; returns (Trainer, encoded train sequences)."""
-    rank, world_size = world()
+    """Model, reference, optimizer, encoded data and data order; returns (Trainer, encoded train sequences).
+
+    Data parallel (torchrun): policy and reference are FSDP2-sharded (`distributed.shard`) after
+    every rank holds rank 0's weights, and before the optimizer is built over the shards."""
+    rank, world_size = distributed.init_from_env()
     device = pick_device(cfg.run.device)
     texts = tokenizer_texts or list(iter_texts(train_records + (eval_records or [])))
     model, tokenizer = load_policy(cfg.model, session, device, texts, seed=cfg.run.seed)
     broadcast_parameters(model)
+    model = distributed.shard(model)
     objective = get_objective(cfg.objective)
     ref_model = load_reference(cfg.model, device, f"objective {cfg.objective!r}") if objective.needs_ref else None
+    ref_model = distributed.shard(ref_model) if ref_model is not None else None
     train_seqs = _trainable(encode_all(tokenizer, train_records, cfg.data.max_length), "training")
     eval_seqs = encode_all(tokenizer, eval_records, cfg.data.max_length) if eval_records else []
     optimizer = make_optimizer(model, cfg.optim)
-    state = session.restore(optimizer)
+    state = session.restore(optimizer, model)
     order = DataOrder(len(train_seqs), cfg.run.seed, cfg.data.shuffle, **state.get("data", {}))
     console.print(f"SFT: {count_parameters(model) / 1e6:.2f}M parameters, {len(train_seqs)} train / {len(eval_seqs)} "
                   f"eval records, objective={cfg.objective}, aggregation={cfg.aggregation}, device={device}")
@@ -214,7 +220,7 @@ def setup_sft(cfg: SFTConfig, session: Session, train_records: list[dict], eval_
         norm = step_normalizer(micro, device=device)
         metrics = accumulate_gradients(model, micro, objective, cfg.objective_args, cfg.aggregation, norm,
                                        ref_model=ref_model)
-        all_reduce_gradients(model)  # sum over ranks (aggregate used global counts)
+        all_reduce_gradients(model)  # sum over ranks (aggregate used global counts); FSDP2 sums its own
         metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
         metrics["epoch"] = order.epoch
         tokens = sum(mb.num_tokens for mb in micro)

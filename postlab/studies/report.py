@@ -21,7 +21,18 @@ The study YAML's ``report`` section says what to show::
         - claim: RL improves rule OOD over the warm-up
           paper: "+3.5%"
           metric: {delta: [eval-rl, eval-warmup], split: ood-rule}   # or {value: [stage, split]}
-          expect: positive          # or {diff: [[stage, split], [stage, split]]}; positive | negative
+          expect: positive          # or {diff: [[stage, split], [stage, split]]}; positive | negative | a number
+                                    # or {gain_diff: [[a, a0], [b, b0]], split: s}: (a - a0) - (b - b0),
+                                    # e.g. RL gain after 16x SFT minus RL gain after 1x SFT
+      diagnostics:                 # numbers of `diagnose` stages (postlab.studies.kinds), mean ± std over seeds
+        - title: Plasticity diagnostics vs SFT amount
+          rows: {base: "diag-1x:base", SFT 1x: diag-1x, SFT 16x: diag-16x}   # STAGE, or STAGE:base (its base model)
+          columns: {entropy (ID): "id:entropy_mean", drift: drift}   # drift or SPLIT:KEY (a summary key)
+          plot: true               # also one panel per column, rows along the x axis
+    A delta table's column may also be a pair [stage, baseline] (its own baseline), e.g. the RL
+    gain of each SFT amount: {"1x": [eval-rl-1x, eval-sft-1x], "16x": [eval-rl-16x, eval-sft-16x]}.
+    A split may name a metric other than success: ``SPLIT:KEY=CATEGORY`` (a diagnostic's fraction)
+    or ``SPLIT:KEY`` (a multi-turn metric, e.g. ``id:multi@5``, ``id:correction_rate``).
 """
 
 from __future__ import annotations
@@ -63,14 +74,21 @@ def load_run(root: str | Path) -> dict:
 
 def _metric(results: dict, split: str) -> tuple[float | None, list | None]:
     """(value, per-problem values) of a split's eval result. `split` is a split name (success
-    rate) or ``SPLIT:KEY=CATEGORY``, a first-attempt diagnostic's fraction, e.g.
-    ``ood-rule:face_rule=other`` (GeneralPoints: answers that apply the other face-card rule)."""
+    rate), ``SPLIT:KEY=CATEGORY``, a first-attempt diagnostic's fraction, e.g.
+    ``ood-rule:face_rule=other`` (GeneralPoints: answers that apply the other face-card rule), or
+    ``SPLIT:KEY`` with a multi-turn metric (`evaluate`'s ``multiturn``), e.g. ``id:multi@5`` or
+    ``id:correction_rate``."""
     name, _, diag = split.partition(":")
     r = results.get(name)
     if r is None:
         return None, None
     if not diag:
         return r["success_rate"], r.get("per_problem")
+    if "=" not in diag:
+        m = (r.get("multiturn") or {}).get(diag)
+        if not isinstance(m, dict) or not m.get("n"):
+            return None, None
+        return m["mean"], (r.get("multiturn_per_problem") or {}).get(diag)
     key, _, cat = diag.partition("=")
     if key not in (r.get("diagnostics") or {}):
         return None, None
@@ -162,14 +180,17 @@ def delta_tables(run: dict) -> list[dict]:
     rep = run["study"].get("report") or {}
     out = []
     for t in rep.get("deltas") or []:
-        base = t["baseline"]
-        cols = {c: st for c, st in (t.get("columns") or {}).items() if st in run["stages"]}
-        if base not in run["stages"] or not cols:
+        # a column is a stage (change from the table's baseline) or a pair [stage, baseline] with
+        # its own baseline (e.g. each SFT amount's RL gain: [post-RL eval, pre-RL eval])
+        cols = {c: list(st) if isinstance(st, (list, tuple)) else [st, t.get("baseline")]
+                for c, st in (t.get("columns") or {}).items()}
+        cols = {c: pair for c, pair in cols.items() if all(s in run["stages"] for s in pair)}
+        if not cols:
             continue
         rows = []
         for label, split in _splits(t.get("rows")).items():
             cells = []
-            for col, stage in cols.items():
+            for col, (stage, base) in cols.items():
                 d = _paired(run, stage, base, split)
                 cells.append(_fmt(*_mean_std(d), len(d), signed=True))
             rows.append([label, *cells])
@@ -228,6 +249,23 @@ def _verdict(mean: float, ci: tuple[float, float] | None, expect: str, agree: in
     return "yes" if ok(ci[0]) and ok(ci[1]) else "direction only (95% CI includes 0)"
 
 
+def _gain_diff(run: dict, spec, split: str) -> tuple[list[float], tuple[list, list]]:
+    """(per seed, per-problem pairs) of (a - a0) - (b - b0) for spec [[a, a0], [b, b0]]: a
+    difference of two gains, e.g. RL gain after 16x SFT minus RL gain after 1x SFT. All four
+    models see the same problems, so the per-problem gains pair up for the bootstrap."""
+    (a, a0), (b, b0) = spec
+    per_seed = []
+    for seed in sorted(run["results"], key=int):
+        vals = [_final(run["results"][seed].get(s), split) for s in (a, a0, b, b0)]
+        if None not in vals:
+            per_seed.append((vals[0] - vals[1]) - (vals[2] - vals[3]))
+    xa, ya = paired_problem_outcomes(run, a, a0, split)
+    xb, yb = paired_problem_outcomes(run, b, b0, split)
+    if not xa or len(xa) != len(xb):
+        return per_seed, ([], [])
+    return per_seed, ([x - y for x, y in zip(xa, ya)], [x - y for x, y in zip(xb, yb)])
+
+
 def findings(run: dict) -> list[dict]:
     rep = run["study"].get("report") or {}
     out = []
@@ -241,10 +279,12 @@ def findings(run: dict) -> list[dict]:
             (a, sa), (b, sb) = m["diff"]
             per_seed = _paired(run, a, b, sa, sb)
             pairs = paired_problem_outcomes(run, a, b, sa, sb)
+        elif "gain_diff" in m:
+            per_seed, pairs = _gain_diff(run, m["gain_diff"], m["split"])
         elif "value" in m:
             per_seed = values(run, *m["value"])
         else:
-            raise ValueError(f"report.findings: metric needs 'delta', 'diff' or 'value': {m}")
+            raise ValueError(f"report.findings: metric needs 'delta', 'diff', 'gain_diff' or 'value': {m}")
         mean, sd = _mean_std(per_seed)
         expect = f.get("expect", "positive")
         ci = None
@@ -348,6 +388,85 @@ def plot_curves(run: dict) -> list[tuple[str, bytes]]:
         fig.savefig(buf, format="png", dpi=90)
         plt.close(fig)
         figs.append((spec.get("title", "curves"), buf.getvalue()))
+    return figs
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def diagnostic_values(run: dict, row: str, column: str) -> list[float]:
+    """One number of a `diagnose` stage's result, one value per seed that has it. `row` is the
+    stage name (the diagnosed checkpoint) or ``STAGE:base`` (the base it was compared with);
+    `column` is ``drift`` (total relative parameter drift; 0 for the base) or ``SPLIT:KEY``, KEY
+    a per-split summary key (postlab.studies.kinds.DIAGNOSTIC_SUMMARY_KEYS or entropy_gap_mean)."""
+    stage, _, who = row.partition(":")
+    out = []
+    for seed in sorted(run["results"], key=int):
+        diag = (run["results"][seed].get(stage) or {}).get("diagnostics")
+        if not diag:
+            continue
+        if column == "drift":
+            v = 0.0 if who == "base" else diag.get("drift")
+        else:
+            split, _, key = column.partition(":")
+            v = (diag.get("base" if who == "base" else "per_split") or {}).get(split, {}).get(key)
+        if v is not None:
+            out.append(float(v))
+    return out
+
+
+def _fmt_number(xs: list[float]) -> str:
+    """Mean (± std over seeds) with 3 significant digits: diagnostics span 1e-3 to 1e2."""
+    if not xs:
+        return "–"
+    m, sd = _mean_std(xs)
+    return f"{m:.3g}" + (f" ± {sd:.2g}" if len(xs) > 1 else "")
+
+
+def _diagnostic_specs(run: dict) -> list[dict]:
+    """The report's diagnostics tables, each with the rows whose stage this preset runs."""
+    out = []
+    for t in (run["study"].get("report") or {}).get("diagnostics") or []:
+        rows = {label: row for label, row in (t.get("rows") or {}).items() if row.partition(":")[0] in run["stages"]}
+        if rows:
+            out.append({**t, "rows": rows, "columns": _splits(t.get("columns"))})
+    return out
+
+
+def diagnostics_tables(run: dict) -> list[dict]:
+    """[{title, header, rows}] of diagnose stages' numbers (mean ± std over seeds)."""
+    return [{"title": t.get("title", "diagnostics"), "header": ["", *t["columns"]],
+             "rows": [[label, *[_fmt_number(diagnostic_values(run, row, col)) for col in t["columns"].values()]]
+                      for label, row in t["rows"].items()]}
+            for t in _diagnostic_specs(run)]
+
+
+def plot_diagnostics(run: dict) -> list[tuple[str, bytes]]:
+    """PNG bytes of each diagnostics table with `plot: true`: one panel per column, the rows
+    (e.g. SFT amounts) along the x axis, mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = []
+    for t in _diagnostic_specs(run):
+        if not t.get("plot"):
+            continue
+        cols = t["columns"]
+        fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 3.2), squeeze=False)
+        for ax, (title, col) in zip(axes[0], cols.items()):
+            stats = [_mean_std(diagnostic_values(run, row, col)) for row in t["rows"].values()]
+            ax.errorbar(range(len(stats)), [m for m, _ in stats], yerr=[sd for _, sd in stats], marker="o", capsize=3)
+            ax.set_xticks(range(len(stats)), list(t["rows"]), rotation=30, ha="right", fontsize=7)
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3)
+        fig.suptitle(t.get("title", ""))
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        figs.append((t.get("title", "diagnostics"), buf.getvalue()))
     return figs
 
 
@@ -455,8 +574,9 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[P
     out = Path(out_dir or root)
     out.mkdir(parents=True, exist_ok=True)
     tables, deltas, fs = final_tables(run), delta_tables(run), findings(run)
+    diags = diagnostics_tables(run)
     comp = compute_table(run)
-    figs = plot_curves(run)
+    figs, diag_figs = plot_curves(run), plot_diagnostics(run)
     study = run["study"]
     title = f"postlab study {run['name']} — preset {run['preset']}, seeds {run['seeds']}"
     fig_dir = out / "report_files"
@@ -472,7 +592,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[P
         h.append(_findings_html(fs))
     md += ["## Results", ""]
     h.append("<h2>Results</h2>")
-    for t in tables + deltas:
+    for t in tables + deltas + diags:
         md.append(_md_table(t))
         h.append(_html_table(t))
         if t.get("paper"):
@@ -483,6 +603,15 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[P
         h.append("<h2>Success vs compute</h2>")
         for i, (name, png) in enumerate(figs):
             f = fig_dir / f"curves_{i}.png"
+            f.write_bytes(png)
+            md.append(f"![{name}](report_files/{f.name})\n")
+            h.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
+                     f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(name)}</figcaption></figure>")
+    if diag_figs:
+        md += ["## Diagnostics", ""]
+        h.append("<h2>Diagnostics</h2>")
+        for i, (name, png) in enumerate(diag_figs):
+            f = fig_dir / f"diagnostics_{i}.png"
             f.write_bytes(png)
             md.append(f"![{name}](report_files/{f.name})\n")
             h.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
@@ -508,7 +637,8 @@ def rich_tables(root: str | Path):
     run = load_run(root)
     out = []
     measured = [f for f in findings(run) if f["reproduced"] != "not run"]  # the report lists the others
-    for t in final_tables(run) + delta_tables(run) + ([_findings_table(measured)] if measured else []):
+    for t in final_tables(run) + delta_tables(run) + diagnostics_tables(run) + \
+            ([_findings_table(measured)] if measured else []):
         table = Table(title=t["title"])
         for i, col in enumerate(t["header"]):
             table.add_column(str(col), justify="left" if i == 0 else "right")

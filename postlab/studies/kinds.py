@@ -341,3 +341,357 @@ register_stage_kind(StageKind("pretrain", run_pretrain, validate_pretrain, "base
 register_stage_kind(StageKind("sft", run_sft, validate_sft, "SFT on expert demonstrations of `split`"))
 register_stage_kind(StageKind("rl", run_rl, validate_rl, "RL on the environment (postlab.trainers.rl)"))
 register_stage_kind(StageKind("eval", run_eval, validate_eval, "ID/OOD evaluation (postlab.eval.evaluate)"))
+
+
+# ----------------------------------------------------------------------------- rasft and rft stages
+# Rollout-adaptive SFT (postlab.trainers.rasft) and rejection-sampling fine-tuning
+# (postlab.trainers.rft). Both verify answers with the environment, so their validation builds
+# the trainer config and the environment and checks that it has a verifier (check_answer,
+# expert_answer). The SFT variants RASFT is compared with are plain `sft` stages
+# (`config.objective`: nll, dft, asft, sft_kl, profit); GRPO is an `rl` stage.
+
+
+def _verifier_env_overrides(ctx, data: dict) -> dict:
+    """The stage's environment in a trainer config's `env` section (unless the config sets its own):
+    single-turn (max_turns 1 unless the stage says otherwise), evaluated on the training split."""
+    spec = ctx.spec
+    split = spec.get("split", "id")
+    env = data.setdefault("env", {})
+    wanted = {"name": spec.get("env"), "split": split, "style": spec.get("style"), "kwargs": spec.get("env_args"),
+              "max_turns": spec.get("max_turns"), "eval_splits": [split]}
+    for k, v in wanted.items():
+        if v is not None:
+            env.setdefault(k, v)
+    return data
+
+
+def rasft_stage_config(ctx):
+    """The validated RASFTConfig of a `rasft` stage (input checkpoint = policy and frozen reference)."""
+    from postlab.config import load_config
+    from postlab.trainers.rasft import RASFTConfig
+
+    return load_config(RASFTConfig, base=_verifier_env_overrides(ctx, trainer_overrides(ctx, ctx.input_checkpoint(0))))
+
+
+def rft_stage_config(ctx):
+    """The validated RFTConfig of an `rft` stage."""
+    from postlab.config import load_config
+    from postlab.trainers.rft import RFTConfig
+
+    return load_config(RFTConfig, base=_verifier_env_overrides(ctx, trainer_overrides(ctx, ctx.input_checkpoint(0))))
+
+
+def rasft_items(ctx) -> list[dict]:
+    """The stage's training items: the same expert demonstrations an `sft` stage of this seed and
+    split trains on (`expert_records`: item i is problem expert_seed(seed, i)), each with its env
+    seed in `meta.seed` so that RASFT can verify rollouts of that problem."""
+    data = ctx.spec.get("data") or {}
+    split = ctx.spec.get("split", "id")
+    records = expert_records(ctx.spec, split, int(data.get("n", 1000)), seed=ctx.seed)
+    for i, rec in enumerate(records):
+        rec["meta"] = {"env": ctx.spec["env"], "split": split, "seed": expert_seed(ctx.seed, i)}
+    return records
+
+
+def run_rasft(ctx) -> dict:
+    """RASFT from the input checkpoint on expert demonstrations of `split` (postlab.trainers.rasft)."""
+    from postlab.trainers.rasft import train_rasft
+
+    final = train_rasft(rasft_stage_config(ctx), rasft_items(ctx), resume=_resume(ctx))
+    return trainer_result(ctx, final)
+
+
+def run_rft(ctx) -> dict:
+    """Rejection-sampling fine-tuning from the input checkpoint on the environment (postlab.trainers.rft)."""
+    from postlab.trainers.rft import train_rft
+
+    final = train_rft(rft_stage_config(ctx), resume=_resume(ctx))
+    return trainer_result(ctx, final)
+
+
+def validate_rasft(ctx) -> None:
+    from postlab.trainers.rasft import validate_env
+
+    _check_keys(ctx, "data", ctx.spec.get("data"), ("n",))
+    try:
+        validate_env(rasft_stage_config(ctx).env, "a rasft stage")
+    except ConfigError as e:
+        raise _stage_error(ctx, e) from None
+
+
+def validate_rft(ctx) -> None:
+    from postlab.trainers.rasft import validate_env
+
+    _check_keys(ctx, "data", ctx.spec.get("data"), ())
+    try:
+        validate_env(rft_stage_config(ctx).env, "an rft stage")
+    except ConfigError as e:
+        raise _stage_error(ctx, e) from None
+
+
+register_stage_kind(StageKind("rasft", run_rasft, validate_rasft,
+                              "rollout-adaptive SFT on expert demonstrations of `split` (postlab.trainers.rasft)"))
+register_stage_kind(StageKind("rft", run_rft, validate_rft,
+                              "rejection-sampling fine-tuning on the environment (postlab.trainers.rft)"))
+
+
+# ----------------------------------------------------------------------------- diagnose and rejuvenate stages
+# Plasticity diagnostics and Rejuvenation (postlab.interventions, docs/interventions.md) as study
+# stages. Both take two inputs, `after: [MODEL, BASE]`: the checkpoint to diagnose or rejuvenate
+# and the base model it was trained from (at lab scale the `pretrain` stage). Their options are
+# the stage's `config` mapping: diagnose's keyword options (n, tau, hessian_iters, ...) or
+# RejuvenationConfig's fields (alpha, fraction, scorer, mode, omega, ...). The environment and
+# splits are the stage's own (`env`, `splits` or `split`, `style`, `env_args`).
+
+DIAGNOSE_OWNED = ("ckpt", "base", "env", "splits", "out")  # diagnose() arguments the stage supplies
+# The per-model numbers a diagnose stage's result keeps per split (diagnostics.json has the rest).
+DIAGNOSTIC_SUMMARY_KEYS = ("entropy_mean", "max_prob_mean", "sft_loss", "dormant_ratio", "effective_rank",
+                           "hessian_top_eigenvalue", "perturbation_loss_rise")
+REJUVENATE_CALL_OPTIONS = ("device", "dtype")  # rejuvenate() arguments that are not RejuvenationConfig fields
+
+
+def _check_two_inputs(ctx) -> None:
+    if len(ctx.stage.after) != 2:
+        raise ConfigError(f"stages.{ctx.stage.name}.after: a {ctx.stage.kind} stage takes two inputs, "
+                          f"[MODEL, BASE] (the checkpoint and the base model it was trained from); got "
+                          f"{ctx.stage.after or 'none'}")
+
+
+def _intervention_error(ctx, e: Exception) -> ConfigError:
+    """An intervention's CLI-worded error (`--fraction must be ...`) re-worded for the stage's config keys."""
+    import re
+
+    names = {"alpha_module": "module_alphas", "split": "splits"}
+    text = re.sub(r"--([a-z][a-z-]*)", lambda m: "config." + names.get(m[1].replace("-", "_"), m[1].replace("-", "_")),
+                  str(e))
+    return ConfigError(f"stages.{ctx.stage.name} ({ctx.stage.kind}): {text}")
+
+
+def _stage_splits(ctx) -> list[str] | None:
+    """`splits`, else `split`, else None (the intervention then uses the env's first split)."""
+    splits = ctx.spec.get("splits") or ctx.spec.get("split")
+    return [splits] if isinstance(splits, str) else (list(splits) if splits else None)
+
+
+def diagnose_options(ctx) -> dict:
+    """diagnose()'s keyword options: the stage's `config`, with the stage's style and env_args."""
+    from postlab.interventions.diagnostics import diagnose
+
+    opts = dict(ctx.spec.get("config") or {})
+    _check_keys(ctx, "config", opts, [p for p in inspect.signature(diagnose).parameters if p not in DIAGNOSE_OWNED])
+    opts.setdefault("style", ctx.spec.get("style", "compact"))
+    if ctx.spec.get("env_args"):
+        opts.setdefault("env_args", ctx.spec["env_args"])
+    opts.setdefault("seed", ctx.seed)
+    return opts
+
+
+def run_diagnose(ctx) -> dict:
+    """Plasticity diagnostics of input 0 against input 1 (the base); the checkpoint passes through."""
+    import os
+
+    from postlab.interventions import diagnose
+
+    ckpt, base = ctx.input_checkpoint(0), ctx.input_checkpoint(1)
+    out = diagnose(ckpt, base, ctx.spec["env"], _stage_splits(ctx), out=ctx.path, **diagnose_options(ctx))
+    per_split, base_split = {}, {}
+    for split, r in out["per_split"].items():
+        per_split[split] = {k: r["checkpoint"][k] for k in DIAGNOSTIC_SUMMARY_KEYS}
+        per_split[split]["entropy_gap_mean"] = r["entropy_gap"]["mean"]
+        base_split[split] = {k: r["base"][k] for k in DIAGNOSTIC_SUMMARY_KEYS}
+        base_split[split]["entropy_gap_mean"] = 0.0
+    src = ctx.inputs[0]
+    # `checkpoint` is relative to this stage's directory, so a downstream stage (rejuvenate, rl,
+    # eval) can take the diagnosed model as its input through this stage.
+    return {"checkpoint": os.path.relpath(ckpt, ctx.path), "steps": src.get("steps", 0),
+            "diagnostics": {"drift": out["drift"]["total"], "per_split": per_split, "base": base_split,
+                            "splits": out["splits"], "n": out["n"], "file": "diagnostics.json"},
+            "compute": {"params": count_params(ckpt), "tokens_trained": 0, "tokens_generated": 0}}
+
+
+def validate_diagnose(ctx) -> None:
+    from postlab.interventions.diagnostics import _validate, diagnose
+
+    _check_two_inputs(ctx)
+    opts = diagnose_options(ctx)
+    _check_splits(ctx, _stage_splits(ctx) or [None])
+    defaults = {p.name: p.default for p in inspect.signature(diagnose).parameters.values()}
+    checked = {k: opts.get(k, defaults[k]) for k in inspect.signature(_validate).parameters}
+    try:
+        _validate(**checked)
+    except TypeError:  # a string where a number belongs: '<' between str and int
+        bad = {k: v for k, v in checked.items() if isinstance(v, str)}
+        raise ConfigError(f"stages.{ctx.stage.name}.config: numbers expected, got {bad}") from None
+    except ConfigError as e:
+        raise _intervention_error(ctx, e) from None
+
+
+def rejuvenation_config(ctx):
+    """The stage's RejuvenationConfig (validated on construction) and rejuvenate()'s other options."""
+    from postlab.interventions.rejuvenation import make_config
+
+    opts = dict(ctx.spec.get("config") or {})
+    call = {k: opts.pop(k) for k in REJUVENATE_CALL_OPTIONS if k in opts}
+    owned = [k for k in ("env", "splits") if k in opts]
+    if owned:
+        raise ConfigError(f"stages.{ctx.stage.name}.config.{owned[0]}: set by the stage; use the stage's own "
+                          f"`{'env' if owned[0] == 'env' else 'splits'}` field")
+    opts.update(env=ctx.spec["env"], splits=_stage_splits(ctx))
+    opts.setdefault("style", ctx.spec.get("style", "compact"))
+    if ctx.spec.get("env_args"):
+        opts.setdefault("env_args", ctx.spec["env_args"])
+    # Calibration prompts are the training problems of this study seed's SFT (expert_seed(seed, i)),
+    # never the evaluation problems; ReDo's re-initialization is seeded by it too.
+    opts.setdefault("calibration_seed", ctx.seed)
+    opts.setdefault("seed", ctx.seed)
+    try:
+        return make_config(**opts), call
+    except TypeError as e:  # e.g. a list where a number belongs
+        raise ConfigError(f"stages.{ctx.stage.name}.config: {e}") from None
+    except ConfigError as e:
+        raise _intervention_error(ctx, e) from None
+
+
+def run_rejuvenate(ctx) -> dict:
+    """Rejuvenate input 0 (the SFT model) against input 1 (the base): a new checkpoint for RL."""
+    from postlab.interventions import rejuvenate
+
+    config, call = rejuvenation_config(ctx)
+    out = ctx.path / "model"
+    # The stage directory is the stage's own: a leftover checkpoint there is an interrupted attempt.
+    report = rejuvenate(ctx.input_checkpoint(1), ctx.input_checkpoint(0), out, force=True, config=config, **call)
+    entropy = report.get("entropy") or {}
+    summary = {"reset_units": report["reset"]["reset_units"], "scored_units": report["reset"]["scored_units"],
+               "per_module": report["reset"]["per_module"],
+               "drift": {who: report["drift"][who]["total"] for who in ("sft", "fused", "rejuvenated")},
+               "entropy": {who: e["mean"] for who, e in entropy.items()}, "report": "model/rejuvenation_report.json"}
+    return {"checkpoint": "model", "steps": 0, "rejuvenation": summary,
+            "compute": {"params": count_params(out), "tokens_trained": 0, "tokens_generated": 0}}
+
+
+def validate_rejuvenate(ctx) -> None:
+    _check_two_inputs(ctx)
+    _check_splits(ctx, _stage_splits(ctx) or [None])
+    rejuvenation_config(ctx)
+
+
+register_stage_kind(StageKind("diagnose", run_diagnose, validate_diagnose,
+                              "plasticity diagnostics of a checkpoint vs its base (after: [MODEL, BASE])"))
+register_stage_kind(StageKind("rejuvenate", run_rejuvenate, validate_rejuvenate,
+                              "Rejuvenation: base-anchored fusion + unit reset (after: [SFT, BASE])"))
+
+
+# ----------------------------------------------------------------------------- rollout and drift stages
+# DRIFT (postlab.trainers.drift): a `rollout` stage samples the offline dataset ONCE from its input
+# checkpoint (the fixed reference; postlab.rollout.offline), a `drift` stage trains from that
+# same checkpoint on it (`after: [REF, ROLLOUT]`). The method's cost is the two stages' sum.
+
+ROLLOUT_FILE = "trajectories.jsonl"  # in the rollout stage's directory
+
+
+def rollout_stage_config(ctx):
+    """The validated RolloutJobConfig of a `rollout` stage: its `config` (n_prompts, samples_per_prompt,
+    temperature, max_new_tokens, batch_size, ...) with what the study owns: the input checkpoint as
+    the reference, the output file, the seed, and the stage's environment. For `unary-feedback` the
+    job's `max_turns` is the attempt budget (env_args.max_attempts, default 5) and its env allows
+    2 x that many turns, so a stage `max_turns` must be that (or unset)."""
+    from postlab.config import load_config
+    from postlab.rollout.offline import RolloutJobConfig
+
+    spec = ctx.spec
+    data = copy.deepcopy(spec.get("config") or {})
+    owned = sorted({"model", "out", "seed", "env", "env_kwargs", "split", "style", "max_turns"} & set(data))
+    if owned:
+        raise ConfigError(f"stages.{ctx.stage.name}.config: {owned} are set by the study (input checkpoint, stage "
+                          "directory, seed, and the stage's env / env_args / split / style / max_turns); remove them")
+    env_args = dict(spec.get("env_args") or {})
+    turns = spec.get("max_turns")
+    if spec["env"] == "unary-feedback":
+        attempts = env_args.pop("max_attempts", None) or (min(5, turns) if turns else 5)
+        if turns is not None and turns != 2 * attempts:
+            raise ConfigError(f"stages.{ctx.stage.name}.max_turns: a rollout job's unary-feedback env allows 2 x "
+                              f"max_attempts = {2 * attempts} turns (unparsable ones included), not {turns}; set "
+                              f"max_turns: {2 * attempts} (the same env the RL and eval stages should use) or drop it")
+        turns = attempts
+    data.update(model=str(ctx.input_checkpoint(0)), out=str(ctx.path / ROLLOUT_FILE), seed=ctx.seed, env=spec["env"],
+                env_kwargs=env_args, split=spec.get("split", "id"), style=spec.get("style", "compact"),
+                max_turns=turns or 5)
+    data.setdefault("progress", True)
+    try:
+        return load_config(RolloutJobConfig, base=data)
+    except ConfigError as e:
+        raise _stage_error(ctx, e) from None
+
+
+def run_rollout(ctx) -> dict:
+    """Sample the offline trajectory dataset from the input checkpoint (postlab.rollout.offline);
+    an interrupted stage resumes the file (the job itself checks it is the same job)."""
+    from postlab.data.trajectories import read_trajectories
+    from postlab.rollout.offline import run_rollout_job
+
+    cfg = rollout_stage_config(ctx)
+    summary = run_rollout_job(cfg)
+    trajs = read_trajectories(cfg.out)  # the whole file: a resumed stage counts what earlier attempts sampled too
+    return {"dataset": ROLLOUT_FILE, "trajectories": len(trajs), "prompts": summary.prompts,
+            "success_rate": summary.success_rate, "mean_turns": summary.mean_turns,
+            "compute": {"params": count_params(Path(cfg.model)), "tokens_trained": 0,
+                        "tokens_generated": int(sum(t["generated_tokens"] for t in trajs))}}
+
+
+def validate_rollout(ctx) -> None:
+    from postlab.rollout.offline import make_env_factory
+
+    _check_keys(ctx, "data", ctx.spec.get("data"), ())
+    try:
+        make_env_factory(rollout_stage_config(ctx))
+    except ConfigError as e:
+        raise _stage_error(ctx, e) from None
+
+
+def drift_stage_config(ctx):
+    """The validated DRIFTConfig of a `drift` stage: policy = input 0's checkpoint, data = input 1's
+    (a rollout stage sampled from that same checkpoint) trajectory file."""
+    from postlab.config import load_config
+    from postlab.trainers.drift import DRIFTConfig
+
+    after, stages = ctx.stage.after, ctx.study.stages
+    if len(after) != 2 or stages[after[1]].kind != "rollout":
+        raise ConfigError(f"stages.{ctx.stage.name}.after: must be [REFERENCE, ROLLOUT]: the checkpoint to train "
+                          f"from and the rollout stage that sampled from it; got {after}")
+    if stages[after[1]].after[:1] != after[:1]:
+        raise ConfigError(f"stages.{ctx.stage.name}.after: the rollout stage {after[1]!r} sampled from "
+                          f"{stages[after[1]].after[:1]}, not from {after[0]!r}; DRIFT starts from the reference its "
+                          "data came from")
+    data = trainer_overrides(ctx, ctx.input_checkpoint(0))
+    data.setdefault("data", {})["paths"] = [str(ctx.input_dirs[1] / ctx.inputs[1].get("dataset", ROLLOUT_FILE))]
+    try:
+        return load_config(DRIFTConfig, base=data)
+    except ConfigError as e:
+        raise _stage_error(ctx, e) from None
+
+
+def run_drift(ctx) -> dict:
+    """DRIFT from the input checkpoint on the input rollout stage's trajectories (postlab.trainers.drift)."""
+    from postlab.trainers.drift import train_drift
+
+    cfg = drift_stage_config(ctx)
+    final = train_drift(cfg, resume=_resume(ctx))
+    return {**trainer_result(ctx, final), "dataset": cfg.data.paths[0]}
+
+
+def validate_drift(ctx) -> None:
+    from postlab.trainers.drift import validate_eval
+
+    _check_keys(ctx, "data", ctx.spec.get("data"), ())
+    cfg = drift_stage_config(ctx)
+    if cfg.eval.episodes:
+        try:
+            validate_eval(cfg.eval)
+        except ConfigError as e:
+            raise _stage_error(ctx, e) from None
+
+
+register_stage_kind(StageKind("rollout", run_rollout, validate_rollout,
+                              "offline trajectories sampled once from the input checkpoint (postlab.rollout.offline)"))
+register_stage_kind(StageKind("drift", run_drift, validate_drift,
+                              "DRIFT: importance-weighted SFT on a rollout stage's data (after: [REF, ROLLOUT])"))

@@ -61,6 +61,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # `X | None`: X's own message names the inner key (e.g. model.lora.r)
+            raise ConfigError(errors[0])
         raise ConfigError(f"{key}: value {value!r} is not a valid {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -108,6 +110,10 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
+        renamed = getattr(cls, "RENAMED", {}).get(name)
+        if name not in fields and renamed:
+            raise ConfigError(f"config key '{key}' was renamed to '{renamed}'; use "
+                              f"'{(prefix + '.') if prefix else ''}{renamed}'")
         if name not in fields:
             raise ConfigError(
                 f"unknown config key '{key}'.{_suggest(name, list(fields))} "
@@ -202,6 +208,29 @@ class TokenizerConfig:
 
 
 @dataclasses.dataclass
+class LoRAConfig:
+    """`model.lora`: train low-rank adapters (peft) instead of every weight (postlab.models.lora)."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    # peft's target_modules: module names ("q_proj", ...) or "all-linear" (every Linear but the LM head)
+    target_modules: str | tuple[str, ...] = "all-linear"
+    save_merged: bool = False  # also write the merged model to RUN/final/merged/ (plain transformers loads it)
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ConfigError(f"model.lora.r: must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ConfigError(f"model.lora.alpha: must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.lora.dropout: must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ConfigError("model.lora.target_modules: name at least one module (e.g. [q_proj, v_proj]) or "
+                              "'all-linear'")
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """Either `path` (a Hugging Face directory or hub id) or `preset` (a tiny model from scratch)."""
 
@@ -211,10 +240,26 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     trust_remote_code: bool = False
+    lora: LoRAConfig | None = None  # None: full fine-tuning
+    # Mixed precision: training forwards run under torch.autocast in this dtype while the weights
+    # (and so the optimizer's master copy) stay in model.dtype = float32. None: no autocast.
+    autocast: Literal["bfloat16", "float16"] | None = None
+    gradient_checkpointing: bool = False  # recompute activations in backward (transformers' own)
+    # How dialogues become text (postlab.models.tokenizer.choose_chat_template): "auto" = the
+    # tokenizer's own template when it has one, else postlab's; "tokenizer" = the checkpoint's own
+    # (an error if it has none); "postlab" = postlab's plain template, whatever the tokenizer has.
+    chat_template: Literal["auto", "tokenizer", "postlab"] = "auto"
 
     def __post_init__(self):
         if (self.path is None) == (self.preset is None):
             raise ConfigError("model: set exactly one of model.path (a checkpoint) or model.preset (a tiny model from scratch)")
+        if self.lora is not None and self.path is None:
+            raise ConfigError("model.lora: LoRA adapts a pretrained checkpoint; set model.path (a preset trained from "
+                              "scratch trains every weight: drop model.lora)")
+        if self.autocast is not None and self.dtype != "float32":
+            raise ConfigError(f"model.autocast: {self.autocast} autocast keeps float32 master weights; set "
+                              f"model.dtype: float32 (got {self.dtype!r}), or drop model.autocast to train in "
+                              f"{self.dtype} throughout")
         if self.preset is not None:
             from postlab.models.presets import PRESETS
 

@@ -170,9 +170,8 @@ class StudyRunner:
         self.calls.append((seed, st.name))
         result = resolve_kind(st.kind)(ctx) or {}
         compute = dict(result.get("compute") or {})
-        compute.setdefault("tokens_trained", 0)
-        compute.setdefault("tokens_generated", 0)
-        compute.setdefault("params", 0)
+        for key in ("tokens_trained", "tokens_generated", "params"):  # integer counts, whatever a custom kind gave
+            compute[key] = int(compute.get(key) or 0)
         compute["flops"] = flops(compute["params"], compute["tokens_trained"], compute["tokens_generated"])
         compute["wall_time_s"] = round(time.time() - start, 2)
         compute["resumed"] = resumed

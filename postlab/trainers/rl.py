@@ -65,6 +65,8 @@ class RLEnvConfig:
 class RLBatchConfig:
     """sequences per step = prompts_per_step x samples_per_prompt (episodes; one sequence each)."""
 
+    RENAMED = {"ppo_epochs": "updates_per_batch"}  # old key -> new key: a clear error, not a did-you-mean
+
     prompts_per_step: int = 8  # distinct env seeds per step
     samples_per_prompt: int = 8  # G: episodes per seed (the group of GRPO/RLOO/DAPO/GSPO)
     # sequences packed into one forward/backward (accumulation = ceil(sequences_per_step / micro)). Small by
@@ -212,7 +214,7 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
     objective = get_objective(spec.objective)
     hparams = {**cfg.objective_args, "beta": cfg.beta}
     aggregation = cfg.aggregation or spec.default_aggregation
-    ref_model = load_reference(cfg.model, device, "beta > 0") if cfg.beta > 0 else None
+    ref_model = load_reference(cfg.model, device, "beta > 0", policy=model) if cfg.beta > 0 else None
     ref_model = distributed.shard(ref_model) if ref_model is not None else None
     # The critic's head is tiny and stays unsharded: its gradients are all-reduced (summed) by hand.
     head = ValueHead(model.config.hidden_size).to(device) if spec.value_head else None
@@ -224,9 +226,13 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
         load_value_head(head, session.checkpoint)
     modules = {"value_head": head} if head is not None else {}
     state = session.restore(optimizer, model, modules)
-    # vLLM holds its own weights: it starts from what the policy starts from and is synced after every update
-    start = str(session.checkpoint) if session.checkpoint is not None else cfg.model.path
+    # vLLM holds its own weights: it starts from what the policy starts from and is synced after every update.
+    # A LoRA checkpoint holds only the adapter: the engine starts from the base and gets the merged weights.
+    lora_resume = cfg.model.lora is not None and session.checkpoint is not None
+    start = str(session.checkpoint) if session.checkpoint is not None and not lora_resume else cfg.model.path
     backend = make_backend(cfg.rollout, start, dtype=cfg.model.dtype, seed=cfg.run.seed + rank)
+    if backend is not None and lora_resume:
+        backend.sync(model)
     recent_rewards: list[float] = list(state.get("recent_rewards", []))
     env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
     dynamic = cfg.dynamic_sampling if cfg.dynamic_sampling is not None else spec.dynamic_sampling

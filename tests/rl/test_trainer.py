@@ -242,3 +242,11 @@ def test_non_finite_loss_names_the_step_and_the_last_good_checkpoint(sft_checkpo
         train_rl_quiet(cfg, reward_fn=nan_after_two_steps)
     msg = str(e.value)
     assert "non-finite" in msg and "at step 3" in msg and "step_000002" in msg and f"--resume {out}" in msg
+
+
+def test_a_renamed_key_says_its_new_name():
+    from postlab.config import load_config
+    from postlab.trainers.rl import RLConfig
+
+    with pytest.raises(ConfigError, match="'batch.ppo_epochs' was renamed to 'updates_per_batch'"):
+        load_config(RLConfig, overrides=["model.path=x", "batch.ppo_epochs=4"])

@@ -10,6 +10,9 @@ Three record kinds, one per line of a JSONL file:
   other turns never (environment feedback is not the model's to imitate).
 
 Optional ``"weight"`` (a float) scales the record's loss (DRIFT, RASFT, RWR).
+
+Files: JSONL (one record per line) or Parquet (one record per row, e.g. a Hugging Face dataset's
+local files; a ``messages`` column of role/content structs), read by `load_records`.
 """
 
 from __future__ import annotations
@@ -92,6 +95,62 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
+def iter_file_rows(path: str | Path) -> Iterator[tuple[str, object]]:
+    """(where, object) for each record of a local JSONL or Parquet file; `where` names file and line/row."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        for i, row in enumerate(read_parquet_rows(path)):
+            yield f"{path}[row {i}]", row
+    else:
+        for lineno, rec in iter_jsonl(path):
+            yield f"{path}:{lineno}", rec
+
+
+def read_parquet_rows(path: str | Path) -> list[dict]:
+    """The rows of a local Parquet file as plain dicts, through `datasets` when installed, else pyarrow.
+
+    Arrow gives every row every column (and a struct every field), filling the ones a record lacks
+    with null: nulls are dropped, so a row reads like the JSON object it came from."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file does not exist")
+    try:
+        import datasets
+    except ImportError:
+        datasets = None
+    try:
+        if datasets is not None:
+            datasets.disable_progress_bars()
+            rows = list(datasets.Dataset.from_parquet(str(path)))  # a local file: nothing is downloaded
+        else:
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise DataError(f"{path}: reading Parquet needs the `datasets` package (or pyarrow): "
+                                "pip install 'postlab[datasets]'") from None
+            rows = pq.read_table(str(path)).to_pylist()
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any reader failure is an unreadable file
+        raise DataError(f"{path}: cannot read it as Parquet ({type(e).__name__}: {e})") from None
+    return [_drop_nulls(r) for r in rows]
+
+
+def _drop_nulls(value):
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def read_parquet(path: str | Path) -> list[dict]:
+    records = [validate_record(rec, where) for where, rec in iter_file_rows(path)]
+    if not records:
+        raise DataError(f"{path}: no records (empty dataset)")
+    return records
+
+
 def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,10 +165,12 @@ def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
 
 
 def load_records(source: str | Path, split: str = "train") -> list[dict]:
-    """A JSONL file, `synthetic:NAME/train|eval` (postlab.data.synthetic), `env:NAME/SPLIT/N` (N expert
-    dialogues of an environment, on the expert seed range), or `hf:NAME` for a Hugging Face `datasets`
-    dataset (when installed)."""
+    """A JSONL or Parquet (`.parquet`) file, `synthetic:NAME/train|eval` (postlab.data.synthetic),
+    `env:NAME/SPLIT/N` (N expert dialogues of an environment, on the expert seed range), or `hf:NAME`
+    for a Hugging Face `datasets` dataset (when installed)."""
     source = str(source)
+    if source.endswith(".parquet"):
+        return read_parquet(source)
     if source.startswith("env:"):
         return _env_records(source)
     if source.startswith("synthetic:"):

@@ -17,10 +17,11 @@ Compact style (tiny models)::
 Paper style writes the problem in full sentences, asks for `\\boxed{}` and answers with
 one explained step per line ending in `\\boxed{44}`.
 
-`math-jsonl`: any JSONL file of problems with worked solutions (keys problem/question/
-instruction/prompt and solution/response/answer/output, auto-detected); the gold answer
-is the "answer" field if present, else the last `\\boxed{}` of the solution. Rewards are 1
-if the extracted answer matches (exact, numeric, then `math-verify` if installed), else 0.
+`math-jsonl`: any JSONL or Parquet file of problems with worked solutions or answers (keys
+problem/question/instruction/prompt and solution/response/answer/output, auto-detected); the
+gold answer is the "answer" field (a string or a number) if present, else the last `\\boxed{}`
+of the solution. Rewards are 1 if the extracted answer matches (exact, numeric, then
+`math-verify` if installed), else 0.
 """
 
 from __future__ import annotations
@@ -162,6 +163,10 @@ def math_corpus(n: int, seed: int = 0) -> list[str]:
     return out
 
 
+def _number_text(x: int | float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
 FIELD_NAMES = (("problem", "question", "instruction", "prompt", "input"), ("solution", "response", "output", "answer"))
 
 
@@ -177,27 +182,30 @@ class MathJSONL(Env):
         reject_unknown_options("math-jsonl", type(self), kwargs)
         super().__init__(split=split, style=style, max_turns=max_turns)
         if path is None:
-            raise ValueError("math-jsonl: give path=FILE.jsonl (one object per line with a problem and a solution)")
+            raise ValueError("math-jsonl: give path=FILE.jsonl or FILE.parquet (one record per line/row with a "
+                             "problem and a solution or answer)")
         self.path, self.items = Path(path), self._load(Path(path))
         self.use_math_verify = use_math_verify and math_verify_available()
 
     @staticmethod
     def _load(path: Path) -> list[dict]:
-        from postlab.data.records import DataError, iter_jsonl
+        from postlab.data.records import DataError, iter_file_rows
 
         items = []
         try:
-            lines = list(iter_jsonl(path))
+            rows = list(iter_file_rows(path))  # JSONL, or Parquet (by the .parquet suffix)
         except DataError as e:
             raise ValueError(f"math-jsonl: {e}") from None
-        for lineno, rec in lines:
+        for where, rec in rows:
             if not isinstance(rec, dict):
-                raise ValueError(f"math-jsonl: {path}:{lineno}: expected a JSON object")
+                raise ValueError(f"math-jsonl: {where}: expected a JSON object")
+            if isinstance(rec.get("answer"), (int, float)) and not isinstance(rec["answer"], bool):
+                rec = {**rec, "answer": _number_text(rec["answer"])}  # Parquet/JSON answer columns are often numbers
             prob = next((rec[k] for k in FIELD_NAMES[0] if isinstance(rec.get(k), str)), None)
             sol = next((rec[k] for k in FIELD_NAMES[1] if isinstance(rec.get(k), str)), None)
             gold = rec["answer"] if isinstance(rec.get("answer"), str) else (last_boxed(sol) if sol else None)
             if prob is None or gold is None:
-                raise ValueError(f"math-jsonl: {path}:{lineno}: need a problem ({'/'.join(FIELD_NAMES[0])}) and a "
+                raise ValueError(f"math-jsonl: {where}: need a problem ({'/'.join(FIELD_NAMES[0])}) and a "
                                  "solution with \\boxed{} or an 'answer' field")
             if sol is None or last_boxed(sol) is None:  # make the expert end in the format asked for
                 sol = (sol + "\n" if sol else "") + f"The answer is \\boxed{{{gold}}}."

@@ -1,10 +1,34 @@
-"""One forward pass over a packed batch, returning per-target quantities only."""
+"""One forward pass over a packed batch, returning per-target quantities only.
+
+Mixed precision lives here too: `set_autocast(model, "bfloat16")` (done by `setup_model` for
+`model.autocast`) makes every forward that goes through `token_outputs` / `rl_batch.packed_outputs`
+(training, reference, held-out loss) run under `torch.autocast`, while the weights stay float32
+(the optimizer's master copy). Log-probabilities are always computed in float32. Sampling (the
+rollout engine) runs in the weights' dtype.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
+
+AUTOCAST_ATTR = "postlab_autocast_dtype"  # set on the model object; never saved in config.json
+_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def set_autocast(model, dtype: str | None) -> None:
+    """Run `model`'s forwards under torch.autocast(dtype) (None: no autocast, the forward as written)."""
+    setattr(model, AUTOCAST_ATTR, None if dtype is None else _AUTOCAST_DTYPES[dtype])
+
+
+def autocast(model):
+    """The autocast context for a forward of `model`: a no-op unless `set_autocast` chose a dtype."""
+    dtype = getattr(model, AUTOCAST_ATTR, None)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=next(model.parameters()).device.type, dtype=dtype)
 
 from postlab.data.batching import PackedBatch
 
@@ -111,9 +135,10 @@ def token_outputs(model, batch: PackedBatch, want_logits: bool = False, want_ent
     """
     if batch.num_targets == 0:
         raise ValueError("batch has no trained tokens")
-    if not want_hidden and not want_logits_only_path_blocked(model) and batch.num_tokens > 2 * row_width(batch):
-        return _rows_token_outputs(model, batch, want_logits, want_entropy)
-    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
-                logits_to_keep=batch.target_index, output_hidden_states=want_hidden)
-    return outputs_from_logits(out.logits[0], batch.targets, want_logits, want_entropy,
-                               hidden=out.hidden_states[-1] if want_hidden else None)
+    with autocast(model):
+        if not want_hidden and not want_logits_only_path_blocked(model) and batch.num_tokens > 2 * row_width(batch):
+            return _rows_token_outputs(model, batch, want_logits, want_entropy)
+        out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                    logits_to_keep=batch.target_index, output_hidden_states=want_hidden)
+        return outputs_from_logits(out.logits[0], batch.targets, want_logits, want_entropy,
+                                   hidden=out.hidden_states[-1].float() if want_hidden else None)

@@ -213,6 +213,13 @@ def load_model(path: str, dtype: str = "float32", attn_implementation: str = "sd
     _quiet_transformers()
     local = _local_dir(path)
     if local is not None:
+        from postlab.models import lora
+
+        if lora.is_adapter_dir(local):  # a LoRA run's checkpoint or final/: its base with the adapter merged in
+            verify_checkpoint(local, lambda name: name.startswith("adapter_"))
+            model = lora.load_merged(local, lambda base: load_model(base, dtype, attn_implementation,
+                                                                     trust_remote_code, device="cpu"))
+            return model.to(device)
         if not (local / "config.json").exists():
             raise CheckpointError(f"{local}: not a model directory (no config.json)")
         verify_checkpoint(local, _is_model_file)
@@ -232,7 +239,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
     local = _local_dir(path)
     if local is not None:
-        if not (local / "config.json").exists():
+        from postlab.models.lora import ADAPTER_CONFIG
+
+        if not (local / "config.json").exists() and not (local / ADAPTER_CONFIG).exists():
             raise CheckpointError(f"{local}: not a model directory (no config.json)")
         if not any((local / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                                                    "vocab.json")):
@@ -250,17 +259,23 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def save_pretrained_atomic(model, tokenizer, out: str | Path, extra_files: dict[str, bytes] | None = None,
-                           state_dict: dict | None = None) -> Path:
+                           state_dict: dict | None = None, final: bool = False) -> Path:
     """Write a Hugging Face directory to `out` atomically (tmp dir + rename), with checksums.json.
 
-    `state_dict`: the weights to write instead of the model's own (a sharded model's gathered ones)."""
+    `state_dict`: the weights to write instead of the model's own (a sharded model's gathered ones).
+    A LoRA model (postlab.models.lora) writes its adapter instead of its weights; `final` (a run's
+    final save) adds the merged model in merged/ when model.lora.save_merged asks for it."""
+    from postlab.models import lora
+
     _quiet_transformers()
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    if state_dict is None:
+    if lora.is_lora(model):
+        lora.save(model, tokenizer, tmp, final=final)
+    elif state_dict is None:
         model.save_pretrained(tmp, safe_serialization=True)
     else:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)

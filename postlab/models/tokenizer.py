@@ -51,3 +51,29 @@ def build_tokenizer(texts: Iterable[str], kind: str = "char", vocab_size: int = 
                                    eos_token=EOS, clean_up_tokenization_spaces=False)
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+# postlab's template for a tokenizer of any vocabulary: each turn ends with the tokenizer's own EOS,
+# so the rollout engine (which stops at EOS) ends a sampled turn where the template does. With
+# postlab's tokenizers (EOS = <|end|>) it renders exactly what CHAT_TEMPLATE renders.
+PLAIN_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("'<|end|>'", "eos_token")
+
+
+def choose_chat_template(tokenizer, choice: str = "auto"):
+    """Set the template that renders dialogues (`model.chat_template`); returns `tokenizer`.
+
+    auto: the tokenizer's own template when it has one (a real checkpoint's, or the one postlab saved
+    with its own tokenizers), else PLAIN_CHAT_TEMPLATE; tokenizer: the tokenizer's own, and an error
+    if it has none; postlab: PLAIN_CHAT_TEMPLATE whatever the tokenizer carries."""
+    from postlab.config import ConfigError
+
+    own = getattr(tokenizer, "chat_template", None)
+    if choice == "tokenizer" and not own:
+        raise ConfigError("model.chat_template: 'tokenizer', but this tokenizer has no chat template (a base "
+                          "checkpoint?); use model.chat_template: postlab (or auto) for postlab's plain template")
+    if choice == "postlab" or (choice == "auto" and not own):
+        if tokenizer.eos_token is None:
+            raise ConfigError("model.chat_template: postlab's template ends each turn with the tokenizer's EOS "
+                              "token, and this tokenizer has none; set tokenizer.eos_token in its tokenizer_config.json")
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE if own != CHAT_TEMPLATE else CHAT_TEMPLATE
+    return tokenizer

@@ -19,6 +19,16 @@ Log-probs are of the temperature-1 distribution (the policy pi_theta), whatever 
 temperature, top-p or top-k: that is what the trainer recomputes and what importance ratios
 need. Temperature 0 is greedy. Sampling draws from a `torch.Generator` seeded with
 `params.seed`, so the same seed gives the same samples.
+
+Repetition penalty (`repetition_penalty`, HF/CTRL convention, Keskar et al. 2019): before
+temperature, top-k and top-p, the logit of every token already in the row (its prompt and
+what it generated so far) is divided by the penalty when positive and multiplied by it when
+negative; greedy decoding takes the argmax of the penalized logits. The penalty changes the
+distribution the sampler draws from, so with a penalty != 1 the stored log-probs are of that
+penalized distribution (at temperature 1), the behaviour policy that actually produced the
+tokens, not of pi_theta: a trainer that needs pi_theta's log-probs of such samples recomputes
+them (RASFT does; the RL trainer samples without a penalty). With the default 1.0 nothing is
+computed and the results are bit-identical to sampling without the option.
 """
 
 from __future__ import annotations
@@ -39,6 +49,9 @@ class SamplingParams:
     n: int = 1  # samples per prompt
     stop: tuple[str, ...] = ()  # stop strings (kept in the output, like EOS ends a turn)
     seed: int = 0
+    # > 1 discourages tokens already in the prompt or the output (HF/CTRL convention; RASFT's
+    # rollouts use 1.1); 1.0 = off. See the module doc for what it does to the stored log-probs.
+    repetition_penalty: float = 1.0
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -49,6 +62,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0 or self.n < 1:
             raise ValueError(f"top_k must be >= 0 and n >= 1, got top_k={self.top_k}, n={self.n}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
         self.stop = tuple(self.stop)
 
 
@@ -76,9 +91,27 @@ def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     return logits
 
 
-def sample_next(logits: torch.Tensor, params: SamplingParams,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(next tokens [B], their temperature-1 log-probs [B]) from float logits [B, V]."""
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """[B, V] logits with every `seen` token's logit divided by `penalty` when > 0, multiplied when < 0.
+
+    HF's `RepetitionPenaltyLogitsProcessor` (CTRL): a penalty > 1 makes a token seen before
+    less likely whatever the sign of its logit. `seen` is a bool [B, V] mask of the tokens in
+    each row's prompt and output so far (a token counts once however often it occurred).
+    """
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator,
+                seen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next tokens [B], their temperature-1 log-probs [B]) from float logits [B, V].
+
+    With `params.repetition_penalty` != 1 the logits of the `seen` tokens are penalized first,
+    and the log-probs are of the penalized distribution (see the module doc)."""
+    if params.repetition_penalty != 1.0:
+        if seen is None:
+            raise ValueError("sample_next: a repetition penalty needs the mask of tokens seen so far")
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     logp = torch.log_softmax(logits, dim=-1)
     if params.temperature == 0:
         nxt = logits.argmax(-1)
@@ -126,6 +159,7 @@ def generate(model, tokenizer, prompts: list[list[int]], params: SamplingParams,
     done = torch.zeros(B, dtype=torch.bool, device=device)
     by_string = torch.zeros(B, dtype=torch.bool, device=device)
     alive = torch.arange(B, device=device)  # original row of each row still in the decoder's batch
+    seen = None  # [rows alive, V] tokens in each row so far, only when a repetition penalty is on
     was_training = model.training
     model.eval()
     try:
@@ -133,9 +167,14 @@ def generate(model, tokenizer, prompts: list[list[int]], params: SamplingParams,
         rows_t = torch.tensor(rows, device=device)
         logits = decoder.prefill(ids, pos, valid, rows_t)
         next_pos = (pos[:, -1] + 1).index_select(0, rows_t)
+        if params.repetition_penalty != 1.0:  # the prompt's tokens (never its left padding) count as seen
+            seen = torch.zeros(P, logits.shape[-1], dtype=torch.bool, device=device)
+            prompt_row = torch.arange(P, device=device)[:, None].expand_as(ids)
+            seen[prompt_row[valid], ids[valid]] = True
+            seen = seen.index_select(0, rows_t)
         steps = 0
         for t in range(T):
-            nxt, lp = sample_next(logits, params, gen)
+            nxt, lp = sample_next(logits, params, gen) if seen is None else sample_next(logits, params, gen, seen)
             finished = done[alive]
             nxt = nxt.masked_fill(finished, pad)
             out_tokens[alive, t], out_logp[alive, t] = nxt, lp.masked_fill(finished, 0.0)
@@ -151,10 +190,13 @@ def generate(model, tokenizer, prompts: list[list[int]], params: SamplingParams,
             n_keep = int(keep.sum())
             if n_keep == 0:
                 break
+            if seen is not None:
+                seen[torch.arange(len(nxt), device=device), nxt] = True
             if decoder.can_select and n_keep <= 0.75 * len(alive):  # drop finished rows from the batch
                 idx = keep.nonzero().flatten()
                 decoder.select(idx)
                 alive, nxt, next_pos = alive[idx], nxt[idx], next_pos[idx]
+                seen = seen[idx] if seen is not None else None
             logits = decoder.step(nxt, next_pos, W + t)
             next_pos = next_pos + 1
     finally:
@@ -209,6 +251,8 @@ def hf_generate(model, tokenizer, prompts: list[list[int]], params: SamplingPara
     torch.manual_seed(params.seed)
     sample = params.temperature > 0
     kw = dict(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None) if sample else {}
+    if params.repetition_penalty != 1.0:  # HF also counts left-padding tokens as seen: compare on equal-length prompts
+        kw["repetition_penalty"] = params.repetition_penalty
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=attn.long(), max_new_tokens=params.max_new_tokens,
                              do_sample=sample, pad_token_id=pad, eos_token_id=stop_token_ids(model, tokenizer),

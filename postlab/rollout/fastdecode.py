@@ -31,8 +31,14 @@ def _plain_attention(model) -> bool:
     if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "pretraining_tp", 1) != 1:
         return False
     layer = model.model.layers[0]
-    return all(hasattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) and \
-        not hasattr(layer.self_attn, "q_norm")
+    if not all(hasattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) or \
+            hasattr(layer.self_attn, "q_norm"):
+        return False
+    # The fast path reads the projections' .weight directly: a LoRA-adapted projection (peft replaces
+    # the Linear) would be sampled without its adapter, so anything but a plain Linear takes HFDecoder.
+    projections = [getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    projections += [getattr(layer.mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    return all(type(m) is torch.nn.Linear for m in projections)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -106,8 +106,10 @@ class VLLMBackend:
         A sharded (FSDP2) policy is gathered first (a collective: every rank calls sync); each
         rank's engine then loads the full weights. The tensors go to vLLM by Hugging Face name."""
         from postlab.distributed import full_state_dict_all_ranks
+        from postlab.models import lora
 
-        state = full_state_dict_all_ranks(policy)
+        # a LoRA policy: the engine serves the base architecture, so it gets the adapters merged in
+        state = lora.merged_state_dict(policy) if lora.is_lora(policy) else full_state_dict_all_ranks(policy)
         weights = [(name, t.detach()) for name, t in state.items()]
         if self._asleep:
             self._wake(tags=["weights"])  # weights first: the KV cache is not needed to load them

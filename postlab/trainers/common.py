@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from postlab import distributed
-from postlab.config import ModelConfig, OptimConfig
+from postlab.config import ConfigError, ModelConfig, OptimConfig
 from postlab.data.batching import PackedBatch, pack
 from postlab.data.records import Encoded
 from postlab.models.forward import token_outputs
@@ -240,9 +240,18 @@ def pack_micro_batches(seqs: Sequence[Encoded], micro_batch_sequences: int) -> l
 
 
 def setup_model(cfg: ModelConfig, device, texts_for_tokenizer=None, seed: int = 0):
-    """(model, tokenizer) from a checkpoint path, or a fresh tiny preset with a tokenizer built from texts."""
-    from postlab.models import build_tokenizer, init_model, load_model, load_tokenizer
+    """(model, tokenizer) from a checkpoint path, or a fresh tiny preset with a tokenizer built from texts.
 
+    The training switches of `cfg` are applied here, so every trainer gets them: the chat template
+    choice, LoRA adapters (postlab.models.lora), gradient checkpointing and autocast
+    (postlab.models.forward.set_autocast). All are off by default."""
+    from postlab.models import build_tokenizer, init_model, load_model, load_tokenizer
+    from postlab.models.forward import set_autocast
+    from postlab.models.tokenizer import choose_chat_template
+
+    if cfg.lora is not None and world()[1] > 1:
+        raise ConfigError("model.lora: LoRA runs on one process for now (FSDP2 sharding of adapted layers and a "
+                          "sharded adapter save are not built); run without torchrun, or drop model.lora")
     if cfg.path is not None:
         tok = load_tokenizer(cfg.path, trust_remote_code=cfg.trust_remote_code)
         model = load_model(cfg.path, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
@@ -251,6 +260,15 @@ def setup_model(cfg: ModelConfig, device, texts_for_tokenizer=None, seed: int = 
         tok = build_tokenizer(texts_for_tokenizer or [], cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
         model = init_model(cfg.preset, tok, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation, seed=seed)
         model.to(device)
+    choose_chat_template(tok, cfg.chat_template)
+    if cfg.lora is not None:
+        from postlab.models import lora
+
+        lora.apply(model, cfg.lora, base_path=cfg.path)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA) and with no_grad forwards.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    set_autocast(model, cfg.autocast)
     return model, tok
 
 

@@ -281,7 +281,7 @@ def save_final(trainer: Trainer, run: RunDir) -> Path:
         extra = {}
         if trainer.save_extra is not None:
             extra = _extra_files(trainer.save_extra)
-        save_pretrained_atomic(model, trainer.tokenizer, final, extra)
+        save_pretrained_atomic(model, trainer.tokenizer, final, extra, final=True)  # LoRA: + merged/ if asked
     barrier()
     return final
 

@@ -127,15 +127,16 @@ def pack_shared_prefix(episodes: Sequence[Episode], per_token: dict[str, list[to
 def packed_outputs(model, batch: PackedBatch, want_logits: bool = False, want_entropy: bool = False,
                    want_hidden: bool = False):
     """`models.forward.token_outputs`, passing the batch's 4-D attention mask when it has one."""
-    from postlab.models.forward import outputs_from_logits, token_outputs
+    from postlab.models.forward import autocast, outputs_from_logits, token_outputs
 
     mask = batch.extras.get("attention_mask")
     if mask is None:
         return token_outputs(model, batch, want_logits, want_entropy, want_hidden)
-    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask.to(model.dtype),
-                use_cache=False, logits_to_keep=batch.target_index, output_hidden_states=want_hidden)
-    return outputs_from_logits(out.logits[0], batch.targets, want_logits, want_entropy,
-                               hidden=out.hidden_states[-1] if want_hidden else None)
+    with autocast(model):  # model.autocast (a no-op by default); the value head reads float32 hidden states
+        out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask.to(model.dtype),
+                    use_cache=False, logits_to_keep=batch.target_index, output_hidden_states=want_hidden)
+        return outputs_from_logits(out.logits[0], batch.targets, want_logits, want_entropy,
+                                   hidden=out.hidden_states[-1].float() if want_hidden else None)
 
 
 def broadcast(values_per_episode: Sequence[torch.Tensor | float], episodes: Sequence[Episode]) -> list[torch.Tensor]:

@@ -176,17 +176,37 @@ def _load_data(cfg: SFTConfig, train_records, eval_records) -> tuple[list[dict],
 
 
 def load_policy(cfg_model: ModelConfig, session: Session, device, texts=None, seed: int = 0):
-    """(model, tokenizer): the resume checkpoint's weights, or `cfg_model` (a checkpoint or a fresh preset)."""
-    if session.checkpoint is not None:
+    """(model, tokenizer): the resume checkpoint's weights, or `cfg_model` (a checkpoint or a fresh preset).
+
+    With model.lora, a resumed run's checkpoint holds only the adapter: the base comes from model.path
+    and the adapter from the checkpoint."""
+    if session.checkpoint is not None and cfg_model.lora is None:
         return setup_model(dataclasses.replace(cfg_model, path=str(session.checkpoint), preset=None), device)
-    return setup_model(cfg_model, device, texts_for_tokenizer=texts, seed=seed)
+    model, tok = setup_model(cfg_model, device, texts_for_tokenizer=texts, seed=seed)
+    if session.checkpoint is not None:
+        from postlab.models import lora
+
+        lora.load_adapter(model, session.checkpoint)
+    return model, tok
 
 
-def load_reference(cfg_model: ModelConfig, device, why: str):
-    """The frozen initial checkpoint (model.path), for objectives that read a reference policy."""
+def load_reference(cfg_model: ModelConfig, device, why: str, policy=None):
+    """The frozen initial policy, for objectives that read a reference: the checkpoint model.path, or,
+    with model.lora, `policy` itself with its adapters disabled (`lora.Reference`: no second copy)."""
     if cfg_model.path is None:
         raise ConfigError(f"{why} needs a reference: set model.path to a checkpoint (the frozen initial policy)")
-    return load_model(cfg_model.path, dtype=cfg_model.dtype, device=device).eval().requires_grad_(False)
+    if cfg_model.lora is not None:
+        from postlab.models import lora
+
+        if policy is None or not lora.is_lora(policy):
+            raise ConfigError(f"model.lora: {why} reads a reference, which with LoRA is the policy with its adapters "
+                              "disabled, and this trainer did not pass its policy (load_reference(..., policy=model))")
+        return lora.Reference(policy)
+    from postlab.models.forward import set_autocast
+
+    ref = load_model(cfg_model.path, dtype=cfg_model.dtype, device=device).eval().requires_grad_(False)
+    set_autocast(ref, cfg_model.autocast)  # the reference computes as the policy does (KL 0 at step 0)
+    return ref
 
 
 def setup_sft(cfg: SFTConfig, session: Session, train_records: list[dict], eval_records: list[dict] | None,
@@ -202,7 +222,8 @@ def setup_sft(cfg: SFTConfig, session: Session, train_records: list[dict], eval_
     broadcast_parameters(model)
     model = distributed.shard(model)
     objective = get_objective(cfg.objective)
-    ref_model = load_reference(cfg.model, device, f"objective {cfg.objective!r}") if objective.needs_ref else None
+    ref_model = load_reference(cfg.model, device, f"objective {cfg.objective!r}", policy=model) \
+        if objective.needs_ref else None
     ref_model = distributed.shard(ref_model) if ref_model is not None else None
     train_seqs = _trainable(encode_all(tokenizer, train_records, cfg.data.max_length), "training")
     eval_seqs = encode_all(tokenizer, eval_records, cfg.data.max_length) if eval_records else []

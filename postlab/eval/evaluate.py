@@ -13,7 +13,12 @@ and returns a JSON-ready dict:
   keeps the environment's default, e.g. navigation's own step cap and verify_iter);
 - ``failure_reasons``: per-reason counts from the verifier's info, over failed episodes
   (final attempt) and over every failed attempt;
-- ``generated_tokens``, ``mean_reward``, ``wall_time_s`` and a few sample dialogues.
+- ``generated_tokens``, ``mean_reward``, ``wall_time_s`` and a few sample dialogues;
+- multi-turn envs (``max_turns`` > 1, or the ``unary-feedback`` wrapper): ``multiturn``, the
+  fields of `postlab.eval.multiturn.multiturn_report` (per-turn accuracy, cumulative accuracy by
+  attempt k, ``multi@k`` for every k up to the env's attempt budget, correction rate, each a
+  mean with a bootstrap CI), and ``multiturn_per_problem`` (``multi@k`` and ``correction_rate``
+  per problem, None where a problem has no value), so reports can pair two models on them.
 """
 
 from __future__ import annotations
@@ -151,7 +156,32 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
     result["wall_time_s"] = round(time.time() - start, 3)
     result["examples"] = [{"seed": e.seed, "success": e.success, "messages": e.messages}
                           for e in episodes[:num_examples]]
+    if env == "unary-feedback" or (max_turns or 1) > 1:
+        probe = make(env, split=split, style=style, **kw)
+        k_max = getattr(probe, "max_attempts", None) or max_turns or horizon
+        result.update(multiturn_fields(by_problem, k_max, n_boot=n_boot, seed=seed))
     return result
+
+
+def multiturn_fields(by_problem: list[list[Episode]], k_max: int, n_boot: int = 2000, seed: int = 0) -> dict:
+    """``multiturn``: `multiturn_report` over every episode plus ``multi@k`` for k = 1..k_max (the
+    cumulative accuracy at k); ``multiturn_per_problem``: per problem (the mean over its samples),
+    ``multi@k`` and ``correction_rate`` (among its samples wrong at attempt 1; None if none was)."""
+    from postlab.eval.multiturn import attempt_outcomes, multiturn_report, solved_at, verdicts_of
+
+    report = multiturn_report([e for eps in by_problem for e in eps], k_max=k_max, n_boot=n_boot, seed=seed)
+    for k in range(1, k_max + 1):
+        report[f"multi@{k}"] = report["cumulative_accuracy"][k - 1]
+    per_problem: dict[str, list] = {f"multi@{k}": [] for k in range(1, k_max + 1)}
+    per_problem["correction_rate"] = []
+    for eps in by_problem:
+        first = [solved_at(attempt_outcomes(verdicts_of(e))) for e in eps]
+        for k in range(1, k_max + 1):
+            per_problem[f"multi@{k}"].append(sum(f is not None and f <= k for f in first) / len(first))
+        wrong_first = [f for f in first if f != 1]
+        per_problem["correction_rate"].append(
+            sum(f is not None and f <= k_max for f in wrong_first) / len(wrong_first) if wrong_first else None)
+    return {"multiturn": report, "multiturn_per_problem": per_problem}
 
 
 def evaluate_checkpoint(path: str, env: str, splits: list[str], device: str = "auto", **kwargs) -> list[dict]:
@@ -169,13 +199,31 @@ def results_table(results: list[dict], title: str = "evaluation"):
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("env", "split", "decoding", "episodes", "success", "95% CI", "pass@k", "by turn", "top failure"):
+    multiturn = any("multiturn" in r for r in results)  # multi-turn columns only when some result has them
+    cols = ["env", "split", "decoding", "episodes", "success", "95% CI", "pass@k", "by turn"]
+    cols += ["multi@1", "multi@k", "correction"] if multiturn else []
+    for col in cols + ["top failure"]:
         table.add_column(col, justify="right" if col not in ("env", "split", "decoding", "top failure") else "left")
     for r in results:
         pk = f"{r['pass_at_k']:.3f} (k={r['k']})" if "pass_at_k" in r else "-"
         by_turn = " ".join(f"{x:.2f}" for x in r["success_by_turn"][:6])
         top = next(iter(r["failure_reasons"].items()), None)
+        extra = []
+        if multiturn:
+            mt = r.get("multiturn")
+            extra = ["-", "-", "-"]
+            if mt:
+                k = mt["k_max"]
+                extra = [_with_ci(mt["multi@1"]), f"{_with_ci(mt[f'multi@{k}'])} (k={k})",
+                         _with_ci(mt["correction_rate"])]
         table.add_row(r["env"], r["split"], r["decoding"], f"{r['n_episodes']}x{r['n_samples']}",
-                      f"{r['success_rate']:.3f}", f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]", pk, by_turn,
+                      f"{r['success_rate']:.3f}", f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]", pk, by_turn, *extra,
                       f"{top[0]} ({top[1]})" if top else "-")
     return table
+
+
+def _with_ci(m: dict) -> str:
+    """A `mean_ci` dict as 'mean [low, high]' ('-' when it has no values, e.g. no first-attempt failure)."""
+    if not m.get("n"):
+        return "-"
+    return f"{m['mean']:.3f} [{m['ci_low']:.2f}, {m['ci_high']:.2f}]"

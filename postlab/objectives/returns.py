@@ -82,6 +82,20 @@ def trajectory_return(turn_correct: Sequence[bool | None], answers: Sequence[str
     return discounted_correctness(turn_correct, gamma) + format_penalty(n_unparsable, format_penalty_value) + rep
 
 
+def episode_return(episode, gamma: float = DEFAULT_GAMMA, format_penalty_value: float = DEFAULT_FORMAT_PENALTY,
+                   repetition_coef: float = DEFAULT_REPETITION_COEF) -> float:
+    """R(tau) of a played `postlab.rollout.episodes.Episode`: the multi-turn RL reward that DRIFT is
+    compared with (methods.md section 4: multi-turn RL over whole unary-feedback episodes with the
+    same feedback, reward decay gamma and repetition penalty 0.5). The verdicts and answers are the
+    unary-feedback env's (`turn_correct`, `answers`), so online RL and DRIFT's offline data score an
+    episode with the same formula. Use it as `RLConfig.reward_fn` (e.g.
+    `postlab.objectives.returns:episode_return`; other gamma / penalties: a one-line wrapper)."""
+    from postlab.data.trajectories import episode_answers, episode_verdicts  # data -> objectives, not back
+
+    return trajectory_return(episode_verdicts(episode), episode_answers(episode), gamma, format_penalty_value,
+                             repetition_coef)
+
+
 class DriftWeights(NamedTuple):
     weights: np.ndarray  # [N] float64; 0 where dropped
     keep: np.ndarray  # [N] bool; False for trajectories of dropped (all-fail) groups
@@ -164,5 +178,5 @@ def effective_sample_size(weights: Sequence[float]) -> float:
 
 
 __all__ = ["DEFAULT_BETA", "DEFAULT_FORMAT_PENALTY", "DEFAULT_GAMMA", "DEFAULT_REPETITION_COEF", "DriftWeights",
-           "discounted_correctness", "drift_weights", "effective_sample_size", "format_penalty",
+           "discounted_correctness", "drift_weights", "effective_sample_size", "episode_return", "format_penalty",
            "repetition_penalty", "trajectory_return"]

@@ -9,12 +9,13 @@ TRAINERS = {
     "sft": ("postlab.trainers.sft", "SFTConfig", "train_sft"),
     "rl": ("postlab.trainers.rl", "RLConfig", "train_rl"),
     "rasft": ("postlab.trainers.rasft", "RASFTConfig", "train_rasft"),
+    "rft": ("postlab.trainers.rft", "RFTConfig", "train_rft"),
     "drift": ("postlab.trainers.drift", "DRIFTConfig", "train_drift"),
 }
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a model (sft, rl, rasft, drift)", description="Train a model with one "
+    p = sub.add_parser("train", help="train a model (sft, rl, rasft, rft, drift)", description="Train a model with one "
                        "stage's config (YAML) and dotted overrides, e.g. `postlab train sft cfg.yaml optim.lr=3e-4`.")
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for stage, (module, cls, fn) in TRAINERS.items():

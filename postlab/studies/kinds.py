@@ -43,7 +43,7 @@ def _env(spec: dict, split: str | None = None, max_turns: int | None = None):
     # A stage without a split (e.g. base pre-training) uses the env's first split: split names
     # are per environment (biographies has no 'id').
     cls = ENV_REGISTRY.get(spec["env"])
-    split = split or spec.get("split") or (cls.splits[0] if cls else "id")
+    split = split or spec.get("split") or (cls.splits[0] if cls is not None and cls.splits else "id")
     return make(spec["env"], split=split, style=spec.get("style", "compact"), **kwargs)
 
 

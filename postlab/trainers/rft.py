@@ -1,0 +1,158 @@
+"""RFT: rejection-sampling fine-tuning (SFT on the model's own verified answers).
+
+The baseline of methods.md section 6 ("SFT on own samples that the verifier accepts"; Yuan et
+al. 2023, *Scaling Relationship on Learning Mathematical Reasoning with Large Language Models*,
+keep the distinct correct reasoning paths). One optimizer step:
+    1. sample: `prompts_per_step` training problems (env seeds `rl_seed(run_seed, i)`, the
+       on-policy range, never evaluation's) x `samples_per_prompt` (k) answers each from the
+       current model, single-turn, through the rollout engine;
+    2. verify: the environment scores each answer (`env.step`, the same verifier as
+       `check_answer`); an answer counts as correct only if the verifier accepts it and the
+       model finished it (end-of-sequence, not cut off by `max_new_tokens`);
+    3. keep the correct ones, by default each distinct text once per problem (`dedupe`);
+    4. SFT step on them: objective `nll` on the answer tokens, token mean over the step.
+A step without a single correct answer logs `updated: 0` and makes no update (no gradient, no
+optimizer step: an empty batch has nothing to imitate); the learning-rate schedule still
+advances, since it counts steps. Each step logs what a RASFT refresh logs: the solve rate,
+the correct and kept counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
+from postlab.envs.base import make
+from postlab.models.io import pick_device
+from postlab.objectives.registry import get_objective
+from postlab.progress import console
+from postlab.rollout.engine import SamplingParams
+from postlab.rollout.episodes import run_episodes
+from postlab.seeds import rl_seed, sampling_seed
+from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, broadcast_parameters,
+                                     count_parameters, make_optimizer, optimizer_step, pack_micro_batches,
+                                     shard_for_rank, step_normalizer, world)
+from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
+from postlab.trainers.rasft import evaluate_env, validate_env
+from postlab.trainers.sft import load_policy
+
+
+@dataclasses.dataclass
+class RFTEnvConfig:
+    name: str = "math"  # needs a verifier: check_answer(answer) and expert_answer() (math, generalpoints, ...)
+    split: str = "id"  # training problems
+    style: str = "compact"
+    max_turns: int = 1  # evaluation's attempts; RFT samples single-turn answers
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    eval_splits: tuple[str, ...] = ("id",)  # greedy success every run.eval_every steps and at the end; () = none
+    eval_episodes: int = 64
+
+
+@dataclasses.dataclass
+class RFTBatchConfig:
+    prompts_per_step: int = 16  # problems sampled per optimizer step
+    samples_per_prompt: int = 4  # k answers per problem
+    micro_batch_sequences: int = 32  # kept answers per forward/backward
+
+
+@dataclasses.dataclass
+class RFTSamplingConfig:
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+
+@dataclasses.dataclass
+class RFTConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)  # model.path: the starting checkpoint
+    env: RFTEnvConfig = dataclasses.field(default_factory=RFTEnvConfig)
+    batch: RFTBatchConfig = dataclasses.field(default_factory=RFTBatchConfig)
+    sampling: RFTSamplingConfig = dataclasses.field(default_factory=RFTSamplingConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=5e-5, schedule="constant"))
+    dedupe: bool = True  # keep each distinct correct answer once per problem (Yuan et al.'s distinct paths)
+    run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(out_dir="runs/rft"))
+
+    def __post_init__(self):
+        b, s = self.batch, self.sampling
+        for k in ("prompts_per_step", "samples_per_prompt", "micro_batch_sequences"):
+            if getattr(b, k) < 1:
+                raise ConfigError(f"batch.{k} must be >= 1, got {getattr(b, k)}")
+        try:
+            SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                           repetition_penalty=s.repetition_penalty)
+        except ValueError as e:
+            raise ConfigError(f"sampling: {e}") from None
+        if self.env.max_turns < 1 or self.env.eval_episodes < 1:
+            raise ConfigError(f"env.max_turns ({self.env.max_turns}) and env.eval_episodes "
+                              f"({self.env.eval_episodes}) must be >= 1")
+
+
+def train_rft(cfg: RFTConfig, resume: str | Path | None = None) -> Path:
+    """Run RFT from `cfg.model.path`; returns the final Hugging Face checkpoint (RUN/final)."""
+    if cfg.model.path is None:
+        raise ConfigError("model.path: RFT samples from a checkpoint that can already answer (e.g. an SFT warm-up's "
+                          "RUN/final)")
+    validate_env(cfg.env, "RFT")
+    session = open_run(cfg, "rft", resume)
+    return run_loop(setup_rft(cfg, session), cfg.run, session)
+
+
+def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
+    rank, world_size = world()
+    device = pick_device(cfg.run.device)
+    model, tok = load_policy(cfg.model, session, device)
+    broadcast_parameters(model)
+    objective = get_objective("nll")
+    optimizer = make_optimizer(model, cfg.optim)
+    session.restore(optimizer)
+    P, k = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
+    s = cfg.sampling
+    env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=1, **cfg.env.kwargs)
+    console.print(f"RFT: {count_parameters(model) / 1e6:.2f}M parameters, env={cfg.env.name}/{cfg.env.split}, "
+                  f"{P} problems x {k} samples per step, device={device}")
+    model.train()
+
+    def step(i: int) -> StepOutput:
+        t0 = time.time()
+        seeds = [rl_seed(cfg.run.seed, i * P + p) for p in range(P) for _ in range(k)]
+        params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                                repetition_penalty=s.repetition_penalty, seed=sampling_seed(cfg.run.seed, i))
+        episodes = run_episodes(model, tok, [make(cfg.env.name, **env_args) for _ in seeds], seeds, params,
+                                max_turns=1)
+        t_gen = time.time() - t0
+        correct = [e for e in episodes if e.success and e.turns[-1].finish_reason == "stop"]
+        kept, seen = [], set()
+        for e in correct:
+            key = (e.seed, e.turns[-1].text)
+            if not cfg.dedupe or key not in seen:
+                seen.add(key)
+                kept.append(e)
+        generated = sum(len(t.token_ids) for e in episodes for t in e.turns)
+        m = {"solve_rate": sum(e.success for e in episodes) / len(episodes), "correct": len(correct),
+             "kept": len(kept), "problems_solved": len({e.seed for e in correct}) / P,
+             "truncation": sum(e.truncated for e in episodes) / len(episodes),
+             "completion_len": generated / len(episodes), "time_generation": t_gen}
+        if not kept:
+            console.print(f"RFT step {i + 1}: no verified-correct answer among {len(episodes)} samples; no update")
+            return StepOutput({**m, "updated": 0}, tokens_trained=0, tokens_generated=generated,
+                              show={"solve": m["solve_rate"]})
+        seqs = shard_for_rank([e.encoded() for e in kept], rank, world_size)
+        micro = pack_micro_batches(seqs, cfg.batch.micro_batch_sequences)
+        norm = step_normalizer(micro, device=device)
+        m.update(accumulate_gradients(model, micro, objective, {}, "token_mean", norm))
+        all_reduce_gradients(model)
+        m["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
+        m.update(updated=1, time_training=time.time() - t0 - t_gen)
+        return StepOutput(m, tokens_trained=sum(mb.num_tokens for mb in micro), tokens_generated=generated,
+                          show={"loss": m["loss"], "solve": m["solve_rate"]})
+
+    def evaluate(i: int) -> dict:
+        return evaluate_env(model, tok, cfg.env, session, i, s.max_new_tokens)
+
+    return Trainer("rft", model, tok, optimizer, cfg.optim, step=step,
+                   evaluate=evaluate if cfg.env.eval_splits else None,
+                   summary=lambda last: {k_: v for k_, v in last.items()
+                                         if k_.startswith(("solve_rate", "kept", "eval_"))})

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import subprocess
@@ -215,7 +214,7 @@ class RunDir:
         from safetensors.torch import save as st_save
 
         from postlab import distributed
-        from postlab.models.io import _fsync_dir, _quiet_transformers, write_checksums
+        from postlab.models.io import _quiet_transformers, publish_directory, write_checksums
 
         _quiet_transformers()
         out = self.path / "checkpoints" / f"step_{step:06d}"
@@ -242,15 +241,7 @@ class RunDir:
         distributed.barrier()  # every rank's files are in tmp
         if self.rank == 0:
             write_checksums(tmp)
-            _fsync_dir(tmp)
-            old = out.with_name(out.name + ".old")
-            if out.exists():
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(out, old)
-            os.replace(tmp, out)
-            if old.exists():
-                shutil.rmtree(old)
+            publish_directory(tmp, out)
             self._rotate(keep)
         distributed.barrier()
         return out

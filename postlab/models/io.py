@@ -283,6 +283,12 @@ def save_pretrained_atomic(model, tokenizer, out: str | Path, extra_files: dict[
     for name, data in (extra_files or {}).items():
         (tmp / name).write_bytes(data)
     write_checksums(tmp)  # last: it covers every file above
+    return publish_directory(tmp, out)
+
+
+def publish_directory(tmp: Path, out: Path) -> Path:
+    """Make the complete directory `tmp` appear as `out` (fsync, then rename; an older `out` is
+    moved aside first and removed last), so a crash never leaves a half-written `out`."""
     _fsync_dir(tmp)
     old = out.with_name(out.name + ".old")
     if out.exists():

@@ -568,6 +568,20 @@ pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}img{max-width:1
 .verdict-direction{color:#8a5a00}.verdict-none{color:#777}"""
 
 
+def _figure_section(md: list, h: list, fig_dir: Path, title: str, stem: str, pngs: list) -> None:
+    """A section of figures: PNG files beside report.md, embedded (base64) in report.html."""
+    if not pngs:
+        return
+    md += [f"## {title}", ""]
+    h.append(f"<h2>{html.escape(title)}</h2>")
+    for i, (name, png) in enumerate(pngs):
+        f = fig_dir / f"{stem}_{i}.png"
+        f.write_bytes(png)
+        md.append(f"![{name}](report_files/{f.name})\n")
+        h.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
+                 f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(name)}</figcaption></figure>")
+
+
 def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Write report.html (self-contained) and report.md (+ PNGs in report_files/) into the run dir."""
     run = load_run(root)
@@ -598,24 +612,8 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[P
         if t.get("paper"):
             md.append(f"Paper: {t['paper']}\n")
             h.append(f"<p>Paper: {html.escape(str(t['paper']))}</p>")
-    if figs:
-        md += ["## Success vs compute", ""]
-        h.append("<h2>Success vs compute</h2>")
-        for i, (name, png) in enumerate(figs):
-            f = fig_dir / f"curves_{i}.png"
-            f.write_bytes(png)
-            md.append(f"![{name}](report_files/{f.name})\n")
-            h.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
-                     f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(name)}</figcaption></figure>")
-    if diag_figs:
-        md += ["## Diagnostics", ""]
-        h.append("<h2>Diagnostics</h2>")
-        for i, (name, png) in enumerate(diag_figs):
-            f = fig_dir / f"diagnostics_{i}.png"
-            f.write_bytes(png)
-            md.append(f"![{name}](report_files/{f.name})\n")
-            h.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
-                     f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(name)}</figcaption></figure>")
+    for title, stem, pngs in (("Success vs compute", "curves", figs), ("Diagnostics", "diagnostics", diag_figs)):
+        _figure_section(md, h, fig_dir, title, stem, pngs)
     md += ["## Compute", "", _md_table(comp)]
     h += ["<h2>Compute</h2>", _html_table(comp)]
     env_md, env_html = _environment_sections(run)

@@ -34,7 +34,7 @@ from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.envs.base import make
 from postlab.models.io import pick_device
 from postlab.objectives.advantages import normalize_turn_advantages, overlong_penalty, zero_std_groups
-from postlab.objectives.algorithms import ALGORITHMS, AlgorithmSpec, get_algorithm
+from postlab.objectives.algorithms import AlgorithmSpec, get_algorithm
 from postlab.objectives.registry import AGGREGATION_MODES, get_objective
 from postlab.progress import console
 from postlab.rollout.backends import RolloutConfig, make_backend
@@ -43,7 +43,7 @@ from postlab.rollout.episodes import run_episodes
 from postlab.runs import RunDir
 from postlab.seeds import rl_seed, sampling_seed
 from postlab.trainers import rl_batch as rb
-from postlab.trainers.common import (TrainingError, accumulate_gradients, all_reduce_gradients, broadcast_parameters,
+from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, broadcast_parameters,
                                      clip_gradients, make_optimizer, optimizer_step, step_normalizer)
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.ppo_value import ValueHead, load_value_head, save_value_head, value_fn_for

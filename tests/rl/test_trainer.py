@@ -10,7 +10,6 @@ import postlab.envs.toy  # noqa: F401
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.trainers.common import TrainingError
 from postlab.envs import make
-from postlab.rollout.engine import SamplingParams
 from postlab.eval.evaluate import evaluate
 
 

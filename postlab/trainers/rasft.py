@@ -59,6 +59,7 @@ from typing import Literal
 
 import torch
 
+from postlab import distributed
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.data.batching import pack
 from postlab.data.records import DataError, Encoded, encode_record, load_records, record_kind
@@ -270,6 +271,7 @@ def train_rasft(cfg: RASFTConfig, train_records: list[dict] | None = None, resum
         raise ConfigError("model.path: RASFT starts from a checkpoint (e.g. an SFT warm-up's RUN/final), which is "
                           "also its frozen reference pi_ref")
     validate_env(cfg.env, "RASFT")
+    distributed.require_single_process("RASFT")
     if train_records is None:
         if cfg.data.train is None:
             raise ConfigError("data.train: no training items given (a JSONL path or env:NAME/SPLIT/N)")

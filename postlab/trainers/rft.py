@@ -23,6 +23,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from postlab import distributed
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.envs.base import make
 from postlab.models.io import pick_device
@@ -96,6 +97,7 @@ def train_rft(cfg: RFTConfig, resume: str | Path | None = None) -> Path:
         raise ConfigError("model.path: RFT samples from a checkpoint that can already answer (e.g. an SFT warm-up's "
                           "RUN/final)")
     validate_env(cfg.env, "RFT")
+    distributed.require_single_process("RFT")
     session = open_run(cfg, "rft", resume)
     return run_loop(setup_rft(cfg, session), cfg.run, session)
 

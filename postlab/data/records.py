@@ -191,18 +191,29 @@ def load_records(source: str | Path, split: str = "train") -> list[dict]:
 
 
 def _env_records(source: str) -> list[dict]:
-    """`env:generalpoints/id/4000` -> 4000 expert dialogues of generalpoints' id split (compact style)."""
+    """`env:generalpoints/id/4000` -> 4000 expert dialogues of generalpoints' id split (compact style);
+    `?expert_choice=canonical&...` passes options to the env's constructor."""
+    import yaml
+
     from postlab.envs import make
     from postlab.envs.export import sft_records
     from postlab.seeds import expert_seed
 
-    parts = source[len("env:"):].split("/")
+    spec, _, query = source[len("env:"):].partition("?")
+    parts = spec.split("/")
     if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
-        raise DataError(f"{source}: expected env:NAME/SPLIT/N, e.g. env:generalpoints/id/4000")
+        raise DataError(f"{source}: expected env:NAME/SPLIT/N[?option=value&...], e.g. "
+                        "env:generalpoints/id/4000?expert_choice=canonical")
     name, split, n = parts[0], parts[1], int(parts[2])
+    options = {}
+    for pair in filter(None, query.split("&")):  # env constructor options, values parsed as YAML scalars
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise DataError(f"{source}: option {pair!r} must look like key=value")
+        options[key] = yaml.safe_load(value)
     try:
-        env = make(name, split=split)
-    except ValueError as e:
+        env = make(name, split=split, **options)
+    except (ValueError, TypeError) as e:
         raise DataError(f"{source}: {e}") from None
     return list(sft_records(env, [expert_seed(0, i) for i in range(n)]))
 

@@ -231,3 +231,14 @@ def test_nan_loss_from_cli_exits_with_message(tmp_path, monkeypatch, capsys):
                  "batch.sequences_per_step=8", "batch.micro_batch_sequences=8", *QUIET])
     assert code == 2
     assert "non-finite loss at step 1" in capsys.readouterr().err
+
+
+def test_env_data_source_options_and_their_errors():
+    from postlab.data.records import DataError, load_records
+
+    recs = load_records("env:generalpoints/id/3?expert_choice=canonical")
+    assert len(recs) == 3 and recs[0]["messages"][-1]["role"] == "assistant"
+    with pytest.raises(DataError, match="unknown option.*bogus"):
+        load_records("env:generalpoints/id/3?bogus=1")
+    with pytest.raises(DataError, match="expected env:NAME/SPLIT/N"):
+        load_records("env:generalpoints/id")

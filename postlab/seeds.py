@@ -107,6 +107,11 @@ def corpus_generator_seed(run_seed: int, purpose: str = "pretrain") -> int:
     raise ValueError(f"corpus purpose {purpose!r}; valid: 'pretrain', 'base_mix'")
 
 
-# Sampling seeds (the RNG of a sampler, not a problem): one per (run seed, step).
-def sampling_seed(run_seed: int, step: int) -> int:
-    return run_seed * 7_919 + step
+# Sampling seeds (the RNG of a sampler, not a problem): one per (run seed, step), and per
+# data-parallel rank, so two ranks' rows never draw the same random numbers (rank 0 keeps the
+# single-process seed).
+RANK_SEED_STRIDE = 1_000_000_007
+
+
+def sampling_seed(run_seed: int, step: int, rank: int = 0) -> int:
+    return run_seed * 7_919 + step + RANK_SEED_STRIDE * rank

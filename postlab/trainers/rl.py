@@ -187,11 +187,6 @@ def train_rl(cfg: RLConfig, resume: str | Path | None = None, reward_fn=None) ->
     return run_loop(setup_rl(cfg, session, reward_fn), cfg.run, session)
 
 
-# Each rank samples its own prompts; offsetting the sampler's seed by rank keeps two ranks' rows
-# from drawing the same random numbers (rank 0 keeps the single-process seed).
-RANK_SEED_STRIDE = 1_000_000_007
-
-
 def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
     """Policy (+ frozen reference when beta > 0, + value head for critic algorithms), optimizer, env.
 
@@ -248,7 +243,7 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
         first = rank * local_prompts
         seeds = [rl_seed(cfg.run.seed, i * P + p) for p in range(first, first + local_prompts) for _ in range(G)]
         envs = [make(cfg.env.name, **env_args) for _ in seeds]
-        params = cfg.sampling_params(sampling_seed(cfg.run.seed, i) + RANK_SEED_STRIDE * rank)
+        params = cfg.sampling_params(sampling_seed(cfg.run.seed, i, rank))
         if backend is not None:
             episodes = run_episodes(model, tok, envs, seeds, params, backend=backend)
         else:

@@ -146,7 +146,7 @@ class Item:
 
 
 def make_env(env_cfg, split: str | None = None):
-    """The environment of `env_cfg` (RASFTEnvConfig or RFTEnvConfig); a bad name/split/style/kwargs is a ConfigError."""
+    """The environment of `env_cfg` (RASFTEnvConfig, or RFT's RLEnvConfig); a bad name/split/style/kwargs is a ConfigError."""
     from postlab.envs import make
 
     try:

@@ -37,18 +37,8 @@ from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients,
                                      shard_for_rank, step_normalizer, world)
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.rasft import evaluate_env, validate_env
+from postlab.trainers.rl import RLEnvConfig
 from postlab.trainers.sft import load_policy
-
-
-@dataclasses.dataclass
-class RFTEnvConfig:
-    name: str = "math"  # needs a verifier: check_answer(answer) and expert_answer() (math, generalpoints, ...)
-    split: str = "id"  # training problems
-    style: str = "compact"
-    max_turns: int = 1  # evaluation's attempts; RFT samples single-turn answers
-    kwargs: dict = dataclasses.field(default_factory=dict)
-    eval_splits: tuple[str, ...] = ("id",)  # greedy success every run.eval_every steps and at the end; () = none
-    eval_episodes: int = 64
 
 
 @dataclasses.dataclass
@@ -69,7 +59,9 @@ class RFTSamplingConfig:
 @dataclasses.dataclass
 class RFTConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)  # model.path: the starting checkpoint
-    env: RFTEnvConfig = dataclasses.field(default_factory=RFTEnvConfig)
+    # the RL trainer's env section (name, split, style, max_turns, kwargs, eval splits); RFT needs an env
+    # with a verifier (check_answer, expert_answer), so its default is math
+    env: RLEnvConfig = dataclasses.field(default_factory=lambda: RLEnvConfig(name="math"))
     batch: RFTBatchConfig = dataclasses.field(default_factory=RFTBatchConfig)
     sampling: RFTSamplingConfig = dataclasses.field(default_factory=RFTSamplingConfig)
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=5e-5, schedule="constant"))

@@ -12,7 +12,8 @@ from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.envs import make
 from postlab.rollout.engine import Completion
 from postlab.seeds import rl_seed
-from postlab.trainers.rft import RFTBatchConfig, RFTConfig, RFTEnvConfig, RFTSamplingConfig, train_rft
+from postlab.trainers.rft import RFTBatchConfig, RFTConfig, RFTSamplingConfig, train_rft
+from postlab.trainers.rl import RLEnvConfig as RFTEnvConfig
 
 P, K = 3, 4  # problems per step, samples per problem
 

@@ -139,70 +139,219 @@ def generate(model, tokenizer, prompts: list[list[int]], params: SamplingParams,
 
     device = next(model.parameters()).device
     stops = torch.tensor(stop_token_ids(model, tokenizer), device=device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(stops[0])
+    pad = _pad_id(tokenizer, stops)
     # identical prompts (the n samples, and groups of episodes sharing a seed) are prefilled once
     distinct: dict[tuple, int] = {}
     rows = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts for _ in range(params.n)]
     uniq = list(distinct)
-    P, W, T, B = len(uniq), max(len(p) for p in uniq), params.max_new_tokens, len(rows)
-    ids = torch.full((P, W), pad, dtype=torch.long)
-    valid = torch.zeros(P, W, dtype=torch.bool)  # key mask: real (non-padding) prompt positions
-    for r, p in enumerate(uniq):
-        ids[r, W - len(p):] = torch.tensor(p)
-        valid[r, W - len(p):] = True
-    ids, valid = ids.to(device), valid.to(device)
+    W, T = max(len(p) for p in uniq), params.max_new_tokens
+    ids, valid = _left_pad(uniq, W, pad, device)
     pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    was_training = model.training
+    model.eval()
+    try:
+        decoder = make_decoder(model, len(rows), W + T)
+        rows_t = torch.tensor(rows, device=device)
+        logits = decoder.prefill(ids, pos, valid, rows_t)
+        next_pos = (pos[:, -1] + 1).index_select(0, rows_t)
+        seen = _seen_mask([uniq[r] for r in rows], logits.shape[-1], device) if params.repetition_penalty != 1.0 else None
+        out = _decode(decoder, logits, next_pos, W, params, tokenizer, stops, pad, seen)
+    finally:
+        model.train(was_training)
+    return _completions(tokenizer, params, out.tokens, out.logprobs, stops.tolist(), out.by_string)
 
+
+def _pad_id(tokenizer, stops: torch.Tensor) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(stops[0])
+
+
+def _left_pad(seqs: list, width: int, pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """([N, width] ids, [N, width] bool mask of real tokens), every sequence right-aligned."""
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    valid = torch.zeros(len(seqs), width, dtype=torch.bool)
+    for r, p in enumerate(seqs):
+        if len(p):
+            ids[r, width - len(p):] = torch.tensor(p)
+            valid[r, width - len(p):] = True
+    return ids.to(device), valid.to(device)
+
+
+def _seen_mask(contexts: list, vocab: int, device) -> torch.Tensor:
+    """[B, V] bool: the tokens of each row's context (the repetition penalty's 'seen so far')."""
+    seen = torch.zeros(len(contexts), vocab, dtype=torch.bool, device=device)
+    for b, ctx in enumerate(contexts):
+        seen[b, torch.tensor(list(ctx), dtype=torch.long, device=device)] = True
+    return seen
+
+
+@dataclasses.dataclass
+class _Decoded:
+    tokens: list[list[int]]  # [B][steps]: sampled tokens (pad after a row finished)
+    logprobs: list[list[float]]
+    by_string: list[bool]
+
+
+def _decode(decoder, logits, next_pos, first_slot: int, params: SamplingParams, tokenizer, stops, pad, seen,
+            on_drop=None) -> _Decoded:
+    """The sampling loop after a prefill: token t of every row is written at cache slot first_slot + t.
+
+    Finished rows are dropped from the decoder's batch once a quarter of them are done;
+    `on_drop(batch_rows, local_rows)` is told which rows leave (before they do), so a caller that
+    keeps the cache (DialogueSampler) can save them. Returns the rows still in the decoder too.
+    """
+    device = logits.device
+    B, T = logits.shape[0], params.max_new_tokens
     gen = torch.Generator(device=device).manual_seed(params.seed)
     out_tokens = torch.full((B, T), pad, dtype=torch.long, device=device)
     out_logp = torch.zeros(B, T, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     by_string = torch.zeros(B, dtype=torch.bool, device=device)
     alive = torch.arange(B, device=device)  # original row of each row still in the decoder's batch
-    seen = None  # [rows alive, V] tokens in each row so far, only when a repetition penalty is on
-    was_training = model.training
-    model.eval()
-    try:
-        decoder = make_decoder(model, B, W + T)
-        rows_t = torch.tensor(rows, device=device)
-        logits = decoder.prefill(ids, pos, valid, rows_t)
-        next_pos = (pos[:, -1] + 1).index_select(0, rows_t)
-        if params.repetition_penalty != 1.0:  # the prompt's tokens (never its left padding) count as seen
-            seen = torch.zeros(P, logits.shape[-1], dtype=torch.bool, device=device)
-            prompt_row = torch.arange(P, device=device)[:, None].expand_as(ids)
-            seen[prompt_row[valid], ids[valid]] = True
-            seen = seen.index_select(0, rows_t)
-        steps = 0
-        for t in range(T):
-            nxt, lp = sample_next(logits, params, gen) if seen is None else sample_next(logits, params, gen, seen)
-            finished = done[alive]
-            nxt = nxt.masked_fill(finished, pad)
-            out_tokens[alive, t], out_logp[alive, t] = nxt, lp.masked_fill(finished, 0.0)
-            done[alive] = finished | torch.isin(nxt, stops)
-            steps = t + 1
-            if params.stop and (steps % STOP_CHECK_EVERY == 0 or steps == T):
-                hit = _stop_string_rows(tokenizer, out_tokens[:, :steps], done, params.stop)
-                by_string |= hit
-                done |= hit
-            if steps == T:
-                break
-            keep = ~done[alive]
-            n_keep = int(keep.sum())
-            if n_keep == 0:
-                break
-            if seen is not None:
-                seen[torch.arange(len(nxt), device=device), nxt] = True
-            if decoder.can_select and n_keep <= 0.75 * len(alive):  # drop finished rows from the batch
-                idx = keep.nonzero().flatten()
-                decoder.select(idx)
-                alive, nxt, next_pos = alive[idx], nxt[idx], next_pos[idx]
-                seen = seen[idx] if seen is not None else None
-            logits = decoder.step(nxt, next_pos, W + t)
-            next_pos = next_pos + 1
-    finally:
-        model.train(was_training)
-    return _completions(tokenizer, params, out_tokens[:, :steps].tolist(), out_logp[:, :steps].tolist(),
-                        stops.tolist(), by_string.tolist())
+    steps = 0
+    for t in range(T):
+        nxt, lp = sample_next(logits, params, gen) if seen is None else sample_next(logits, params, gen, seen)
+        finished = done[alive]
+        nxt = nxt.masked_fill(finished, pad)
+        out_tokens[alive, t], out_logp[alive, t] = nxt, lp.masked_fill(finished, 0.0)
+        done[alive] = finished | torch.isin(nxt, stops)
+        steps = t + 1
+        if params.stop and (steps % STOP_CHECK_EVERY == 0 or steps == T):
+            hit = _stop_string_rows(tokenizer, out_tokens[:, :steps], done, params.stop)
+            by_string |= hit
+            done |= hit
+        if steps == T:
+            break
+        keep = ~done[alive]
+        n_keep = int(keep.sum())
+        if n_keep == 0:
+            break
+        if seen is not None:
+            seen[torch.arange(len(nxt), device=device), nxt] = True
+        if decoder.can_select and n_keep <= 0.75 * len(alive):  # drop finished rows from the batch
+            idx = keep.nonzero().flatten()
+            if on_drop is not None:
+                gone = (~keep).nonzero().flatten()
+                on_drop(alive[gone], gone)
+            decoder.select(idx)
+            alive, nxt, next_pos = alive[idx], nxt[idx], next_pos[idx]
+            seen = seen[idx] if seen is not None else None
+        logits = decoder.step(nxt, next_pos, first_slot + t)
+        next_pos = next_pos + 1
+    if on_drop is not None:
+        on_drop(alive, torch.arange(len(alive), device=device))
+    return _Decoded(out_tokens[:, :steps].tolist(), out_logp[:, :steps].tolist(), by_string.tolist())
+
+
+class DialogueSampler:
+    """Turn-after-turn sampling for a fixed set of dialogues that keeps each one's KV cache.
+
+    A multi-turn episode's context at turn k is its context at turn k-1, the tokens sampled
+    then, and the environment's feedback. Re-encoding it every turn (what `generate` would do)
+    makes a 10-turn episode cost ~10 prefills of a growing dialogue; here turn k feeds only
+    what is new (the last sampled token, which was never fed, and the feedback) on top of the
+    cache kept from turn k-1. A dialogue whose context does not extend what was cached (the
+    first turn, or a window cut by `max_context`) is encoded from scratch, positions from 0,
+    exactly as `generate` would. Rows of the cache may have holes (slots left over by shorter
+    rows): the key mask hides them and positions are per row, so attention and rotary
+    positions are those of the contiguous dialogue (tests/rollout check the equivalence).
+
+    Only the static Qwen2/Llama decoder keeps a cache this way (`supports`); other models and
+    external backends go through `generate` each turn.
+    """
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.cached: dict[int, list[int]] = {}  # dialogue id -> the tokens whose K/V are in the cache
+        self.row: dict[int, int] = {}  # dialogue id -> row of the cache tensors
+        self.k: list[torch.Tensor] = []  # per layer [rows, kv_heads, slots, head_dim]
+        self.v: list[torch.Tensor] = []
+        self.key_mask: torch.Tensor | None = None  # [rows, slots]: slots holding a real token
+
+    @staticmethod
+    def supports(model) -> bool:
+        from postlab.rollout.fastdecode import has_fast_path
+
+        return has_fast_path(model)
+
+    @torch.no_grad()
+    def sample(self, dialogues: list[int], contexts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        """One completion per dialogue (`params.n` must be 1), continuing `contexts[i]` for dialogue `dialogues[i]`.
+
+        Dialogues not passed are forgotten (their cache rows are freed)."""
+        from postlab.rollout.fastdecode import StaticQwenLlamaDecoder
+
+        if params.n != 1:
+            raise ValueError("DialogueSampler samples one completion per dialogue (params.n = 1)")
+        if not contexts or any(len(c) == 0 for c in contexts):
+            raise ValueError("DialogueSampler needs non-empty contexts")
+        model, tok = self.model, self.tokenizer
+        device = next(model.parameters()).device
+        stops = torch.tensor(stop_token_ids(model, tok), device=device)
+        pad = _pad_id(tok, stops)
+        B, T = len(dialogues), params.max_new_tokens
+        # what each dialogue must feed: what is new since the cache, or the whole context
+        old_row, segs = [], []
+        for d, ctx in zip(dialogues, contexts):
+            c = self.cached.get(d)
+            extends = c is not None and len(ctx) > len(c) and ctx[:len(c)] == c
+            old_row.append(self.row[d] if extends else -1)
+            segs.append(ctx[len(c):] if extends else ctx)
+        base_pos = torch.tensor([len(self.cached[d]) if r >= 0 else 0 for d, r in zip(dialogues, old_row)],
+                                device=device)
+        old_t = torch.tensor(old_row, device=device)
+        has_old = old_t >= 0
+        # the kept cache of these dialogues, without the slots none of them uses
+        if self.key_mask is not None and bool(has_old.any()):
+            kept_mask = torch.zeros(B, self.key_mask.shape[1], dtype=torch.bool, device=device)
+            kept_mask[has_old] = self.key_mask[old_t[has_old]]
+            cols = kept_mask.any(0).nonzero().flatten()
+            kept_mask = kept_mask[:, cols]
+        else:
+            kept_mask, cols = torch.zeros(B, 0, dtype=torch.bool, device=device), None
+        E, S = kept_mask.shape[1], max(len(s) for s in segs)
+        decoder = StaticQwenLlamaDecoder(model, B, E + S + T)
+        shape = (B, decoder.kv_heads, E + S + T, decoder.head_dim)
+        p = next(model.parameters())
+        decoder.k, decoder.v = [], []
+        for i in range(len(model.model.layers)):
+            for new, old in ((decoder.k, self.k), (decoder.v, self.v)):
+                buf = torch.zeros(shape, dtype=p.dtype, device=device)
+                if cols is not None:
+                    buf[has_old, :, :E] = old[i][old_t[has_old]][:, :, cols]
+                new.append(buf)
+        ids, valid = _left_pad(segs, S, pad, device)
+        pos = base_pos[:, None] + (valid.long().cumsum(-1) - 1).clamp(min=0)
+        decoder.key_mask = torch.ones(B, E + S + T, dtype=torch.bool, device=device)
+        decoder.key_mask[:, :E] = kept_mask
+        was_training = model.training
+        model.eval()
+        try:
+            logits = decoder.extend(ids, pos, valid, E)
+            seen = _seen_mask(contexts, logits.shape[-1], device) if params.repetition_penalty != 1.0 else None
+            # the new cache: every row as it leaves the decoder (finished rows are dropped mid-turn)
+            new_k = [torch.empty(shape, dtype=p.dtype, device=device) for _ in decoder.k]
+            new_v = [torch.empty(shape, dtype=p.dtype, device=device) for _ in decoder.v]
+            new_mask = torch.empty(B, E + S + T, dtype=torch.bool, device=device)
+
+            def save(batch_rows, local_rows):
+                for i in range(len(new_k)):
+                    new_k[i][batch_rows] = decoder.k[i][local_rows]
+                    new_v[i][batch_rows] = decoder.v[i][local_rows]
+                new_mask[batch_rows] = decoder.key_mask[local_rows]
+
+            out = _decode(decoder, logits, pos[:, -1] + 1, E + S, params, tok, stops, pad, seen, on_drop=save)
+        finally:
+            model.train(was_training)
+        completions = _completions(tok, params, out.tokens, out.logprobs, stops.tolist(), out.by_string)
+        # a completion's last token was sampled but never fed: it opens the next turn's segment
+        for b, (d, ctx, c) in enumerate(zip(dialogues, contexts, completions)):
+            fed = len(c.token_ids) - 1
+            new_mask[b, E + S + fed:] = False
+            self.cached[d] = list(ctx) + c.token_ids[:fed]
+        self.k, self.v, self.key_mask = new_k, new_v, new_mask
+        self.row = {d: b for b, d in enumerate(dialogues)}
+        self.cached = {d: self.cached[d] for d in dialogues}
+        return completions
 
 
 def _stop_string_rows(tokenizer, tokens: torch.Tensor, done: torch.Tensor, stop: tuple[str, ...]) -> torch.Tensor:

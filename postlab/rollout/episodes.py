@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from postlab.data.records import Encoded
 from postlab.envs.base import Env
-from postlab.rollout.engine import SamplingParams, generate
+from postlab.rollout.engine import DialogueSampler, SamplingParams, generate
 
 
 @dataclasses.dataclass
@@ -115,13 +115,16 @@ def _after_turn(ep: Episode, env: Env, tokenizer, completion, max_turns: int, st
 
 
 def run_episodes(model, tokenizer, envs: Sequence[Env], seeds: Sequence[int], params: SamplingParams,
-                 max_turns: int | None = None, backend=None, max_context: int | None = None) -> list[Episode]:
+                 max_turns: int | None = None, backend=None, max_context: int | None = None,
+                 prefix_cache: bool = True) -> list[Episode]:
     """Play one episode per (env, seed) in lock-step; `params.n` must be 1 (pass one env per sample).
 
     Episodes whose envs share a seed start from the same prompt, which the engine prefills once.
     Turn k samples with seed params.seed + k, so a batch is reproducible from params.seed.
     `max_context` keeps only the last tokens of a dialogue as the prompt (long multi-turn
     evaluation on a small-context model); the episode itself keeps every token.
+    `prefix_cache=False` re-encodes every dialogue each turn (the reference the cached path is
+    tested against).
     """
     if params.n != 1:
         raise ValueError("run_episodes samples once per env; for G samples per prompt pass G envs with the same seed")
@@ -132,14 +135,21 @@ def run_episodes(model, tokenizer, envs: Sequence[Env], seeds: Sequence[int], pa
     stop_ids = set(stop_token_ids(model, tokenizer))
     eps = [start_episode(env, tokenizer, s) for env, s in zip(envs, seeds)]
     limits = [max_turns or env.max_turns for env in envs]
+    # the local engine keeps each dialogue's KV cache between turns (re-encoding a 10-turn dialogue
+    # every turn was 80% of multi-turn sampling time); an external backend gets whole prompts
+    sampler = DialogueSampler(model, tokenizer) if prefix_cache and backend is None and \
+        DialogueSampler.supports(model) else None
     turn = 0
     while True:
         active = [i for i, e in enumerate(eps) if not e.done]
         if not active:
             return eps
         prompts = [eps[i].input_ids[-max_context:] if max_context else eps[i].input_ids for i in active]
-        outs = generate(model, tokenizer, prompts,
-                        dataclasses.replace(params, seed=params.seed + 1_000_003 * turn), backend=backend)
+        turn_params = dataclasses.replace(params, seed=params.seed + 1_000_003 * turn)
+        if sampler is not None:
+            outs = sampler.sample(active, prompts, turn_params)
+        else:
+            outs = generate(model, tokenizer, prompts, turn_params, backend=backend)
         for i, c in zip(active, outs):
             _after_turn(eps[i], envs[i], tokenizer, c, limits[i], stop_ids)
         turn += 1

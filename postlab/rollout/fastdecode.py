@@ -20,8 +20,12 @@ import torch.nn.functional as F
 _FAST_TYPES = ("Qwen2ForCausalLM", "LlamaForCausalLM")
 
 
+def has_fast_path(model) -> bool:
+    return type(model).__name__ in _FAST_TYPES and _plain_attention(model)
+
+
 def make_decoder(model, batch: int, max_len: int):
-    if type(model).__name__ in _FAST_TYPES and _plain_attention(model):
+    if has_fast_path(model):
         return StaticQwenLlamaDecoder(model, batch, max_len)
     return HFDecoder(model, max_len)
 
@@ -74,6 +78,7 @@ class StaticQwenLlamaDecoder:
         cos, sin = self.inner.rotary_emb(h, pos)
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
         end = start + T
+        # additive mask, built once for all layers (SDPA would convert a bool mask in every layer)
         bias = torch.zeros(mask.shape, dtype=h.dtype, device=h.device).masked_fill_(~mask, float("-inf"))
         for i, layer in enumerate(self.inner.layers):
             w_qkv, b_qkv, w_gu = self.fused[i]
@@ -85,11 +90,16 @@ class StaticQwenLlamaDecoder:
             self.k[i][:, :, start:end] = k * cos + _rotate_half(k) * sin
             self.v[i][:, :, start:end] = v.view(B, T, KV, D).transpose(1, 2)
             K, V = self.k[i][:, :, :end], self.v[i][:, :, :end]
-            # grouped-query attention as batched matmuls: [B, KV, G*T, D] x [B, KV, D, end]
-            qg = q.reshape(B, KV, H // KV * T, D)
-            scores = (qg @ K.transpose(-1, -2)) * self.scale
-            scores = scores.view(B, KV, H // KV, T, end) + bias[:, :, None]
-            o = (torch.softmax(scores, dim=-1).view(B, KV, H // KV * T, end) @ V).view(B, H, T, D)
+            if T > 1:
+                # prefill: SDPA's fused kernel never materializes the [B, H, T, end] scores, which
+                # for long multi-turn dialogues cost 10x the time (and GBs of page faults) on CPU
+                o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=self.scale, enable_gqa=True)
+            else:
+                # one decode token: grouped-query attention as batched matmuls [B, KV, G, D] x [B, KV, D, end]
+                qg = q.reshape(B, KV, H // KV * T, D)
+                scores = (qg @ K.transpose(-1, -2)) * self.scale
+                scores = scores.view(B, KV, H // KV, T, end) + bias[:, :, None]
+                o = (torch.softmax(scores, dim=-1).view(B, KV, H // KV * T, end) @ V).view(B, H, T, D)
             h = h + layer.self_attn.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
             gate, up = F.linear(layer.post_attention_layernorm(h), w_gu).chunk(2, dim=-1)
             h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
@@ -112,6 +122,18 @@ class StaticQwenLlamaDecoder:
         logits = self._forward(ids, pos, 0, mask[:, None])
         self.select(rows)
         return logits.index_select(0, rows)
+
+    def extend(self, ids, pos, valid, start: int):
+        """Feed [B, S] left-padded new tokens at slots start..start+S on top of the cache (DialogueSampler).
+
+        Each new token attends to the row's kept slots (`key_mask[:, :start]`, holes included as
+        masked) and causally to the real new tokens before it."""
+        B, S = ids.shape
+        self.key_mask[:, start:start + S] = valid
+        causal = torch.ones(S, S, dtype=torch.bool, device=ids.device).tril()
+        new = (causal[None] & valid[:, None, :]) | torch.eye(S, dtype=torch.bool, device=ids.device)[None]
+        mask = torch.cat([self.key_mask[:, None, :start].expand(B, S, start), new], dim=-1)
+        return self._forward(ids, pos, start, mask[:, None])
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep (or repeat) cache rows: drops finished sequences from the batch."""

@@ -65,3 +65,44 @@ def test_shared_prefix_packing_equals_plain_packing(nano, tok):
     model.zero_grad()
     model.eval()
     assert max((x - y).abs().max().item() for x, y in zip(ga, gb)) < 1e-4
+
+
+def _episode_view(eps):
+    return [(e.input_ids, e.loss_mask, [t.finish_reason for t in e.turns], e.success) for e in eps]
+
+
+def test_kept_cache_across_turns_equals_reencoding_every_turn(nano, tok):
+    """DialogueSampler feeds only what is new each turn; episodes (tokens, masks, log-probs) equal re-encoding."""
+    seeds = [0, 0, 0, 1, 1, 2, 3, 4]
+    for temperature, stop, penalty in ((0.0, (), 1.0), (1.0, (), 1.0), (1.0, ("7",), 1.0), (1.0, (), 1.3)):
+        params = SamplingParams(max_new_tokens=6, temperature=temperature, seed=3, stop=stop, repetition_penalty=penalty)
+        kept = run_episodes(nano, tok, [make("toy", max_turns=4) for _ in seeds], seeds, params)
+        fresh = run_episodes(nano, tok, [make("toy", max_turns=4) for _ in seeds], seeds, params, prefix_cache=False)
+        assert sum(len(e.turns) for e in kept) > 2 * len(seeds)  # several turns, holes of different widths
+        assert _episode_view(kept) == _episode_view(fresh)
+        diff = max(abs(a - b) for x, y in zip(kept, fresh) for a, b in zip(x.logprobs, y.logprobs))
+        assert diff < 1e-5
+
+
+def test_kept_cache_with_a_context_window_re_encodes_cut_dialogues(nano, tok):
+    """max_context cuts long dialogues: a cut window no longer extends the cache and is re-encoded from position 0."""
+    seeds = [0, 1, 2, 3]
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=1)
+    kw = dict(max_context=40)
+    kept = run_episodes(nano, tok, [make("toy", max_turns=5) for _ in seeds], seeds, params, **kw)
+    fresh = run_episodes(nano, tok, [make("toy", max_turns=5) for _ in seeds], seeds, params, prefix_cache=False, **kw)
+    assert max(len(e.input_ids) for e in kept) > 40
+    assert _episode_view(kept) == _episode_view(fresh)
+    assert max(abs(a - b) for x, y in zip(kept, fresh) for a, b in zip(x.logprobs, y.logprobs)) < 1e-5
+
+
+def test_dialogue_sampler_rejects_what_it_cannot_do(nano, tok):
+    import pytest
+
+    from postlab.rollout.engine import DialogueSampler
+
+    s = DialogueSampler(nano, tok)
+    with pytest.raises(ValueError, match="one completion per dialogue"):
+        s.sample([0], [[1, 2]], SamplingParams(n=2))
+    with pytest.raises(ValueError, match="non-empty"):
+        s.sample([0], [[]], SamplingParams())

@@ -64,18 +64,6 @@ def backend() -> str | None:
     return dist.get_backend() if world()[1] > 1 else None
 
 
-def require_single_process(trainer: str) -> None:
-    """Refuse to run `trainer` under torchrun until it is data-parallel (its step is not yet
-    written for sharded models), instead of letting each process train its own copy."""
-    import os
-
-    from postlab.config import ConfigError
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(f"{trainer} does not run data-parallel yet (WORLD_SIZE={os.environ['WORLD_SIZE']}); run it "
-                          "as one process (`postlab train ...`, not torchrun). SFT, RL and DRIFT run under torchrun.")
-
-
 def init_from_env(timeout_s: int = 1800) -> tuple[int, int]:
     """Start the process group from torchrun's environment when WORLD_SIZE > 1; returns (rank, world_size).
 

@@ -137,7 +137,8 @@ def run_episodes(model, tokenizer, envs: Sequence[Env], seeds: Sequence[int], pa
     limits = [max_turns or env.max_turns for env in envs]
     # the local engine keeps each dialogue's KV cache between turns (re-encoding a 10-turn dialogue
     # every turn was 80% of multi-turn sampling time); an external backend gets whole prompts
-    sampler = DialogueSampler(model, tokenizer) if prefix_cache and backend is None and \
+    multi_turn = max(limits) > 1
+    sampler = DialogueSampler(model, tokenizer) if multi_turn and prefix_cache and backend is None and \
         DialogueSampler.supports(model) else None
     turn = 0
     while True:

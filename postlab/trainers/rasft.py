@@ -71,7 +71,7 @@ from postlab.rollout.engine import SamplingParams, generate
 from postlab.seeds import sampling_seed
 from postlab.trainers.common import (TrainingError, accumulate_gradients, all_reduce_gradients, broadcast_parameters,
                                      count_parameters, make_optimizer, optimizer_step, pack_micro_batches,
-                                     shard_for_rank, step_normalizer, world)
+                                     shard_for_rank, step_normalizer)
 from postlab.trainers.loop import Session, StepOutput, Trainer, fingerprint, open_run, run_loop
 from postlab.trainers.rasft_routing import (ROUTES, RASFTRoutingConfig, Router, calibration_sample, filter_group,
                                             group_weights)
@@ -271,7 +271,6 @@ def train_rasft(cfg: RASFTConfig, train_records: list[dict] | None = None, resum
         raise ConfigError("model.path: RASFT starts from a checkpoint (e.g. an SFT warm-up's RUN/final), which is "
                           "also its frozen reference pi_ref")
     validate_env(cfg.env, "RASFT")
-    distributed.require_single_process("RASFT")
     if train_records is None:
         if cfg.data.train is None:
             raise ConfigError("data.train: no training items given (a JSONL path or env:NAME/SPLIT/N)")
@@ -287,16 +286,25 @@ def train_rasft(cfg: RASFTConfig, train_records: list[dict] | None = None, resum
 
 
 def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of) -> Trainer:
-    """Policy, frozen reference, optimizer, router (calibrated on a fresh run) and the step."""
-    rank, world_size = world()
+    """Policy, frozen reference, optimizer, router (calibrated on a fresh run) and the step.
+
+    Data parallel (torchrun): policy and reference are FSDP2-sharded. The routing is one global
+    decision, so every rank runs it identically: difficulty scoring and refresh rollouts see the
+    full weights (`distributed.gathered`) and the same seeds on every rank (replicated, not
+    split: they are a small part of a step at the published 35% rollout share). The training
+    step is split: each rank takes its share of the batch, and the token mean divides by the
+    step's global count, so the update equals one process's."""
+    rank, world_size = distributed.init_from_env()
     device = pick_device(cfg.run.device)
     model, tok = load_policy(cfg.model, session, device)
     broadcast_parameters(model)
     ref_model = load_reference(cfg.model, device, "RASFT (objective 'rasft')", policy=model)
+    model = distributed.shard(model)
+    ref_model = distributed.shard(ref_model)
     objective = get_objective("rasft")
     hparams = {"rho_min": cfg.rho_min, "rho_max": cfg.rho_max}
     optimizer = make_optimizer(model, cfg.optim)
-    state = session.restore(optimizer)
+    state = session.restore(optimizer, model)
     rcfg, B, micro_n = cfg.routing, cfg.batch.sequences_per_step, cfg.batch.micro_batch_sequences
     env = make_env(cfg.env)  # reset to an item's seed to verify its rollouts
     router = Router(rcfg)
@@ -313,11 +321,12 @@ def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of
         was_training = model.training
         model.eval()
         out: list[float] = []
-        for lo in range(0, len(ids), micro_n):
-            batch = pack([items[i].seq for i in ids[lo:lo + micro_n]]).to(device)
-            lp = token_outputs(model, batch).logp
-            out += (-per_sequence_mean(lp, batch.seq_idx, batch.num_seqs)).tolist()
-            scored[0] += batch.num_tokens
+        with distributed.gathered(model):  # every rank scores every item: the routing is global
+            for lo in range(0, len(ids), micro_n):
+                batch = pack([items[i].seq for i in ids[lo:lo + micro_n]]).to(device)
+                lp = token_outputs(model, batch).logp
+                out += (-per_sequence_mean(lp, batch.seq_idx, batch.num_seqs)).tolist()
+                scored[0] += batch.num_tokens
         model.train(was_training)
         return out
 
@@ -372,7 +381,8 @@ def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of
         params = SamplingParams(max_new_tokens=rcfg.max_new_tokens, temperature=rcfg.temperature, top_p=rcfg.top_p,
                                 repetition_penalty=rcfg.repetition_penalty, n=n,
                                 seed=sampling_seed(cfg.run.seed, index))
-        outs = generate(model, tok, [items[i].prompt_ids for i in item_ids], params)
+        with distributed.gathered(model):  # the same samples on every rank (same weights, same seed)
+            outs = generate(model, tok, [items[i].prompt_ids for i in item_ids], params)
         solved = kept = correct = 0
         dropped: collections.Counter = collections.Counter()
         fallbacks: collections.Counter = collections.Counter()
@@ -445,7 +455,9 @@ def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of
         seqs = shard_for_rank([sample(e) for e in batch], rank, world_size)  # this rank's share of the step
         micro = pack_micro_batches(seqs, micro_n)
         norm = step_normalizer(micro, device=device)
-        m = accumulate_gradients(model, micro, objective, hparams, "token_mean", norm, ref_model=ref_model)
+        # a rank without a sample of the step (batch < world size) joins sharded forwards with weight 0
+        m = accumulate_gradients(model, micro, objective, hparams, "token_mean", norm, ref_model=ref_model,
+                                 pad_batch=pack([sample(batch[0])]))
         all_reduce_gradients(model)
         m["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
         rollouts = sum("ids" in e for e in batch)

@@ -15,6 +15,12 @@ A step without a single correct answer logs `updated: 0` and makes no update (no
 optimizer step: an empty batch has nothing to imitate); the learning-rate schedule still
 advances, since it counts steps. Each step logs what a RASFT refresh logs: the solve rate,
 the correct and kept counts.
+
+Data parallel (torchrun): the policy is FSDP2-sharded like SFT's; each rank samples a contiguous
+block of `prompts_per_step / world_size` problems (whole problems on one rank, so per-problem
+dedupe stays local) with its own sampling seed, trains on its kept answers, and the step's
+token-mean divides by the kept tokens of all ranks; counts and metrics are summed over ranks,
+and the "no correct answer anywhere" decision is global, so every rank joins or skips the update.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ from postlab.progress import console
 from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import run_episodes
 from postlab.seeds import rl_seed, sampling_seed
-from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, broadcast_parameters,
+from postlab.data.batching import pack
+from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, all_reduce_sum, broadcast_parameters,
                                      count_parameters, make_optimizer, optimizer_step, pack_micro_batches,
-                                     shard_for_rank, step_normalizer, world)
+                                     step_normalizer)
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.rasft import evaluate_env, validate_env
 from postlab.trainers.rl import RLEnvConfig
@@ -89,33 +96,41 @@ def train_rft(cfg: RFTConfig, resume: str | Path | None = None) -> Path:
         raise ConfigError("model.path: RFT samples from a checkpoint that can already answer (e.g. an SFT warm-up's "
                           "RUN/final)")
     validate_env(cfg.env, "RFT")
-    distributed.require_single_process("RFT")
     session = open_run(cfg, "rft", resume)
     return run_loop(setup_rft(cfg, session), cfg.run, session)
 
 
 def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
-    rank, world_size = world()
+    rank, world_size = distributed.init_from_env()
     device = pick_device(cfg.run.device)
     model, tok = load_policy(cfg.model, session, device)
     broadcast_parameters(model)
+    model = distributed.shard(model)
     objective = get_objective("nll")
     optimizer = make_optimizer(model, cfg.optim)
-    session.restore(optimizer)
+    session.restore(optimizer, model)
     P, k = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
+    if P % world_size:
+        raise ConfigError(f"batch.prompts_per_step ({P}) must be divisible by the number of data-parallel processes "
+                          f"({world_size}): each process samples whole problems. Use a multiple of {world_size}, "
+                          "or another --nproc_per_node")
+    local_prompts = P // world_size
     s = cfg.sampling
     env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=1, **cfg.env.kwargs)
     console.print(f"RFT: {count_parameters(model) / 1e6:.2f}M parameters, env={cfg.env.name}/{cfg.env.split}, "
-                  f"{P} problems x {k} samples per step, device={device}")
+                  f"{P} problems x {k} samples per step, device={device}"
+                  + (f", {world_size} processes" if world_size > 1 else ""))
     model.train()
 
     def step(i: int) -> StepOutput:
         t0 = time.time()
-        seeds = [rl_seed(cfg.run.seed, i * P + p) for p in range(P) for _ in range(k)]
+        first = rank * local_prompts  # this rank's block of the step's problems
+        seeds = [rl_seed(cfg.run.seed, i * P + p) for p in range(first, first + local_prompts) for _ in range(k)]
         params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                                repetition_penalty=s.repetition_penalty, seed=sampling_seed(cfg.run.seed, i))
-        episodes = run_episodes(model, tok, [make(cfg.env.name, **env_args) for _ in seeds], seeds, params,
-                                max_turns=1)
+                                repetition_penalty=s.repetition_penalty, seed=sampling_seed(cfg.run.seed, i, rank))
+        with distributed.gathered(model):  # rank-local sampling: ranks stop after different numbers of tokens
+            episodes = run_episodes(model, tok, [make(cfg.env.name, **env_args) for _ in seeds], seeds, params,
+                                    max_turns=1)
         t_gen = time.time() - t0
         correct = [e for e in episodes if e.success and e.turns[-1].finish_reason == "stop"]
         kept, seen = [], set()
@@ -125,18 +140,22 @@ def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
                 seen.add(key)
                 kept.append(e)
         generated = sum(len(t.token_ids) for e in episodes for t in e.turns)
-        m = {"solve_rate": sum(e.success for e in episodes) / len(episodes), "correct": len(correct),
-             "kept": len(kept), "problems_solved": len({e.seed for e in correct}) / P,
-             "truncation": sum(e.truncated for e in episodes) / len(episodes),
-             "completion_len": generated / len(episodes), "time_generation": t_gen}
-        if not kept:
-            console.print(f"RFT step {i + 1}: no verified-correct answer among {len(episodes)} samples; no update")
+        solved, n_correct, n_kept, problems, truncated = all_reduce_sum(
+            [float(sum(e.success for e in episodes)), float(len(correct)), float(len(kept)),
+             float(len({e.seed for e in correct})), float(sum(e.truncated for e in episodes))], device)
+        n_all = P * k
+        m = {"solve_rate": solved / n_all, "correct": int(n_correct), "kept": int(n_kept),
+             "problems_solved": problems / P, "truncation": truncated / n_all,
+             "completion_len": all_reduce_sum([float(generated)], device)[0] / n_all, "time_generation": t_gen}
+        if not n_kept:  # the same decision on every rank (global counts)
+            console.print(f"RFT step {i + 1}: no verified-correct answer among {n_all} samples; no update")
             return StepOutput({**m, "updated": 0}, tokens_trained=0, tokens_generated=generated,
                               show={"solve": m["solve_rate"]})
-        seqs = shard_for_rank([e.encoded() for e in kept], rank, world_size)
-        micro = pack_micro_batches(seqs, cfg.batch.micro_batch_sequences)
+        micro = pack_micro_batches([e.encoded() for e in kept], cfg.batch.micro_batch_sequences)
         norm = step_normalizer(micro, device=device)
-        m.update(accumulate_gradients(model, micro, objective, {}, "token_mean", norm))
+        # a rank without a kept answer still joins a sharded model's forwards, with weight 0
+        pad = pack([episodes[0].encoded()]) if episodes else None
+        m.update(accumulate_gradients(model, micro, objective, {}, "token_mean", norm, pad_batch=pad))
         all_reduce_gradients(model)
         m["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
         m.update(updated=1, time_training=time.time() - t0 - t_gen)

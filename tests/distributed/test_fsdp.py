@@ -171,3 +171,81 @@ def test_rl_prompts_must_divide_over_ranks(rl_base):
     out = run(["train", "rl", str(cfg), "batch.prompts_per_step=3", f"run.out_dir={tmp / 'bad'}"], 2, check=False)
     assert out.returncode != 0
     assert "batch.prompts_per_step (3) must be divisible by the number of data-parallel processes (2)" in out.stderr
+
+
+def test_rft_two_processes_match_one(rl_base):
+    """RFT data parallel: each rank samples its block of problems; the update equals one process's."""
+    tmp, _ = rl_base
+    cfg = tmp / "rft.yaml"
+    # 4 problems x 4 samples, micro-batches of 3: ranks keep different numbers of answers
+    cfg.write_text(textwrap.dedent(f"""
+        model: {{path: {tmp / 'base'}}}
+        env: {{name: math, eval_splits: []}}
+        batch: {{prompts_per_step: 4, samples_per_prompt: 4, micro_batch_sequences: 3}}
+        sampling: {{max_new_tokens: 8}}
+        optim: {{lr: 1.0e-3}}
+        run: {{max_steps: 3, log_every: 1, progress: false, tensorboard: false, seed: 3}}
+    """))
+    opts = ["--frozen-rollouts", str(tmp / "base"), "--parity-verifier"]
+    for procs in (1, 2):
+        run(["train", "rft", str(cfg), f"run.out_dir={tmp / f'rft{procs}'}"], procs, opts)
+    assert_same_run(tmp / "rft1", tmp / "rft2", keys=("loss", "kept", "solve_rate", "grad_norm"))
+    assert all(r["updated"] == 1 and r["kept"] > 0 for r in rows(tmp / "rft1"))
+    meta = json.loads((tmp / "rft2" / "meta.json").read_text())
+    assert meta["world_size"] == 2
+
+
+def test_rft_problems_must_divide_over_ranks(rl_base):
+    tmp, _ = rl_base
+    out = run(["train", "rft", str(tmp / "rft.yaml"), "batch.prompts_per_step=3", f"run.out_dir={tmp / 'rft-bad'}"],
+              2, check=False)
+    assert out.returncode != 0
+    assert "batch.prompts_per_step (3) must be divisible by the number of data-parallel processes (2)" in out.stderr
+
+
+def test_rasft_two_processes_match_one(rl_base):
+    """RASFT data parallel: routing, scoring and refresh rollouts replicated, the training step split."""
+    from postlab.data.records import load_records
+
+    tmp, _ = rl_base
+    write_jsonl(load_records("env:math/id/40"), tmp / "items.jsonl")
+    cfg = tmp / "rasft.yaml"
+    # 7 samples per step, micro-batches of 2: rank 0 trains 4, rank 1 trains 3 (padding forward exercised);
+    # a refresh every step, so rolled-out samples join the batches
+    cfg.write_text(textwrap.dedent(f"""
+        model: {{path: {tmp / 'base'}}}
+        data: {{train: {tmp / 'items.jsonl'}, max_length: 256}}
+        env: {{name: math, eval_splits: []}}
+        optim: {{lr: 1.0e-3, warmup_steps: 1}}
+        batch: {{sequences_per_step: 7, micro_batch_sequences: 2}}
+        routing: {{refresh_every: 1, route_chunk: 16, calibration_items: 32, max_new_tokens: 16}}
+        run: {{max_steps: 3, log_every: 1, progress: false, tensorboard: false, seed: 5}}
+    """))
+    for procs in (1, 2):
+        run(["train", "rasft", str(cfg), f"run.out_dir={tmp / f'rasft{procs}'}"], procs)
+    assert_same_run(tmp / "rasft1", tmp / "rasft2", keys=("loss", "batch_rollouts", "batch_weight_mean", "grad_norm"))
+    refreshes = [r for r in map(json.loads, (tmp / "rasft2" / "metrics.jsonl").read_text().splitlines())
+                 if r["kind"] == "refresh"]
+    assert any(r["refresh/samples"] > 0 for r in refreshes)  # rollouts were sampled (replicated) on both ranks
+
+
+def test_drift_two_processes_match_one(rl_base):
+    """DRIFT data parallel (FSDP2): weighted SFT on last turns, split by rank, equals one process."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from drift.helpers import make_trajectory
+    from postlab.data.trajectories import TrajectoryWriter
+
+    tmp, _ = rl_base
+    trajs = [make_trajectory(p, s, (False,) * (s % 3) + (True,), ("3",) * (s % 3) + ("4",), 0.9 ** (s % 3))
+             for p in range(4) for s in range(4)]
+    with TrajectoryWriter(tmp / "trajs.jsonl") as w:
+        w.write(trajs)
+    # 5 trajectories per step, micro-batches of 2: rank 0 trains 3 (2 micro-batches), rank 1 trains 2
+    common = [f"model.path={tmp / 'base'}", f"data.paths=[{tmp / 'trajs.jsonl'}]", "batch.sequences_per_step=5",
+              "batch.micro_batch_sequences=2", "run.max_steps=3", "run.log_every=1", "run.progress=false",
+              "run.tensorboard=false"]
+    for procs in (1, 2):
+        run(["train", "drift", *common, f"run.out_dir={tmp / f'drift{procs}'}"], procs)
+    assert_same_run(tmp / "drift1", tmp / "drift2", keys=("loss", "grad_norm"))
+    assert json.loads((tmp / "drift2" / "meta.json").read_text())["world_size"] == 2
+    assert not list((tmp / "drift2").glob("rank*"))  # rank 1 wrote no run files of its own

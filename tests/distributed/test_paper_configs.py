@@ -47,14 +47,3 @@ def test_paper_config_loads(path):
         if cfg.env.name != "math-jsonl":  # its prompts file is the user's local data, not shipped
             validate_env(cfg.env)
         assert cfg.batch.prompts_per_step % 8 == 0  # the torchrun command in docs/scale.md uses 8 processes
-
-
-@pytest.mark.parametrize("trainer", ["rasft", "rft"])
-def test_trainers_not_yet_data_parallel_refuse_torchrun(trainer, monkeypatch):
-    """Under torchrun they would each train their own copy; they say so instead."""
-    from postlab.config import ConfigError
-    from postlab.distributed import require_single_process
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="does not run data-parallel yet"):
-        require_single_process(trainer.upper())

@@ -5,6 +5,9 @@
     split over ranks (the production sampler seeds a rank's whole batch at once) nor on the last
     update's float rounding (which one discrete sample can amplify); the equality tests then
     compare the updates themselves, over several steps.
+--parity-verifier: (with --frozen-rollouts) an RFT run's answers count as verified-correct when the sum
+    of their token ids is even, and as finished: a random model then has kept answers in every step,
+    on both ranks, and the test compares RFT's data-parallel update, not a verifier.
 --die-at-step N: rank 1 (or the only process) SIGKILLs itself when step N starts (0-based index N-1
     done), mid-run, after the checkpoints written so far.
 """
@@ -38,6 +41,18 @@ if "--frozen-rollouts" in opts:
         return out
 
     rl.run_episodes = per_group
+
+    if "--parity-verifier" in opts:
+        from postlab.trainers import rft
+
+        def parity(*a, **kw):
+            eps = per_group(*a, **kw)
+            for e in eps:
+                e.success = e.turns[-1].success = sum(e.turns[-1].token_ids) % 2 == 0
+                e.turns[-1].finish_reason = "stop"
+            return eps
+
+        rft.run_episodes = parity
 
 if "--die-at-step" in opts:
     die_at = int(opts[opts.index("--die-at-step") + 1])

@@ -172,8 +172,18 @@ def shard(model, param_dtype: torch.dtype | None = None):
     One FSDP unit per decoder layer, then the root (embeddings, final norm, LM head: tied
     embeddings stay in one unit). `param_dtype` (e.g. bfloat16): compute in that dtype while
     the sharded master weights and the gradient reduction stay in the weights' dtype.
-    Frozen modules (a reference policy) are sharded the same way; they have no gradients."""
+    Frozen modules (a reference policy) are sharded the same way; they have no gradients.
+
+    A LoRA model (postlab.models.lora) is not sharded: its frozen base is replicated on every
+    rank and only the adapters train, whose gradients `all_reduce_gradients` sums (the
+    DDP-style LoRA of TRL/accelerate). The adapters' optimizer state, the memory LoRA saves,
+    is small, and the adapter saves, the adapter-disabled reference and the vLLM merge all stay
+    the single-process code."""
     if world()[1] == 1:
+        return model
+    from postlab.models.lora import Reference, is_lora
+
+    if is_lora(model) or isinstance(model, Reference):  # the reference is the same replicated policy
         return model
     _, MixedPrecisionPolicy, fully_shard = _fsdp()
     kwargs = {}

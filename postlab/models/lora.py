@@ -22,8 +22,9 @@ the adapters off, saving the adapter, merging.
   run) loads its base from adapter_config.json and merges the adapter (`load_merged`).
 - vLLM gets `merged_state_dict(policy)`: the base model's Hugging Face names, adapters merged.
 
-One process only for now: LoRA under torchrun (FSDP2 over adapted layers, a sharded adapter
-save) is refused with a ConfigError in `setup_model`.
+Under torchrun the adapted model is replicated, not FSDP2-sharded (`distributed.shard` leaves
+it alone): every rank holds the frozen base and the adapters' gradients are summed over ranks,
+the DDP-style LoRA of TRL/accelerate. Sharding a base too large for one GPU is not built.
 """
 
 from __future__ import annotations

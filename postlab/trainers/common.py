@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from postlab import distributed
-from postlab.config import ConfigError, ModelConfig, OptimConfig
+from postlab.config import ModelConfig, OptimConfig
 from postlab.data.batching import PackedBatch, pack
 from postlab.data.records import Encoded
 from postlab.models.forward import token_outputs
@@ -249,9 +249,6 @@ def setup_model(cfg: ModelConfig, device, texts_for_tokenizer=None, seed: int = 
     from postlab.models.forward import set_autocast
     from postlab.models.tokenizer import choose_chat_template
 
-    if cfg.lora is not None and world()[1] > 1:
-        raise ConfigError("model.lora: LoRA runs on one process for now (FSDP2 sharding of adapted layers and a "
-                          "sharded adapter save are not built); run without torchrun, or drop model.lora")
     if cfg.path is not None:
         tok = load_tokenizer(cfg.path, trust_remote_code=cfg.trust_remote_code)
         model = load_model(cfg.path, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,

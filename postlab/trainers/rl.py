@@ -369,6 +369,7 @@ def _update(cfg, spec, model, head, ref_model, optimizer, objective, hparams, ag
         if head is not None:  # summed over ranks, then clipped on its own, before the shared step
             all_reduce_gradients(head)
             metrics["value_grad_norm"] = clip_gradients(head, cfg.optim.grad_clip)
+        all_reduce_gradients(model)  # a replicated (LoRA) policy under torchrun; FSDP2 sums its own
         metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
     if "clip_low" in metrics:  # fraction of trained tokens whose ratio the clip bound (last update)
         metrics["clip_fraction"] = metrics["clip_low"] + metrics["clip_high"]

@@ -249,3 +249,51 @@ def test_drift_two_processes_match_one(rl_base):
     assert_same_run(tmp / "drift1", tmp / "drift2", keys=("loss", "grad_norm"))
     assert json.loads((tmp / "drift2" / "meta.json").read_text())["world_size"] == 2
     assert not list((tmp / "drift2").glob("rank*"))  # rank 1 wrote no run files of its own
+
+
+def test_lora_sft_two_processes_match_one(rl_base):
+    """LoRA under torchrun: the frozen base replicated, adapter gradients summed over ranks (DDP-style)."""
+    pytest.importorskip("peft")
+    sys.path.insert(0, str(REPO / "tests" / "foundation"))
+    from helpers import reverse_records
+
+    tmp, _ = rl_base
+    write_jsonl(reverse_records(40, seed=5), tmp / "lora-train.jsonl")
+    cfg = tmp / "lora.yaml"
+    # dropout 0: a rank's dropout masks are its own, so with dropout the runs would differ by design
+    cfg.write_text(textwrap.dedent(f"""
+        model: {{path: {tmp / 'base'}, lora: {{r: 4, alpha: 8.0, dropout: 0.0}}}}
+        data: {{train: {tmp / 'lora-train.jsonl'}}}
+        optim: {{lr: 1.0e-2, warmup_steps: 1}}
+        batch: {{sequences_per_step: 5, micro_batch_sequences: 2}}
+        run: {{max_steps: 4, log_every: 1, progress: false, tensorboard: false, seed: 7}}
+    """))
+    for procs in (1, 2):
+        run(["train", "sft", str(cfg), f"run.out_dir={tmp / f'lora{procs}'}"], procs)
+    a, b = rows(tmp / "lora1"), rows(tmp / "lora2")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+    wa = load_file(str(tmp / "lora1" / "final" / "adapter_model.safetensors"))
+    wb = load_file(str(tmp / "lora2" / "final" / "adapter_model.safetensors"))
+    assert sorted(wa) == sorted(wb) and any("lora_B" in k for k in wa)
+    assert any(wa[k].abs().max() > 0 for k in wa if "lora_B" in k)  # the adapters trained (B starts at 0)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0, msg=k)
+    assert json.loads((tmp / "lora2" / "meta.json").read_text())["world_size"] == 2
+
+
+def test_lora_rl_two_processes_match_one(rl_base):
+    """LoRA GRPO under torchrun, with the adapter-disabled policy as the KL reference."""
+    pytest.importorskip("peft")
+    tmp, cfg = rl_base
+    frozen = ["--frozen-rollouts", str(tmp / "base")]
+    lora = ["model.lora={r: 4, alpha: 8.0, dropout: 0.0}", "batch.updates_per_batch=1"]
+    for procs in (1, 2):
+        run(["train", "rl", str(cfg), "algorithm=grpo", *lora, f"run.out_dir={tmp / f'lora-rl{procs}'}"], procs, frozen)
+    a, b = rows(tmp / "lora-rl1"), rows(tmp / "lora-rl2")
+    for k in ("loss", "kl", "grad_norm", "reward_mean"):
+        assert [r[k] for r in a] == pytest.approx([r[k] for r in b], rel=1e-5, abs=1e-6), k
+    assert a[0]["kl"] == pytest.approx(0.0, abs=1e-9)  # step 0: the reference is the policy with adapters off
+    wa = load_file(str(tmp / "lora-rl1" / "final" / "adapter_model.safetensors"))
+    wb = load_file(str(tmp / "lora-rl2" / "final" / "adapter_model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0, msg=k)

@@ -119,6 +119,15 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
                 f"unknown config key '{key}'.{_suggest(name, list(fields))} "
                 f"Valid keys{' under ' + prefix if prefix else ''}: {', '.join(fields)}"
             )
+        default = _section_default(fields[name], hints[name])
+        if isinstance(value, dict) and default is not None:
+            # a section given in part keeps the trainer's own defaults for the rest (RFT's env is math,
+            # DRIFT's optim is constant after 10% warm-up with weight decay 0.1), not the section class's
+            base = dataclasses.asdict(default)
+            for group in getattr(type(default), "ONE_OF", ()):  # setting one of them drops the default's others
+                if set(group) & set(value):
+                    base.update({k: None for k in group})
+            value = _deep_merge(base, value)
         kwargs[name] = _coerce(value, hints[name], key)
     try:
         return cls(**kwargs)
@@ -126,6 +135,17 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
         if prefix and not str(e).startswith(prefix):
             raise ConfigError(f"{prefix}: {e}") from None
         raise
+
+
+def _section_default(field: dataclasses.Field, hint) -> Any:
+    """The default instance of a nested config section (a dataclass field with a default factory), or None."""
+    if not (dataclasses.is_dataclass(hint) and field.default_factory is not dataclasses.MISSING):
+        return None
+    try:
+        default = field.default_factory()
+    except ConfigError:  # a section whose defaults alone are not valid (model: needs path or preset)
+        return None
+    return default if dataclasses.is_dataclass(default) else None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -234,6 +254,7 @@ class LoRAConfig:
 class ModelConfig:
     """Either `path` (a Hugging Face directory or hub id) or `preset` (a tiny model from scratch)."""
 
+    ONE_OF = (("path", "preset"),)  # a config that sets one replaces a trainer default's other
     path: str | None = None
     preset: str | None = None
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)

@@ -26,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE", help="extra env constructor argument")
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", choices=["local", "vllm"], default="local",
+                   help="who samples: postlab's engine (default) or vLLM (pip install 'postlab[vllm]', GPU)")
     p.add_argument("--out", help="write the results as JSON to this file")
     p.set_defaults(func=_run)
 
@@ -43,7 +45,8 @@ def _run(args) -> int:
         results = evaluate_checkpoint(args.checkpoint, args.env, args.split or ["id"], device=args.device,
                                       n_episodes=args.episodes, decoding=args.decoding, temperature=args.temperature,
                                       k=args.k, n_samples=args.samples, max_turns=args.max_turns, style=args.style,
-                                      seed=args.seed, max_new_tokens=args.max_new_tokens, env_args=env_args)
+                                      seed=args.seed, max_new_tokens=args.max_new_tokens, env_args=env_args,
+                                      backend=args.backend)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     console.print(results_table(results, title=f"eval {args.checkpoint}"))

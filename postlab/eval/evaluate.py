@@ -103,8 +103,10 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
              decoding: Literal["greedy", "sampled"] = "greedy", temperature: float = 1.0, k: int = 1,
              n_samples: int = 0, max_turns: int | None = None, style: str = "compact", seed: int = 0,
              max_new_tokens: int = 64, max_steps: int = 256, env_args: dict | None = None, batch_size: int = 256,
-             n_boot: int = 2000, num_examples: int = 3) -> dict:
-    """Play `n_episodes` evaluation problems of `env`/`split` (see the module doc); a JSON-ready dict."""
+             n_boot: int = 2000, num_examples: int = 3, backend=None) -> dict:
+    """Play `n_episodes` evaluation problems of `env`/`split` (see the module doc); a JSON-ready dict.
+
+    `backend` (e.g. a `VLLMBackend` serving the same weights) samples instead of the local engine."""
     from postlab.envs import ENV_REGISTRY, make
 
     if decoding not in ("greedy", "sampled"):
@@ -121,7 +123,8 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0 if decoding == "greedy" else temperature,
                             seed=seed)
     episodes = play(model, tokenizer, lambda: make(env, split=split, style=style, **kw), seeds, params,
-                    max_turns=max_steps, batch_size=batch_size, max_context=context_limit(model, max_new_tokens))
+                    max_turns=max_steps, batch_size=batch_size, max_context=context_limit(model, max_new_tokens),
+                    backend=backend)
     by_problem = [episodes[i * samples:(i + 1) * samples] for i in range(n_episodes)]
     per_problem = [sum(e.success for e in eps) / len(eps) for eps in by_problem]
     result = {"env": env, "split": split, "style": style, "decoding": decoding,
@@ -184,14 +187,20 @@ def multiturn_fields(by_problem: list[list[Episode]], k_max: int, n_boot: int = 
     return {"multiturn": report, "multiturn_per_problem": per_problem}
 
 
-def evaluate_checkpoint(path: str, env: str, splits: list[str], device: str = "auto", **kwargs) -> list[dict]:
-    """Load a Hugging Face checkpoint and evaluate it on each split."""
+def evaluate_checkpoint(path: str, env: str, splits: list[str], device: str = "auto", backend: str = "local",
+                        **kwargs) -> list[dict]:
+    """Load a Hugging Face checkpoint and evaluate it on each split (`backend="vllm"`: vLLM samples)."""
     from postlab.models.io import load_model, load_tokenizer, pick_device
+    from postlab.rollout.backends import RolloutConfig, config_only_model, make_backend
 
-    model = load_model(str(path), device=pick_device(device))
+    engine = make_backend(RolloutConfig(backend=backend), str(path), dtype="bfloat16")
     tokenizer = load_tokenizer(str(path))
-    model.eval()
-    return [{"checkpoint": str(path), **evaluate(model, tokenizer, env, split, **kwargs)} for split in splits]
+    if engine is not None:  # the engine holds the weights; episodes read only the model's configs
+        model = config_only_model(str(path))
+    else:
+        model = load_model(str(path), device=pick_device(device)).eval()
+    return [{"checkpoint": str(path), **evaluate(model, tokenizer, env, split, backend=engine, **kwargs)}
+            for split in splits]
 
 
 def results_table(results: list[dict], title: str = "evaluation"):

@@ -51,3 +51,17 @@ def make_backend(cfg: RolloutConfig, model_path: str | None, dtype: str = "bfloa
                                   max_model_len=cfg.max_model_len, sleep=cfg.sleep)
     except ImportError as e:
         raise ConfigError(f"rollout.backend: vllm: {e}; or set rollout.backend: local") from None
+
+
+def config_only_model(path: str):
+    """What episodes read of a model when an external engine samples (its config: context length; its
+    generation config: end-of-turn tokens), without loading a second copy of the weights."""
+    import types
+
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(path)
+    except OSError:  # a checkpoint without generation_config.json
+        generation = None
+    return types.SimpleNamespace(config=AutoConfig.from_pretrained(path), generation_config=generation)

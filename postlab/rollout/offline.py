@@ -35,6 +35,7 @@ from postlab.data.trajectories import (TrajectoryWriter, episode_answers, episod
                                        validate_trajectory)
 from postlab.objectives.returns import (DEFAULT_FORMAT_PENALTY, DEFAULT_GAMMA, DEFAULT_REPETITION_COEF,
                                         trajectory_return)
+from postlab.rollout.backends import RolloutConfig, config_only_model, make_backend
 from postlab.seeds import rl_seed, sampling_seed
 
 RETURN_PARAMS = {"gamma": DEFAULT_GAMMA, "format_penalty": DEFAULT_FORMAT_PENALTY,
@@ -67,6 +68,9 @@ class RolloutJobConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"
     progress: bool = True
+    # who samples: postlab's local engine (default) or vLLM (`rollout: {backend: vllm}`, paper scale); the
+    # reference is fixed, so the engine never needs a weight push
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
 
     def __post_init__(self):
         if not self.model:
@@ -136,6 +140,10 @@ def job_fingerprint(cfg: RolloutJobConfig, reference_sha256: str) -> str:
     which device) and the reference weights."""
     what = {k: v for k, v in to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
     what["model"] = reference_sha256  # the weights, not where they are
+    # another sampler draws other samples from the same seeds; its memory knobs change nothing
+    backend = what.pop("rollout")["backend"]
+    if backend != "local":
+        what["backend"] = backend
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -242,7 +250,7 @@ def trajectory_from_episode(ep, prompt_id: int, sample: int, chunk_seed: int, re
 
 
 def sample_chunk(model, tokenizer, make_env: Callable, cfg: RolloutJobConfig, chunk: int, reference: dict,
-                 env: dict, job: str, max_context: int | None = None) -> list[dict]:
+                 env: dict, job: str, max_context: int | None = None, backend=None) -> list[dict]:
     """All trajectories of chunk `chunk`, prompt-major; a function of (cfg, weights, chunk) only."""
     from postlab.rollout.engine import SamplingParams
     from postlab.rollout.episodes import run_episodes
@@ -253,7 +261,8 @@ def sample_chunk(model, tokenizer, make_env: Callable, cfg: RolloutJobConfig, ch
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
     env_seeds = [rl_seed(cfg.seed, p) for p in prompts for _ in range(cfg.samples_per_prompt)]
     # one fresh env per trajectory; the env ends the episode (its own turn cap), so no extra cap here
-    eps = run_episodes(model, tokenizer, [make_env() for _ in env_seeds], env_seeds, params, max_context=max_context)
+    eps = run_episodes(model, tokenizer, [make_env() for _ in env_seeds], env_seeds, params, max_context=max_context,
+                       backend=backend)
     G = cfg.samples_per_prompt
     return [trajectory_from_episode(ep, prompts[k // G], k % G, seed, reference, env, job)
             for k, ep in enumerate(eps)]
@@ -310,12 +319,17 @@ def run_rollout_job(cfg: RolloutJobConfig, on_chunk: Callable[[int, list[dict]],
             console.print(f"{out}: resuming, {done_prompts} of {cfg.n_prompts} prompts already written"
                           + (f" ({existing.dropped_lines} line(s) of an unfinished prompt dropped, to be redone)"
                              if existing.dropped_lines else ""))
+    backend = make_backend(cfg.rollout, cfg.model, dtype=cfg.dtype, seed=cfg.seed)
     if model is None or tokenizer is None:
         from postlab.models.io import load_model, load_tokenizer, pick_device
 
         tokenizer = load_tokenizer(cfg.model)
-        model = load_model(cfg.model, dtype=cfg.dtype, device=pick_device(cfg.device))
-    model.eval()
+        # with vLLM the engine holds the weights: the episodes only read the model's config (context
+        # length, end-of-turn tokens), so a second copy of the weights is not loaded
+        model = config_only_model(cfg.model) if backend is not None else \
+            load_model(cfg.model, dtype=cfg.dtype, device=pick_device(cfg.device))
+    if backend is None:
+        model.eval()
     max_context = context_limit(model, cfg.max_new_tokens)
     written = list(existing.trajectories)
     new_tokens = 0
@@ -323,7 +337,8 @@ def run_rollout_job(cfg: RolloutJobConfig, on_chunk: Callable[[int, list[dict]],
     with TrajectoryWriter(out) as writer, StepProgress(total, "rollout", start=len(written),
                                                        enabled=cfg.progress) as bar:
         for chunk in range(first_chunk, cfg.n_chunks):
-            trajs = [t for t in sample_chunk(model, tokenizer, make_env, cfg, chunk, reference, env, job, max_context)
+            trajs = [t for t in sample_chunk(model, tokenizer, make_env, cfg, chunk, reference, env, job, max_context,
+                                             backend)
                      if t["prompt_id"] >= done_prompts]  # a resumed chunk: its prompts already on disk are kept
             writer.write(trajs)
             written += trajs

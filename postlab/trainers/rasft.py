@@ -67,6 +67,7 @@ from postlab.models.forward import token_outputs
 from postlab.models.io import pick_device
 from postlab.objectives.registry import get_objective, per_sequence_mean
 from postlab.progress import console
+from postlab.rollout.backends import RolloutConfig, make_backend
 from postlab.rollout.engine import SamplingParams, generate
 from postlab.seeds import sampling_seed
 from postlab.trainers.common import (TrainingError, accumulate_gradients, all_reduce_gradients, broadcast_parameters,
@@ -119,6 +120,9 @@ class RASFTConfig:
     routing: RASFTRoutingConfig = dataclasses.field(default_factory=RASFTRoutingConfig)
     rho_min: float = 0.4  # clip of the sequence ratio pi_ref / pi_theta (objective `rasft`)
     rho_max: float = 1.2
+    # who samples the refresh rollouts: the local engine on the policy, or vLLM (the policy's weights are
+    # pushed before a refresh when an update happened since the last push)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(out_dir="runs/rasft"))
 
     def __post_init__(self):
@@ -314,6 +318,11 @@ def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of
     ready: collections.deque = collections.deque(state.get("ready", []))
     counts_at_refresh = dict(state.get("counts_at_refresh") or router.counts)
     scored = [0]  # forward-only tokens of difficulty scoring in the current step
+    # vLLM: every rank its own engine with the same seed (refresh rollouts are replicated, like the routing)
+    lora_resume = cfg.model.lora is not None and session.checkpoint is not None
+    start = str(session.checkpoint) if session.checkpoint is not None and not lora_resume else cfg.model.path
+    backend = make_backend(cfg.rollout, start, dtype=cfg.model.dtype, seed=cfg.run.seed)
+    stale = [lora_resume]  # the engine's weights lag the policy's (an update since the last push)
 
     @torch.no_grad()
     def difficulties(ids: list[int]) -> list[float]:
@@ -381,8 +390,15 @@ def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of
         params = SamplingParams(max_new_tokens=rcfg.max_new_tokens, temperature=rcfg.temperature, top_p=rcfg.top_p,
                                 repetition_penalty=rcfg.repetition_penalty, n=n,
                                 seed=sampling_seed(cfg.run.seed, index))
-        with distributed.gathered(model):  # the same samples on every rank (same weights, same seed)
-            outs = generate(model, tok, [items[i].prompt_ids for i in item_ids], params)
+        prompts = [items[i].prompt_ids for i in item_ids]
+        if backend is not None:
+            if stale[0]:
+                backend.sync(model)
+                stale[0] = False
+            outs = generate(model, tok, prompts, params, backend=backend)
+        else:
+            with distributed.gathered(model):  # the same samples on every rank (same weights, same seed)
+                outs = generate(model, tok, prompts, params)
         solved = kept = correct = 0
         dropped: collections.Counter = collections.Counter()
         fallbacks: collections.Counter = collections.Counter()
@@ -460,6 +476,7 @@ def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of
                                  pad_batch=pack([sample(batch[0])]))
         all_reduce_gradients(model)
         m["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
+        stale[0] = True
         rollouts = sum("ids" in e for e in batch)
         m.update({"batch_rollouts": rollouts, "batch_weight_mean": sum(e["w"] for e in batch) / B,
                   "ready_queue": len(ready), "pending": len(router.pending), "hard_pool": len(router.hard_pool),

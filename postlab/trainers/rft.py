@@ -35,6 +35,7 @@ from postlab.envs.base import make
 from postlab.models.io import pick_device
 from postlab.objectives.registry import get_objective
 from postlab.progress import console
+from postlab.rollout.backends import RolloutConfig, make_backend
 from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import run_episodes
 from postlab.seeds import rl_seed, sampling_seed
@@ -72,6 +73,8 @@ class RFTConfig:
     batch: RFTBatchConfig = dataclasses.field(default_factory=RFTBatchConfig)
     sampling: RFTSamplingConfig = dataclasses.field(default_factory=RFTSamplingConfig)
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=5e-5, schedule="constant"))
+    # who samples: the local engine on the policy, or vLLM (weights pushed after every update)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     dedupe: bool = True  # keep each distinct correct answer once per problem (Yuan et al.'s distinct paths)
     run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(out_dir="runs/rft"))
 
@@ -115,6 +118,12 @@ def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
                           f"({world_size}): each process samples whole problems. Use a multiple of {world_size}, "
                           "or another --nproc_per_node")
     local_prompts = P // world_size
+    # a LoRA checkpoint holds only the adapter: the engine starts from the base and gets the merged weights
+    lora_resume = cfg.model.lora is not None and session.checkpoint is not None
+    start = str(session.checkpoint) if session.checkpoint is not None and not lora_resume else cfg.model.path
+    backend = make_backend(cfg.rollout, start, dtype=cfg.model.dtype, seed=cfg.run.seed + rank)
+    if backend is not None and lora_resume:
+        backend.sync(model)
     s = cfg.sampling
     env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=1, **cfg.env.kwargs)
     console.print(f"RFT: {count_parameters(model) / 1e6:.2f}M parameters, env={cfg.env.name}/{cfg.env.split}, "
@@ -128,9 +137,12 @@ def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
         seeds = [rl_seed(cfg.run.seed, i * P + p) for p in range(first, first + local_prompts) for _ in range(k)]
         params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                                 repetition_penalty=s.repetition_penalty, seed=sampling_seed(cfg.run.seed, i, rank))
-        with distributed.gathered(model):  # rank-local sampling: ranks stop after different numbers of tokens
-            episodes = run_episodes(model, tok, [make(cfg.env.name, **env_args) for _ in seeds], seeds, params,
-                                    max_turns=1)
+        envs = [make(cfg.env.name, **env_args) for _ in seeds]
+        if backend is not None:
+            episodes = run_episodes(model, tok, envs, seeds, params, max_turns=1, backend=backend)
+        else:
+            with distributed.gathered(model):  # rank-local sampling: ranks stop after different numbers of tokens
+                episodes = run_episodes(model, tok, envs, seeds, params, max_turns=1)
         t_gen = time.time() - t0
         correct = [e for e in episodes if e.success and e.turns[-1].finish_reason == "stop"]
         kept, seen = [], set()
@@ -158,6 +170,8 @@ def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
         m.update(accumulate_gradients(model, micro, objective, {}, "token_mean", norm, pad_batch=pad))
         all_reduce_gradients(model)
         m["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
+        if backend is not None:  # the next step samples from the updated policy
+            backend.sync(model)
         m.update(updated=1, time_training=time.time() - t0 - t_gen)
         return StepOutput(m, tokens_trained=sum(mb.num_tokens for mb in micro), tokens_generated=generated,
                           show={"loss": m["loss"], "solve": m["solve_rate"]})

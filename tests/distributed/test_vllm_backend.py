@@ -163,3 +163,98 @@ def test_rl_syncs_weights_after_every_update(tmp_path, monkeypatch, char_tokeniz
     weights = load_file(str(final / "model.safetensors"))
     for name, t in weights.items():
         torch.testing.assert_close(llm.model.state_dict()[name], t, atol=0, rtol=0)
+
+
+def _nano_checkpoint(tmp_path, tok):
+    from postlab.models import init_model
+    from postlab.models.io import save_pretrained_atomic
+
+    return save_pretrained_atomic(init_model("nano", tok, seed=0), tok, tmp_path / "base")
+
+
+def _fake_make_backend(made, expected_start):
+    def make(rollout_cfg, start, dtype="bfloat16", seed=0):
+        assert rollout_cfg.backend == "vllm" and str(start) == str(expected_start)
+        from postlab.models.io import load_model, load_tokenizer
+
+        made.append(backend_for(load_model(str(start)), load_tokenizer(str(start))))
+        return made[-1]
+
+    return make
+
+
+def test_rft_samples_through_vllm_and_syncs_after_every_update(tmp_path, monkeypatch, char_tokenizer):
+    from postlab.trainers import rft
+
+    base = _nano_checkpoint(tmp_path, char_tokenizer)
+    made = []
+    monkeypatch.setattr(rft, "make_backend", _fake_make_backend(made, base))
+    # every sampled answer counts as a verified, finished one: each step updates, so each step syncs
+    orig = rft.run_episodes
+
+    def all_correct(*a, **kw):
+        eps = orig(*a, **kw)
+        for e in eps:
+            e.success, e.turns[-1].finish_reason = True, "stop"
+        return eps
+
+    monkeypatch.setattr(rft, "run_episodes", all_correct)
+    cfg = load_config(rft.RFTConfig, None, [f"model.path={base}", "env.eval_splits=[]", "batch.prompts_per_step=2",
+                                            "batch.samples_per_prompt=2", "sampling.max_new_tokens=6",
+                                            "rollout.backend=vllm", "run.max_steps=2", "run.progress=false",
+                                            "run.tensorboard=false", f"run.out_dir={tmp_path / 'run'}"])
+    final = rft.train_rft(cfg)
+    (backend,) = made
+    assert [c[0] for c in backend.llm.calls] == ["generate", "sleep", "wake_up", "collective_rpc", "wake_up"] * 2
+    from safetensors.torch import load_file
+
+    for name, t in load_file(str(final / "model.safetensors")).items():  # the engine holds the final policy
+        torch.testing.assert_close(backend.llm.model.state_dict()[name], t, atol=0, rtol=0)
+
+
+def test_rasft_pushes_weights_only_before_a_refresh_after_an_update(tmp_path, monkeypatch, char_tokenizer):
+    from postlab.data.records import load_records, write_jsonl
+    from postlab.trainers import rasft
+
+    base = _nano_checkpoint(tmp_path, char_tokenizer)
+    made = []
+    monkeypatch.setattr(rasft, "make_backend", _fake_make_backend(made, base))
+    write_jsonl(load_records("env:math/id/40"), tmp_path / "items.jsonl")
+    cfg = load_config(rasft.RASFTConfig, None, [
+        f"model.path={base}", f"data.train={tmp_path / 'items.jsonl'}", "data.max_length=256", "env.eval_splits=[]",
+        "batch.sequences_per_step=8", "batch.micro_batch_sequences=4", "routing.refresh_every=1",
+        "routing.route_chunk=16", "routing.calibration_items=32", "routing.max_new_tokens=8", "rollout.backend=vllm",
+        "run.max_steps=3", "run.progress=false", "run.tensorboard=false", f"run.out_dir={tmp_path / 'run'}"])
+    rasft.train_rasft(cfg)
+    (backend,) = made
+    kinds = [c[0] for c in backend.llm.calls if c[0] in ("generate", "collective_rpc")]
+    # each refresh here follows an update: one push, then its rollouts; no push at steps without a refresh
+    assert kinds == ["collective_rpc", "generate"] * (len(kinds) // 2) and len(kinds) >= 2
+    assert backend.syncs == len(kinds) // 2 < 3  # fewer pushes than the run's 3 optimizer steps
+
+
+def test_rollout_job_and_eval_sample_through_vllm_without_loading_the_weights(tmp_path, monkeypatch, char_tokenizer):
+    import importlib
+
+    evaluate_mod = importlib.import_module("postlab.eval.evaluate")
+    from postlab.models import io
+    from postlab.rollout import backends, offline
+
+    base = _nano_checkpoint(tmp_path, char_tokenizer)
+    made = []
+    monkeypatch.setattr(offline, "make_backend", _fake_make_backend(made, base))
+    monkeypatch.setattr(backends, "make_backend", _fake_make_backend(made, base))
+    loads = []
+    orig_load = io.load_model
+    monkeypatch.setattr(io, "load_model", lambda *a, **k: loads.append(a) or orig_load(*a, **k))
+    job = lambda backend: offline.RolloutJobConfig(  # noqa: E731
+        model=str(base), env="unary-feedback", env_kwargs={"env": "math"}, n_prompts=2, samples_per_prompt=2,
+        max_turns=2, max_new_tokens=6, out=str(tmp_path / f"{backend}.jsonl"), progress=False,
+        rollout=backends.RolloutConfig(backend=backend))
+    summary = offline.run_rollout_job(job("vllm"))
+    assert summary.trajectories == 4 and made[-1].llm.calls[0][0] == "generate"
+    assert offline.job_fingerprint(job("vllm"), "x") != offline.job_fingerprint(job("local"), "x")
+    res = evaluate_mod.evaluate_checkpoint(str(base), "math", ["id"], backend="vllm", n_episodes=3,
+                                           max_new_tokens=6)
+    assert res[0]["n_episodes"] == 3 and made[-1].llm.calls[0] == ("generate", 3)
+    assert len(loads) == 2  # only the fake engines loaded weights: neither job nor evaluation made a local copy

@@ -242,3 +242,19 @@ def test_env_data_source_options_and_their_errors():
         load_records("env:generalpoints/id/3?bogus=1")
     with pytest.raises(DataError, match="expected env:NAME/SPLIT/N"):
         load_records("env:generalpoints/id")
+
+
+def test_a_partial_section_keeps_the_trainers_own_defaults():
+    """`optim.lr=...` changes the lr only: DRIFT's constant schedule, warm-up and weight decay stay, as RFT's
+    math env stays under `env.eval_splits=[]`; `model.path` replaces SFT's default preset instead of clashing."""
+    from postlab.config import load_config
+    from postlab.trainers.drift import DRIFTConfig
+    from postlab.trainers.rft import RFTConfig
+    from postlab.trainers.sft import SFTConfig
+
+    optim = load_config(DRIFTConfig, None, ["model.path=x", "data.paths=[a]", "optim.lr=5e-4"]).optim
+    assert (optim.lr, optim.schedule, optim.warmup_ratio, optim.weight_decay) == (5e-4, "constant", 0.1, 0.1)
+    assert load_config(RFTConfig, None, ["model.path=x", "env.eval_splits=[]"]).env.name == "math"
+    model = load_config(SFTConfig, None, ["model.path=x"]).model
+    assert (model.path, model.preset) == ("x", None)
+    assert load_config(SFTConfig, None, ["model.preset=micro"]).model.preset == "micro"

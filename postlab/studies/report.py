@@ -441,6 +441,47 @@ def diagnostics_tables(run: dict) -> list[dict]:
             for t in _diagnostic_specs(run)]
 
 
+# ----------------------------------------------------------------------------- training dynamics
+
+DYNAMICS_WINDOWS = ("first", "last", "all", "end")
+
+
+def dynamics_values(run: dict, stage: str, column: str) -> list[float]:
+    """One number per seed from a training stage's metrics.jsonl (its train rows). `column` is
+    ``KEY@WINDOW``: the mean of KEY over the first or last quarter of the steps, over all of them,
+    or its value at the last step (``end``, e.g. reward_slope, already a running statistic)."""
+    key, _, window = column.partition("@")
+    if window not in DYNAMICS_WINDOWS:
+        raise ValueError(f"report.dynamics column {column!r}: the window after '@' must be one of "
+                         f"{', '.join(DYNAMICS_WINDOWS)}")
+    out = []
+    for seed in sorted(run["results"], key=int):
+        rel = run["dirs"].get(seed, {}).get(stage)
+        path = Path(run["root"]) / rel / "run" / "metrics.jsonl" if rel else None
+        if stage not in run["results"][seed] or path is None or not path.exists():
+            continue
+        rows = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") == "train" and key in r]
+        if not rows:
+            continue
+        q = max(1, len(rows) // 4)
+        picked = {"first": rows[:q], "last": rows[-q:], "all": rows, "end": rows[-1:]}[window]
+        out.append(sum(float(r[key]) for r in picked) / len(picked))
+    return out
+
+
+def dynamics_tables(run: dict) -> list[dict]:
+    """[{title, header, rows}] of `report.dynamics`: training-time metrics of trainer stages (mean ± std over seeds)."""
+    out = []
+    for t in (run["study"].get("report") or {}).get("dynamics") or []:
+        rows = {label: st for label, st in (t.get("rows") or {}).items() if st in run["stages"]}
+        if rows:
+            cols = t.get("columns") or {}
+            out.append({"title": t.get("title", "training dynamics"), "header": ["", *cols], "paper": t.get("paper"),
+                        "rows": [[label, *[_fmt_number(dynamics_values(run, st, c)) for c in cols.values()]]
+                                 for label, st in rows.items()]})
+    return out
+
+
 def plot_diagnostics(run: dict) -> list[tuple[str, bytes]]:
     """PNG bytes of each diagnostics table with `plot: true`: one panel per column, the rows
     (e.g. SFT amounts) along the x axis, mean ± std over seeds."""
@@ -588,7 +629,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[P
     out = Path(out_dir or root)
     out.mkdir(parents=True, exist_ok=True)
     tables, deltas, fs = final_tables(run), delta_tables(run), findings(run)
-    diags = diagnostics_tables(run)
+    diags = diagnostics_tables(run) + dynamics_tables(run)
     comp = compute_table(run)
     figs, diag_figs = plot_curves(run), plot_diagnostics(run)
     study = run["study"]

@@ -266,3 +266,30 @@ def test_metric_reads_success_or_a_diagnostic_fraction():
     assert _metric(results, "ood-rule:face_rule=neither") == (0.0, [0.0, 0.0, None])  # no answer fell in it
     assert _metric(results, "ood-rule:nothing=x") == (None, None)
     assert _metric(results, "id") == (None, None)
+
+
+def test_dynamics_reads_quarters_of_a_training_stages_metrics(tmp_path):
+    """report.dynamics: KEY@first / @last = mean over the first / last quarter of the train rows, per seed."""
+    import json
+
+    import pytest
+
+    from postlab.studies.report import dynamics_tables, dynamics_values
+
+    for seed, offset in (("0", 0.0), ("1", 1.0)):
+        d = tmp_path / f"seed_{seed}" / "rl-abc" / "run"
+        d.mkdir(parents=True)
+        rows = [{"step": i + 1, "kind": "train", "entropy": offset + i} for i in range(8)]
+        rows.insert(3, {"step": 4, "kind": "eval", "entropy": 99.0})  # eval rows are not training dynamics
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    run = {"root": str(tmp_path), "stages": ["rl"], "results": {"0": {"rl": {}}, "1": {"rl": {}}},
+           "dirs": {"0": {"rl": "seed_0/rl-abc"}, "1": {"rl": "seed_1/rl-abc"}},
+           "study": {"report": {"dynamics": [{"title": "t", "rows": {"RL": "rl"},
+                                                 "columns": {"first": "entropy@first", "last": "entropy@last"}}]}}}
+    assert dynamics_values(run, "rl", "entropy@first") == [0.5, 1.5]  # steps 1-2 of 8
+    assert dynamics_values(run, "rl", "entropy@last") == [6.5, 7.5]
+    assert dynamics_values(run, "rl", "entropy@end") == [7.0, 8.0]
+    assert dynamics_values(run, "rl", "entropy@all") == [3.5, 4.5]
+    assert dynamics_tables(run)[0]["rows"] == [["RL", "1 ± 0.71", "7 ± 0.71"]]
+    with pytest.raises(ValueError, match="first, last, all, end"):
+        dynamics_values(run, "rl", "entropy@middle")

@@ -196,8 +196,9 @@ def _decode(decoder, logits, next_pos, first_slot: int, params: SamplingParams, 
     """The sampling loop after a prefill: token t of every row is written at cache slot first_slot + t.
 
     Finished rows are dropped from the decoder's batch once a quarter of them are done;
-    `on_drop(batch_rows, local_rows)` is told which rows leave (before they do), so a caller that
-    keeps the cache (DialogueSampler) can save them. Returns the rows still in the decoder too.
+    `on_drop(batch_rows, local_rows)` is told which rows leave (before they do), and at the end
+    which rows are still in the decoder, so a caller that keeps the cache (DialogueSampler) can
+    save every row's cache as it was when the row stopped.
     """
     device = logits.device
     B, T = logits.shape[0], params.max_new_tokens
@@ -253,7 +254,7 @@ class DialogueSampler:
     first turn, or a window cut by `max_context`) is encoded from scratch, positions from 0,
     exactly as `generate` would. Rows of the cache may have holes (slots left over by shorter
     rows): the key mask hides them and positions are per row, so attention and rotary
-    positions are those of the contiguous dialogue (tests/rollout check the equivalence).
+    positions are those of the contiguous dialogue (tests/rl/test_episodes.py checks the equivalence).
 
     Only the static Qwen2/Llama decoder keeps a cache this way (`supports`); other models and
     external backends go through `generate` each turn.

@@ -53,6 +53,17 @@ def make_backend(cfg: RolloutConfig, model_path: str | None, dtype: str = "bfloa
         raise ConfigError(f"rollout.backend: vllm: {e}; or set rollout.backend: local") from None
 
 
+def backend_for_run(rollout: RolloutConfig, model_cfg, session, seed: int):
+    """(backend or None, needs_push) of a trainer run: the engine starts from where the policy starts,
+    the resumed checkpoint or `model.path`. A LoRA run's checkpoint holds only the adapter, so its
+    engine starts from the base and `needs_push` says the merged weights must be pushed before the
+    first rollout (`backend.sync(policy)`)."""
+    lora_resume = model_cfg.lora is not None and session.checkpoint is not None
+    start = str(session.checkpoint) if session.checkpoint is not None and not lora_resume else model_cfg.path
+    backend = make_backend(rollout, start, dtype=model_cfg.dtype, seed=seed)
+    return backend, backend is not None and lora_resume
+
+
 def config_only_model(path: str):
     """What episodes read of a model when an external engine samples (its config: context length; its
     generation config: end-of-turn tokens), without loading a second copy of the weights."""

@@ -67,7 +67,7 @@ from postlab.models.forward import token_outputs
 from postlab.models.io import pick_device
 from postlab.objectives.registry import get_objective, per_sequence_mean
 from postlab.progress import console
-from postlab.rollout.backends import RolloutConfig, make_backend
+from postlab.rollout.backends import RolloutConfig, backend_for_run
 from postlab.rollout.engine import SamplingParams, generate
 from postlab.seeds import sampling_seed
 from postlab.trainers.common import (TrainingError, accumulate_gradients, all_reduce_gradients, broadcast_parameters,
@@ -319,10 +319,8 @@ def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of
     counts_at_refresh = dict(state.get("counts_at_refresh") or router.counts)
     scored = [0]  # forward-only tokens of difficulty scoring in the current step
     # vLLM: every rank its own engine with the same seed (refresh rollouts are replicated, like the routing)
-    lora_resume = cfg.model.lora is not None and session.checkpoint is not None
-    start = str(session.checkpoint) if session.checkpoint is not None and not lora_resume else cfg.model.path
-    backend = make_backend(cfg.rollout, start, dtype=cfg.model.dtype, seed=cfg.run.seed)
-    stale = [lora_resume]  # the engine's weights lag the policy's (an update since the last push)
+    backend, needs_push = backend_for_run(cfg.rollout, cfg.model, session, seed=cfg.run.seed)
+    stale = [needs_push]  # the engine's weights lag the policy's (an update since the last push)
 
     @torch.no_grad()
     def difficulties(ids: list[int]) -> list[float]:

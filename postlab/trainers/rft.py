@@ -31,15 +31,15 @@ from pathlib import Path
 
 from postlab import distributed
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
+from postlab.data.batching import pack
 from postlab.envs.base import make
 from postlab.models.io import pick_device
 from postlab.objectives.registry import get_objective
 from postlab.progress import console
-from postlab.rollout.backends import RolloutConfig, make_backend
+from postlab.rollout.backends import RolloutConfig, backend_for_run
 from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import run_episodes
 from postlab.seeds import rl_seed, sampling_seed
-from postlab.data.batching import pack
 from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, all_reduce_sum, broadcast_parameters,
                                      count_parameters, make_optimizer, optimizer_step, pack_micro_batches,
                                      step_normalizer)
@@ -118,11 +118,8 @@ def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
                           f"({world_size}): each process samples whole problems. Use a multiple of {world_size}, "
                           "or another --nproc_per_node")
     local_prompts = P // world_size
-    # a LoRA checkpoint holds only the adapter: the engine starts from the base and gets the merged weights
-    lora_resume = cfg.model.lora is not None and session.checkpoint is not None
-    start = str(session.checkpoint) if session.checkpoint is not None and not lora_resume else cfg.model.path
-    backend = make_backend(cfg.rollout, start, dtype=cfg.model.dtype, seed=cfg.run.seed + rank)
-    if backend is not None and lora_resume:
+    backend, needs_push = backend_for_run(cfg.rollout, cfg.model, session, seed=cfg.run.seed + rank)
+    if needs_push:  # a resumed LoRA run: the engine started from the base
         backend.sync(model)
     s = cfg.sampling
     env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=1, **cfg.env.kwargs)

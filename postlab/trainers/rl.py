@@ -37,7 +37,7 @@ from postlab.objectives.advantages import normalize_turn_advantages, overlong_pe
 from postlab.objectives.algorithms import AlgorithmSpec, get_algorithm
 from postlab.objectives.registry import AGGREGATION_MODES, get_objective
 from postlab.progress import console
-from postlab.rollout.backends import RolloutConfig, make_backend
+from postlab.rollout.backends import RolloutConfig, backend_for_run
 from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import run_episodes
 from postlab.runs import RunDir
@@ -222,11 +222,8 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
     modules = {"value_head": head} if head is not None else {}
     state = session.restore(optimizer, model, modules)
     # vLLM holds its own weights: it starts from what the policy starts from and is synced after every update.
-    # A LoRA checkpoint holds only the adapter: the engine starts from the base and gets the merged weights.
-    lora_resume = cfg.model.lora is not None and session.checkpoint is not None
-    start = str(session.checkpoint) if session.checkpoint is not None and not lora_resume else cfg.model.path
-    backend = make_backend(cfg.rollout, start, dtype=cfg.model.dtype, seed=cfg.run.seed + rank)
-    if backend is not None and lora_resume:
+    backend, needs_push = backend_for_run(cfg.rollout, cfg.model, session, seed=cfg.run.seed + rank)
+    if needs_push:  # a resumed LoRA run: the engine started from the base
         backend.sync(model)
     recent_rewards: list[float] = list(state.get("recent_rewards", []))
     env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)

@@ -141,7 +141,9 @@ def test_rl_syncs_weights_after_every_update(tmp_path, monkeypatch, char_tokeniz
         made.append(backend_for(load_model(start), load_tokenizer(start)))
         return made[-1]
 
-    monkeypatch.setattr(rl, "make_backend", fake_make_backend)
+    from postlab.rollout import backends
+
+    monkeypatch.setattr(backends, "make_backend", fake_make_backend)
     synced = []
     orig_sync = VLLMBackend.sync
 
@@ -188,7 +190,9 @@ def test_rft_samples_through_vllm_and_syncs_after_every_update(tmp_path, monkeyp
 
     base = _nano_checkpoint(tmp_path, char_tokenizer)
     made = []
-    monkeypatch.setattr(rft, "make_backend", _fake_make_backend(made, base))
+    from postlab.rollout import backends
+
+    monkeypatch.setattr(backends, "make_backend", _fake_make_backend(made, base))
     # every sampled answer counts as a verified, finished one: each step updates, so each step syncs
     orig = rft.run_episodes
 
@@ -218,7 +222,9 @@ def test_rasft_pushes_weights_only_before_a_refresh_after_an_update(tmp_path, mo
 
     base = _nano_checkpoint(tmp_path, char_tokenizer)
     made = []
-    monkeypatch.setattr(rasft, "make_backend", _fake_make_backend(made, base))
+    from postlab.rollout import backends
+
+    monkeypatch.setattr(backends, "make_backend", _fake_make_backend(made, base))
     write_jsonl(load_records("env:math/id/40"), tmp_path / "items.jsonl")
     cfg = load_config(rasft.RASFTConfig, None, [
         f"model.path={base}", f"data.train={tmp_path / 'items.jsonl'}", "data.max_length=256", "env.eval_splits=[]",

@@ -38,3 +38,19 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+_printed: dict = {}
+
+
+def printed_so_far(proc) -> str:
+    """Non-blocking: what a subprocess started with stdout=PIPE (text) has printed so far."""
+    import select
+
+    buf = _printed.setdefault(proc.pid, [""])
+    while select.select([proc.stdout], [], [], 0)[0]:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        buf[0] += line
+    return buf[0]

@@ -8,7 +8,7 @@ import sys
 import textwrap
 import time
 
-from .helpers import REPO, reverse_records, run_cli
+from .helpers import REPO, printed_so_far, reverse_records, run_cli
 from safetensors.torch import load_file
 
 from postlab.data.records import write_jsonl
@@ -60,7 +60,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     try:
         deadline = time.time() + 120
         ckpt = killed / "checkpoints" / f"step_{K:06d}"
-        while not (ckpt / "trainer_state.json").exists() or "HANGING" not in _peek(proc):
+        while not (ckpt / "trainer_state.json").exists() or "HANGING" not in printed_so_far(proc):
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.time() < deadline, "checkpoint never appeared"
             time.sleep(0.05)
@@ -95,18 +95,3 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     full_rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows if r["kind"] == "train"] == [r["loss"] for r in full_rows if r["kind"] == "train"]
 
-
-_out: dict = {}
-
-
-def _peek(proc) -> str:
-    """Non-blocking read of what the process printed so far."""
-    import select
-
-    buf = _out.setdefault(proc.pid, [""])
-    while select.select([proc.stdout], [], [], 0)[0]:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        buf[0] += line
-    return buf[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from foundation.helpers import printed_so_far
 from postlab.data.records import load_records, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ def test_rasft_resume_after_sigkill_is_bit_identical(tmp_path, checkpoint):
     try:
         deadline = time.time() + 300
         ckpt = killed / "checkpoints" / f"step_{K:06d}"
-        while not (ckpt / "trainer_state.json").exists() or not _hanging(proc):
+        while not (ckpt / "trainer_state.json").exists() or "HANGING" not in printed_so_far(proc):
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.time() < deadline, "checkpoint never appeared"
             time.sleep(0.05)
@@ -102,18 +103,3 @@ def test_rasft_resume_after_sigkill_is_bit_identical(tmp_path, checkpoint):
     assert [{k: v for k, v in r.items() if k not in drop} for r in _rows(killed, "refresh")] == \
         [{k: v for k, v in r.items() if k not in drop} for r in _rows(full, "refresh")]
 
-
-_out: dict = {}
-
-
-def _hanging(proc) -> bool:
-    """Non-blocking: has the process printed HANGING yet?"""
-    import select
-
-    buf = _out.setdefault(proc.pid, [""])
-    while select.select([proc.stdout], [], [], 0)[0]:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        buf[0] += line
-    return "HANGING" in buf[0]

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from postlab import distributed
-from postlab.config import ModelConfig, OptimConfig
+from postlab.config import ConfigError, ModelConfig, OptimConfig
 from postlab.data.batching import PackedBatch, pack
 from postlab.data.records import Encoded
 from postlab.models.forward import token_outputs
@@ -75,6 +75,15 @@ def broadcast_parameters(model, src: int = 0) -> None:
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
             dist.broadcast(t.data, src)
+
+
+def prompts_per_rank(prompts_per_step: int, world_size: int) -> int:
+    """This rank's number of whole prompt groups per step (RL, RFT); a ConfigError when they do not divide."""
+    if prompts_per_step % world_size:
+        raise ConfigError(f"batch.prompts_per_step ({prompts_per_step}) must be divisible by the number of "
+                          f"data-parallel processes ({world_size}): each process takes whole prompt groups. Use a "
+                          f"multiple of {world_size}, or another --nproc_per_node")
+    return prompts_per_step // world_size
 
 
 def shard_for_rank(items: Sequence, rank: int | None = None, world_size: int | None = None) -> list:

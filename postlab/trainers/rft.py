@@ -42,7 +42,7 @@ from postlab.rollout.episodes import run_episodes
 from postlab.seeds import rl_seed, sampling_seed
 from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, all_reduce_sum, broadcast_parameters,
                                      count_parameters, make_optimizer, optimizer_step, pack_micro_batches,
-                                     step_normalizer)
+                                     prompts_per_rank, step_normalizer)
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.rasft import evaluate_env, validate_env
 from postlab.trainers.rl import RLEnvConfig
@@ -105,6 +105,7 @@ def train_rft(cfg: RFTConfig, resume: str | Path | None = None) -> Path:
 
 def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
     rank, world_size = distributed.init_from_env()
+    local_prompts = prompts_per_rank(cfg.batch.prompts_per_step, world_size)  # before anything loads
     device = pick_device(cfg.run.device)
     model, tok = load_policy(cfg.model, session, device)
     broadcast_parameters(model)
@@ -113,11 +114,6 @@ def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
     optimizer = make_optimizer(model, cfg.optim)
     session.restore(optimizer, model)
     P, k = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
-    if P % world_size:
-        raise ConfigError(f"batch.prompts_per_step ({P}) must be divisible by the number of data-parallel processes "
-                          f"({world_size}): each process samples whole problems. Use a multiple of {world_size}, "
-                          "or another --nproc_per_node")
-    local_prompts = P // world_size
     backend, needs_push = backend_for_run(cfg.rollout, cfg.model, session, seed=cfg.run.seed + rank)
     if needs_push:  # a resumed LoRA run: the engine started from the base
         backend.sync(model)

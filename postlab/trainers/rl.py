@@ -44,7 +44,8 @@ from postlab.runs import RunDir
 from postlab.seeds import rl_seed, sampling_seed
 from postlab.trainers import rl_batch as rb
 from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, broadcast_parameters,
-                                     clip_gradients, make_optimizer, optimizer_step, step_normalizer)
+                                     clip_gradients, make_optimizer, optimizer_step, prompts_per_rank,
+                                     step_normalizer)
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.ppo_value import ValueHead, load_value_head, save_value_head, value_fn_for
 from postlab.trainers.sft import load_policy, load_reference
@@ -198,11 +199,7 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
     device = pick_device(cfg.run.device)
     spec = cfg.spec
     P, G = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
-    if P % world_size:
-        raise ConfigError(f"batch.prompts_per_step ({P}) must be divisible by the number of data-parallel processes "
-                          f"({world_size}): each process plays whole prompt groups. Use a multiple of {world_size}, "
-                          "or another --nproc_per_node")
-    local_prompts = P // world_size
+    local_prompts = prompts_per_rank(P, world_size)
     model, tok = load_policy(cfg.model, session, device)
     broadcast_parameters(model)
     model = distributed.shard(model)

@@ -13,8 +13,8 @@ sft_expert     [0, 1_000_000)              expert demonstrations: run seed s, it
                                            s * 100_003 + i
 eval           [1_000_000, 2_000_000)      evaluation problem i -> 1_000_000 + i, the same
                                            problems for every model and every run seed
-corpus         [1e7, 1e7 + 10_001*1_000_003)  episodes a base corpus builds (navigation's
-                                           route reading): generator seed g, item i ->
+corpus         [1e7, 1e7 + 10_001*1_000_003)  routes a base corpus builds (navigation's
+                                           route reading, turn decisions): generator seed g, item i ->
                                            1e7 + g * 1_000_003 + i
 rl             [2e10, 2e10 + 1000 * 1e7)   on-policy training problems (RL, RASFT
                                            refreshes, RFT, DRIFT's offline rollouts):

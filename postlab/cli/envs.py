@@ -156,8 +156,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("data", help="export training data from environments", description="Export data.")
     ds = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    ex = ds.add_parser("export", help="write SFT records or base-corpus texts as JSONL",
-                       description='Write expert SFT records ({"messages": ...}) or base-corpus texts ({"text": ...}).')
+    ex = ds.add_parser("export", help="write SFT records or base-corpus items as JSONL",
+                       description='Write expert SFT records ({"messages": ...}) or base-corpus items (texts '
+                                   '{"text": ...} and chat records {"messages": ...}).')
     _env_args(ex, with_n=False)
     ex.add_argument("-n", type=int, required=True, help="number of records")
     ex.add_argument("--out", required=True, help="output JSONL file")

@@ -40,6 +40,10 @@ restates the current instruction, then the action (the paper's JSON "current ins
 
 In `ood-rule` the prompt starts "mode rel" and the first answer would be "turn left" (restated:
 "1. turn left to W. => turn left").
+
+The base corpus (`navigation_corpus`) teaches the skills, never the task: direction facts,
+route reading in both modes, and single turn decisions in the chat form (`turn_decision`: the
+opening turn of a one-turn route cut from a corpus-seed route; the task's routes have 2-3 turns).
 """
 
 from __future__ import annotations
@@ -212,13 +216,21 @@ class Navigation(Env):
 
     # -- episode -----------------------------------------------------------------------------
     def reset(self, seed: int) -> Observation:
+        city, (h_init, start, segs) = self._plan(seed)
+        return self._start(city, h_init, start, segs)
+
+    def _plan(self, seed: int) -> tuple[City, tuple]:
+        """The city and route (initial heading, start, segments) of episode `seed`."""
         rng = random.Random(f"navigation/{self.split}/{seed}")
         while True:
-            self.city = rng.choice(self.cities)
-            plan = plan_route(rng, self.city)
+            city = rng.choice(self.cities)
+            plan = plan_route(rng, city)
             if plan is not None:
-                break
-        h_init, start, segs = plan
+                return city, plan
+
+    def _start(self, city: City, h_init: int, start: tuple, segs: list) -> Observation:
+        """Start an episode on a planned route (`reset`; the base corpus's one-turn routes)."""
+        self.city = city
         self.instructions, self.rail = self._build(h_init, start, segs)
         self.index, self.tries, self.turns, self.done, self.obs_count = 0, 0, 0, False, 1
         self.messages = [{"role": "user", "content": self.prompt()}]
@@ -324,36 +336,68 @@ class Navigation(Env):
     def landmark_names(self) -> set[str]:
         return {name for c in self.cities for lms in c.landmarks.values() for name, _ in lms}
 
-    def base_corpus(self, n: int, seed: int = 0) -> list[str]:
+    def base_corpus(self, n: int, seed: int = 0) -> list[str | dict]:
         return navigation_corpus(n, seed, self.world_seed, self.n_cities)
 
 
+CORPUS_DIALOGUE_TURNS = 1  # turn instructions in a corpus dialogue's route; the task's routes have 2-3
 
 
-def navigation_corpus(n: int, seed: int = 0, world_seed: int = 0, n_cities: int = 8) -> list[str]:
+def turn_decision(env: Navigation, route_seed: int, rng: random.Random) -> dict:
+    """A turn decision in the task's chat form, on a one-turn route: never an episode of the task.
+
+    Route `route_seed` of `env`'s split (a corpus seed) is cut down to one of its turns and the
+    walk to that turn's landmark, which becomes the destination: a two-instruction route starting
+    at the turning intersection, with the heading the walker arrives with. The user turn is the
+    env's own opening prompt for it (mode, instructions, first observation) and the assistant turn
+    the env's expert answer (bare or restated, as `env.restate`). The task's routes have 2-3
+    turns, so this prompt is never one of its episodes, and only the opening decision is shown."""
+    city, (h_init, start, segs) = env._plan(route_seed)
+    k = rng.randrange(len(segs))
+    heading, pos = (h_init, start) if k == 0 else (segs[k - 1][0], segs[k - 1][1][-1])
+    obs = env._start(city, heading, pos, [segs[k]])
+    assert sum(item[0] == "turn" for item in env.instructions) == CORPUS_DIALOGUE_TURNS
+    return {"messages": [dict(m) for m in obs.messages] + [{"role": "assistant", "content": env.expert()}]}
+
+
+def navigation_corpus(n: int, seed: int = 0, world_seed: int = 0, n_cities: int = 8) -> list[str | dict]:
     """Compass and relative-direction facts, and route reading in both action spaces; never an episode.
 
     Relative OOD needs the mapping (heading, new heading) -> left/right/slightly ...; an
     ID-trained model has only ever answered with compass names. Route reading ("mode rel |
     1. turn right to S. ... | turns: turn right, then turn slightly left") is the reading skill
-    a pre-trained LLM brings: which turn words an instruction list asks for, in each mode. It
-    uses seen cities only (unseen landmark names stay unseen) and never shows an observation,
-    a dialogue or a forward/stop decision."""
+    a pre-trained LLM brings: which turn words an instruction list asks for, in each mode. Turn
+    decisions (chat records, `turn_decision`) show the same reading in the task's dialogue form,
+    so that a relative turn has been answered in the assistant position: the opening turn of a
+    one-turn route ("mode rel | 1. turn left to W. 2. forward to Blue Bakery on right, stop. |
+    O1: int, Park Gym left" -> "turn left" or "1. turn left to W. => turn left"). All items
+    use seen cities only (unseen landmark names stay unseen); none shows a forward/stop
+    decision, feedback or a second observation, and none a route of the task's length.
+
+    Shares: route reading 30%, turn decisions 10% (half "mode rel", half "mode abs"; half bare,
+    half restated answers), facts and action-space lines the rest. Items are `str` (text) and
+    `dict` (``{"messages": ...}``); deterministic from `seed`."""
     if n < 0:
         raise ValueError(f"base_corpus: n must be >= 0, got {n}")
     rng = random.Random(f"navigation-corpus/{seed}")
     readers = {space: Navigation(split=split, world_seed=world_seed, n_cities=n_cities)
                for space, split in (("abs", "id"), ("rel", "ood-rule"))}
-    out = []
+    talkers = {(space, restate): Navigation(split=split, world_seed=world_seed, n_cities=n_cities, restate=restate)
+               for space, split in (("abs", "id"), ("rel", "ood-rule")) for restate in (False, True)}
+    out: list[str | dict] = []
     for i in range(n):
         a, b = rng.randrange(8), rng.randrange(8)
         r = rng.random()
-        if r < 0.4:
+        if r < 0.3:
             env = readers[rng.choice(("abs", "rel"))]
             env.reset(corpus_seed(seed, i))  # the corpus seed range: never a training or evaluation route
             head = env.prompt().rsplit(" | O1:", 1)[0]
             turns = [format_action(st.action, "compact") for st in env.rail if st.action[0] == "turn"]
             out.append(f"{head} | turns: {', then '.join(turns)}")
+        elif r < 0.4:
+            space = rng.choice(("abs", "rel"))  # the only draw from the shared stream, as route reading
+            own = random.Random(f"navigation-corpus/{seed}/{i}")
+            out.append(turn_decision(talkers[space, own.random() < 0.5], corpus_seed(seed, i), own))
         elif a == b or (a - b) % 8 == 4:
             out.append(f"from {SHORT[COMPASS[a]]} to {SHORT[COMPASS[b]]} is {'no turn' if a == b else 'a U-turn'}.")
         elif r < 0.65:
@@ -372,4 +416,4 @@ def navigation_corpus(n: int, seed: int = 0, world_seed: int = 0, n_cities: int 
     return out
 
 
-__all__ = ["Navigation", "City", "cities", "relative_turn", "navigation_corpus"]
+__all__ = ["Navigation", "City", "cities", "relative_turn", "navigation_corpus", "turn_decision"]

@@ -91,7 +91,9 @@ def test_cli_export(tmp_path, capsys):
     corpus = tmp_path / "c.jsonl"
     args = _parser().parse_args(["data", "export", "navigation", "--kind", "corpus", "-n", "7", "--out", str(corpus)])
     assert args.func(args) == 0
-    assert [list(json.loads(line)) for line in corpus.read_text().splitlines()] == [["text"]] * 7
+    kinds = [list(json.loads(line)) for line in corpus.read_text().splitlines()]
+    assert kinds == [["messages"] if isinstance(item, dict) else ["text"] for item in make("navigation").base_corpus(7)]
+    assert ["text"] in kinds and ["messages"] in kinds  # lines and chat-form turn decisions
     args = _parser().parse_args(["data", "export", "biographies", "--split", "ctx-train", "-n", "3", "--out",
                                  str(tmp_path / "b.jsonl"), "--opt", "preset=tiny", "--style", "paper"])
     assert args.func(args) == 0 and len(read_jsonl(tmp_path / "b.jsonl")) == 3

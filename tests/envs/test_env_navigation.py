@@ -1,11 +1,15 @@
-"""Navigation: relative turns, rails, rewards, attempts per position, splits, expert."""
+"""Navigation: relative turns, rails, rewards, attempts per position, splits, expert, base corpus."""
+
+import re
 
 import pytest
 
 from postlab.verifiers.navigation import SHORT
 
 from postlab.envs import make
-from postlab.envs.navigation import COMPASS, Navigation, cities, navigation_corpus, relative_turn
+from postlab.envs.navigation import (COMPASS, CORPUS_DIALOGUE_TURNS, Navigation, cities, navigation_corpus,
+                                     relative_turn)
+from postlab.seeds import corpus_seed, eval_seed
 from postlab.verifiers.navigation import RELATIVE
 
 SPLITS = ("id", "ood-rule", "ood-visual")
@@ -104,11 +108,12 @@ def test_determinism_bounds_and_corpus():
     with pytest.raises(ValueError, match="valid: id, ood-rule, ood-visual"):
         Navigation(split="ood")
     corpus = navigation_corpus(2000, seed=1)
-    text = " ".join(corpus)
+    lines = [item for item in corpus if isinstance(item, str)]  # the chat items: test below
+    text = " ".join(lines)
     assert "slightly left" in text and "mode rel" in text and "U-turn" in text
-    assert "O1:" not in text and "wrong, retry" not in text  # no observation, no episode dialogue
-    readings = [line for line in corpus if "| turns: " in line]
-    assert 600 < len(readings) < 1000
+    assert "O1:" not in text and "wrong, retry" not in text  # text items: no observation, no episode dialogue
+    readings = [line for line in lines if "| turns: " in line]
+    assert 500 < len(readings) < 700
     unseen = Navigation(split="ood-visual").landmark_names()
     for line in readings:  # instruction lists of seen cities, with the turn words the mode asks for
         mode, instructions, turns = line.split(" | ")
@@ -120,6 +125,90 @@ def test_determinism_bounds_and_corpus():
         else:
             assert mode == "mode abs" and all(w in SHORT.values() for w in words) and len(words) == len(asked)
     assert Navigation().base_corpus(10, 1) == corpus[:10]
+
+
+def _turn_decisions(corpus):
+    """(index, mode, prompt, answer) of the corpus's chat items."""
+    out = []
+    for i, item in enumerate(corpus):
+        if isinstance(item, dict):
+            user, assistant = item["messages"]
+            assert (user["role"], assistant["role"]) == ("user", "assistant") and set(user) == set(assistant) == {
+                "role", "content"}
+            out.append((i, user["content"].split(" | ")[0], user["content"], assistant["content"]))
+    return out
+
+
+def test_corpus_turn_decisions_are_the_experts_answer_in_both_modes_and_forms():
+    corpus = navigation_corpus(2000, seed=1)
+    items = _turn_decisions(corpus)
+    assert 150 < len(items) < 260  # a modest share (10%): route reading and facts keep their role
+    forms = {(mode, "=>" in answer) for _, mode, _, answer in items}
+    assert forms == {("mode rel", False), ("mode rel", True), ("mode abs", False), ("mode abs", True)}
+    assert any(answer in ("turn left", "turn right", "turn slightly left", "turn slightly right")
+               for _, mode, _, answer in items if mode == "mode rel")
+    unseen = Navigation(split="ood-visual").landmark_names()
+    experts = {(mode, restate): Navigation(split="id" if mode == "mode abs" else "ood-rule", restate=restate)
+               for mode in ("mode abs", "mode rel") for restate in (False, True)}
+    for i, mode, prompt, answer in items:
+        assert not any(name in prompt for name in unseen)
+        # the same decision in the corpus route's own episode (rendered by the env, its expert
+        # walking the whole route): the item's turn is one of the route's turns, with the same
+        # observation, instruction text and action, and the env scores the item's answer +1 there
+        restate = "=>" in answer
+        env = experts[mode, restate]
+        env.reset(corpus_seed(1, i))
+        at_turns = []
+        while not env.done:
+            here = env.rail[env.index]
+            if here.action[0] == "turn":
+                instruction = env.instruction_text(here.instruction)
+                obs = re.search(r"(?:^| )O\d+: (.*)$", env.messages[-1]["content"]).group(1)
+                action = env.expert().rsplit(" => ", 1)[-1]
+                # restated, the instruction's number is its place in the route: 1 in a one-turn route
+                assert env.expert() == (f"{here.instruction + 1}. {instruction} => {action}" if restate else action)
+                expected = f"1. {instruction} => {action}" if restate else action
+                at_turns.append((instruction, obs, expected, env.verify(answer).reward))
+            env.step(env.expert())
+        instruction = prompt.split(" | ")[1].removeprefix("1. ").split(" 2. ")[0]
+        obs = prompt.rsplit(" | O1: ", 1)[1]
+        assert (instruction, obs, answer, 1.0) in at_turns, (i, prompt, answer, at_turns)
+
+
+def test_corpus_turn_decisions_are_one_opening_decision_never_an_episode():
+    corpus = navigation_corpus(2000, seed=1)
+    items = _turn_decisions(corpus)
+    for _, mode, prompt, answer in items:
+        _, instructions, obs = prompt.split(" | ")
+        # one turn and the walk to its landmark (the destination): never a route of the task's length
+        assert instructions.startswith("1. turn ") and " 2. forward to " in instructions and " 3. " not in instructions
+        assert instructions.endswith(", stop.") and instructions.count(" turn ") + 1 == 1 + CORPUS_DIALOGUE_TURNS
+        assert obs.startswith("O1: int")  # the opening observation (a turning intersection), no later one
+        assert answer.startswith(("turn ", "1. turn "))  # a turn decision, never forward or stop
+    prompts = {prompt for _, _, prompt, _ in items}
+    for split in ("id", "ood-rule"):  # every task route has more turns; no item is an evaluation prompt
+        env = Navigation(split=split)
+        for k in range(300):
+            env.reset(eval_seed(k))
+            assert sum(item[0] == "turn" for item in env.instructions) > CORPUS_DIALOGUE_TURNS
+            assert env.prompt() not in prompts
+
+
+def test_corpus_is_deterministic_from_its_seed():
+    a = navigation_corpus(600, seed=3)
+    assert a == navigation_corpus(600, seed=3) == Navigation().base_corpus(600, 3)
+    assert a[:100] == navigation_corpus(100, seed=3)  # a prefix does not depend on n
+    assert a != navigation_corpus(600, seed=4)
+    records = Navigation().base_corpus_records(600, 3)
+    assert [("messages" in r) for r in records] == [isinstance(item, dict) for item in a]
+    # the documented examples (docs/envs.md, module docstring of navigation_corpus)
+    first = {mode: (prompt, answer) for _, mode, prompt, answer in reversed(_turn_decisions(navigation_corpus(50)))}
+    assert first == {"mode rel": (DOC_REL, "1. turn left to W. => turn left"),
+                     "mode abs": (DOC_ABS, "turn NW")}
+
+
+DOC_REL = "mode rel | 1. turn left to W. 2. forward to Blue Bakery on right, stop. | O1: int, Park Gym left"
+DOC_ABS = "mode abs | 1. turn right to NW. 2. forward to Park Gym on left, stop. | O1: int"
 
 
 def test_restated_answers_name_the_current_instruction_and_score_only_the_action():

@@ -21,6 +21,18 @@ Prompt styles. `paper`: the authors' language prompt, answer as JSON with "cards
     user:      rule J=11 Q=12 K=13 | cards 9♣ 3♣ K♠ A♣    (ood-rule, seed 0)
     assistant: 13-1+3+9=24
 
+`reason` (postlab's, issue 17): the compact prompt, and an answer that works the hand out
+before the formula, the compact analogue of the paper's "thought" field. The values under the
+stated rule, then one binary step per field with the numbers left, then the formula; only
+the formula (the last field) is scored::
+
+    user:      rule J=11 Q=12 K=13 | cards 9♣ 3♣ K♠ A♣
+    assistant: 9 3 13 1 | 9+3=12 [13 1 12] | 13-1=12 [12 12] | 12+12=24 | (9+3)+(13-1)=24
+
+A model that recalls a formula per value multiset has nothing to recall on a rule-OOD hand;
+one that learned the steps can take them there, since 11-13 occur as intermediate results of
+ID hands (`gp_solver.derivation` picks one derivation per hand).
+
 The rule is always in the prompt ("rule J=11 Q=12 K=13" for ood-rule) so a model can
 condition on it; the target is added (" | target 30") only when it is not 24.
 
@@ -38,7 +50,7 @@ import random
 import re
 
 from postlab.envs.base import Env, Observation, StepResult, register_env, reject_unknown_options
-from postlab.envs.gp_solver import is_solvable, solutions
+from postlab.envs.gp_solver import derivation, is_solvable, render_derivation, solutions
 from postlab.verifiers.generalpoints import MAX_RESPONSE_CHARS, GPVerdict, score_response
 
 RANK_NAMES = {1: "A", 11: "J", 12: "Q", 13: "K"}
@@ -122,7 +134,7 @@ class GeneralPoints(Env):
     """24 points with rule (J/Q/K value) and suit (visual analogue) OOD splits."""
 
     splits = tuple(SPLITS)
-    styles = ("compact", "paper")
+    styles = ("compact", "reason", "paper")
     diagnostics = ("face_rule",)  # step-info categories evaluation counts on first attempts
 
     def __init__(self, split: str = "id", style: str = "compact", verify_iter: int | None = None,
@@ -161,7 +173,7 @@ class GeneralPoints(Env):
     def step(self, text: str) -> StepResult:
         if self.done:
             raise RuntimeError("generalpoints: episode is over; call reset(seed)")
-        verdict = score_response(text, self.values, self.target, self.per_number_penalty)
+        verdict = self.verify(text)
         self.attempts += 1
         self.messages.append({"role": "assistant", "content": text})
         self.done = verdict.success or self.attempts >= self.verify_iter
@@ -172,6 +184,8 @@ class GeneralPoints(Env):
         return StepResult(feedback=feedback, reward=verdict.reward, done=self.done, success=verdict.success, info=info)
 
     def expert(self) -> str:
+        if self.style == "reason":  # the derivation fixes the formula: `expert_choice` does not apply
+            return render_derivation(self.values, derivation(tuple(self.values), self.target), self.target)
         formula = f"{self.solution}={self.target}"
         if self.style == "compact":
             return formula
@@ -188,14 +202,15 @@ class GeneralPoints(Env):
 
     def verify(self, text: str) -> GPVerdict:
         """Score a response for the current hand without advancing the episode."""
-        return score_response(text, self.values, self.target, self.per_number_penalty)
+        return score_response(text, self.values, self.target, self.per_number_penalty,
+                              last_field=self.style == "reason")
 
     # -- texts ------------------------------------------------------------------------------------
     def card_texts(self) -> list[str]:
         return [f"{rank_name(r)}{s}" for r, s in zip(self.ranks, self.suit_of)]
 
     def prompt(self) -> str:
-        if self.style == "compact":
+        if self.style != "paper":  # compact and reason share the prompt
             extra = "" if self.target == 24 else f" | target {self.target}"
             return f"{COMPACT_RULE[self.face]} | cards {' '.join(self.card_texts())}{extra}"
         cards = "[" + ", ".join(f"'{c}'" for c in self.card_texts()) + "]"
@@ -210,7 +225,7 @@ class GeneralPoints(Env):
     def base_corpus(self, n: int, seed: int = 0) -> list[str]:
         from postlab.envs.gp_corpus import gp_base_corpus
 
-        return gp_base_corpus(n, seed, self.target)
+        return gp_base_corpus(n, seed, self.target, reason=self.style == "reason")
 
 
 __all__ = ["GeneralPoints", "deal", "card_value", "face_rule_applied", "rank_name"]

@@ -18,7 +18,8 @@ reaching the target). It mixes, in plain lines:
   ("rule J=11 Q=12 K=13 | cards K♠ 3♥ 8♦ | 13*3-8=31"), so the rule is used inside formulas.
   A 4-card expression equal to the target is never included;
 - card games in the task's chat form, under both rules: 2-4 cards and the target they make
-  ("rule J=11 Q=12 K=13 | cards K♠ 3♥ | target 39" -> "13*3=39"). A 4-card game never has
+  (at most 60): "rule J=11 Q=12 K=13 | cards K♠ 3♥ | target 39" -> "13*3=39", or for the
+  `reason` style the worked derivation "13 3 | 13*3=39 | 13*3=39". A 4-card game never has
   the task's target (24), so the task itself is never shown.
 """
 
@@ -27,7 +28,12 @@ from __future__ import annotations
 import random
 from fractions import Fraction
 
+from postlab.envs.gp_solver import derivation, render_derivation
 from postlab.verifiers.arith import format_fraction
+
+# Card games ask for targets up to this value: the task's intermediate results stay near 24, and a
+# derivation to a target in the hundreds teaches steps the task never takes.
+_MAX_REASON_TARGET = 60
 
 _RANKS = {1: "A", 11: "J", 12: "Q", 13: "K"}
 _RANK_WORDS = {1: "ace", 11: "jack", 12: "queen", 13: "king"}
@@ -96,7 +102,7 @@ def _card_expression(rng: random.Random, target: int) -> str:
         return f"{_RULES[face]} | cards {cards} | {text}={format_fraction(value)}"
 
 
-def _card_game(rng: random.Random, target: int) -> dict:
+def _card_game(rng: random.Random, target: int, reason: bool = False) -> dict:
     """A number game in the task's own chat form: 2-4 cards under a stated rule, some target.
 
     Pre-trained LLMs have played many "make N from these numbers" puzzles before the paper's
@@ -110,11 +116,15 @@ def _card_game(rng: random.Random, target: int) -> dict:
         if rng.random() < 0.7:
             ranks[rng.randrange(k)] = rng.randint(11, 13)
         value, text = _random_expression(rng, [_value(r, face) for r in ranks])
-        if value.denominator == 1 and value > 0 and not (k == 4 and value == target):
+        if value.denominator == 1 and 0 < value <= _MAX_REASON_TARGET and not (k == 4 and value == target):
             break
     cards = " ".join(f"{_name(r)}{rng.choice(list(_SUITS))}" for r in ranks)
+    answer = f"{text}={value}"
+    if reason:  # the worked derivation the task's reason style answers with, here for another target
+        values = [_value(r, face) for r in ranks]
+        answer = render_derivation(values, derivation(tuple(values), int(value)), int(value))
     return {"messages": [{"role": "user", "content": f"{_RULES[face]} | cards {cards} | target {value}"},
-                         {"role": "assistant", "content": f"{text}={value}"}]}
+                         {"role": "assistant", "content": answer}]}
 
 
 def _card_fact(rng: random.Random) -> str:
@@ -143,23 +153,55 @@ def _rule_sentence(rng: random.Random) -> str:
     ])
 
 
+def _derivation_step(rng: random.Random) -> str:
+    """One step of a worked derivation (the `reason` style), on its own: a list of 2-4 numbers,
+    two of them combined as derivations combine them (the larger first in - and /, exact
+    division only), and the list left: "13 1 12 | 13-1=12 [12 12]". The numbers are what both
+    rules produce (1-13) and the intermediate results of hands (up to 30): the arithmetic and
+    the bookkeeping of a derivation, never a whole one."""
+    while True:  # products past 60 are steps the task (target 24) almost never takes
+        k = rng.choice((2, 3, 3, 4))
+        nums = [rng.randint(1, 13) if rng.random() < 0.7 else rng.randint(1, 30) for _ in range(k)]
+        i, j = sorted(rng.sample(range(k), 2))
+        a, b = nums[i], nums[j]
+        op = rng.choice(["+", "-", "*"] + (["/"] if max(a, b) % min(a, b) == 0 else []))
+        if op in "-/" and a < b:
+            a, b = b, a
+        value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if op == "/" else 0}[op]
+        if value <= 60:
+            break
+    left = [x for n, x in enumerate(nums) if n not in (i, j)] + [value]
+    return f"{' '.join(map(str, nums))} | {a}{op}{b}={value} [{' '.join(map(str, left))}]"
+
+
 _MIX = ((0.2, _expression), (0.15, _binary_fact), (0.15, _card_fact), (0.1, _hand_reading), (0.15, _card_expression),
         (0.2, _card_game), (0.05, _rule_sentence))
+# The `reason` corpus teaches the steps of a derivation: mostly steps and card games in the
+# derivation form (under both rules), less free-form arithmetic. Measured (docs/results.md): with
+# the compact mix, a warm-up's steps were right on 27 of 128 ID hands, and it read the stated
+# rule on 18 of 128 rule-OOD hands.
+_REASON_MIX = ((0.05, _expression), (0.3, _derivation_step), (0.1, _card_fact), (0.1, _hand_reading),
+               (0.05, _card_expression), (0.35, _card_game), (0.05, _rule_sentence))
 _TAKES_TARGET = (_expression, _card_expression, _card_game)
 
 
-def gp_base_corpus(n: int, seed: int = 0, target: int = 24) -> list[str | dict]:
+def gp_base_corpus(n: int, seed: int = 0, target: int = 24, reason: bool = False) -> list[str | dict]:
     """`n` items, deterministic from `seed`: short lines, and chat records (``{"messages": ...}``)
-    for the small card games."""
+    for the small card games; with `reason` the games are answered with worked derivations
+    (the env's `reason` style), so pre-training teaches the steps under both rules."""
     if n < 0:
         raise ValueError(f"base_corpus: n must be >= 0, got {n}")
     rng = random.Random(f"generalpoints-corpus/{seed}")
     out = []
     for _ in range(n):
         r, acc = rng.random(), 0.0
-        for p, fn in _MIX:
+        mix = _REASON_MIX if reason else _MIX
+        for p, fn in mix:
             acc += p
-            if r < acc or fn is _MIX[-1][1]:
-                out.append(fn(rng, target) if fn in _TAKES_TARGET else fn(rng))
+            if r < acc or fn is mix[-1][1]:
+                if fn is _card_game:
+                    out.append(fn(rng, target, reason))
+                else:
+                    out.append(fn(rng, target) if fn in _TAKES_TARGET else fn(rng))
                 break
     return out

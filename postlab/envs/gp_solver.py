@@ -154,3 +154,84 @@ def count_solvable(face_values: tuple[int, int, int] = (11, 12, 13), target: int
     value = {r: r for r in range(1, 11)} | dict(zip((11, 12, 13), face_values))
     return sum(is_solvable([value[r] for r in ranks], target)
                for ranks in itertools.combinations_with_replacement(range(1, 14), n_cards))
+
+
+# -- worked derivations (the `reason` answer style) ---------------------------------------------
+# A derivation reduces the hand one binary step at a time: combine two numbers of the current list,
+# write the step and the list that is left, until one number is left. Each step is local (two
+# numbers and a list), so a model that learned the steps on ID hands can take them on hands it
+# never saw; a formula recalled per value multiset cannot be (docs/results.md, issue 17).
+
+Step = tuple[int, int, str, Fraction]  # (index a, index b) into the current list, op, result
+
+
+def _steps_from(items: tuple[Fraction, ...], target: Fraction, integer: bool):
+    """Every derivation (a tuple of steps) from `items` to `target`, in a fixed order.
+
+    With `integer`, `-` and `/` take the larger number first and `/` must divide exactly, so
+    every intermediate is a non-negative integer; without it every order is tried."""
+    if len(items) == 1:
+        if items[0] == target:
+            yield ()
+        return
+    for i, j in itertools.combinations(range(len(items)), 2):
+        a, b = items[i], items[j]
+        hi, lo = (i, j) if a >= b else (j, i)
+        big, small = items[hi], items[lo]
+        cand = [(i, j, "+", a + b), (hi, lo, "-", big - small), (i, j, "*", a * b)]
+        if small != 0 and (not integer or big % small == 0):
+            cand.append((hi, lo, "/", big / small))
+        if not integer:  # the fallback for hands like 8/(3-8/3): every order
+            cand += [(lo, hi, "-", small - big)] + ([(lo, hi, "/", small / big)] if big != 0 else [])
+        for step in cand:
+            rest = tuple(x for k, x in enumerate(items) if k not in (i, j)) + (step[3],)
+            for tail in _steps_from(rest, target, integer):
+                yield (step,) + tail
+
+
+@functools.lru_cache(maxsize=65_536)
+def derivation(values: tuple[int, ...], target: int = 24) -> tuple[Step, ...] | None:
+    """The canonical worked derivation of a hand (in dealt order), or None if unsolvable.
+
+    One derivation per hand (a function to imitate, as `expert_choice="canonical"`): integer
+    intermediates if any derivation has them, then the smallest largest intermediate (numbers a
+    small model has seen most; 24 for ~90% of hands), ties by the enumeration order (pairs left
+    to right, ops + - * /)."""
+    start, goal = tuple(Fraction(v) for v in values), Fraction(target)
+    for integer in (True, False):
+        best, best_key = None, None
+        for d in _steps_from(start, goal, integer):
+            key = (max(abs(s[3]) for s in d),)
+            if best_key is None or key < best_key:
+                best, best_key = d, key
+                if key[0] <= abs(goal):  # the last step's result is the goal: nothing smaller exists
+                    break
+        if best is not None:
+            return best
+    return None
+
+
+def _number(x: Fraction) -> str:
+    """An operand inside a step: fractions bracketed so `8/(1/3)` does not read as `8/1/3`."""
+    return str(x.numerator) if x.denominator == 1 else f"({x.numerator}/{x.denominator})"
+
+
+def render_derivation(values: list[int], steps: tuple[Step, ...], target: int) -> str:
+    """The `reason` answer: `9 3 13 1 | 13-1=12 [9 3 12] | 9+3=12 [12 12] | 12+12=24 | (13-1)+(9+3)=24`.
+
+    Fields: the card values, one field per step (the step, then the list left, except after the
+    last), and the formula: step results in brackets, cards bare. Only the formula is scored."""
+    from postlab.verifiers.arith import format_fraction
+
+    items = [(Fraction(v), str(v), True) for v in values]  # (value, expression, is a card)
+    fields = [" ".join(str(v) for v in values)]
+    for n, (i, j, op, value) in enumerate(steps):
+        (va, ea, la), (vb, eb, lb) = items[i], items[j]
+        expr = f"{ea if la else f'({ea})'}{op}{eb if lb else f'({eb})'}"
+        items = [x for k, x in enumerate(items) if k not in (i, j)] + [(value, expr, False)]
+        field = f"{_number(va)}{op}{_number(vb)}={format_fraction(value)}"
+        if n < len(steps) - 1:
+            field += " [" + " ".join(format_fraction(x[0]) for x in items) + "]"
+        fields.append(field)
+    fields.append(f"{items[0][1]}={target}")
+    return " | ".join(fields)

@@ -108,6 +108,23 @@ def _final(res: dict, split: str) -> float | None:
     return _final_metric(res, split)[0]
 
 
+def _matched_metric(res: dict | None, split: str, flops: float | None) -> tuple[float | None, list | None]:
+    """`_metric` at the evaluated point whose training compute is nearest `flops` (the other
+    model's final compute): "at matched compute". The final point when `flops` is None."""
+    pts = (res or {}).get("points") or []
+    if not pts:
+        return None, None
+    if flops is None:
+        return _metric(pts[-1]["results"], split)
+    p = min(pts, key=lambda p: (abs(p.get("flops", 0.0) - flops), -p.get("step", 0)))
+    return _metric(p["results"], split)
+
+
+def _final_flops(res: dict | None) -> float | None:
+    pts = (res or {}).get("points") or []
+    return pts[-1].get("flops") if pts else None
+
+
 def values(run: dict, stage: str, split: str) -> list[float]:
     """Final success of `stage` on `split`, one value per seed that has it."""
     out = []
@@ -199,27 +216,35 @@ def delta_tables(run: dict) -> list[dict]:
     return out
 
 
-def _paired(run: dict, a: str, b: str, split: str, split_b: str | None = None) -> list[float]:
-    """Per seed: final(a, split) - final(b, split_b)."""
+def _side_b(run: dict, seed: str, a: str, b: str, split: str, match_compute: bool) -> tuple[float | None, list | None]:
+    """`b`'s metric for a comparison with `a`: its final point, or with `match_compute` its point
+    nearest `a`'s final training compute."""
+    flops = _final_flops(run["results"][seed].get(a)) if match_compute else None
+    return _matched_metric(run["results"][seed].get(b), split, flops)
+
+
+def _paired(run: dict, a: str, b: str, split: str, split_b: str | None = None, match_compute: bool = False) -> list[float]:
+    """Per seed: final(a, split) - final(b, split_b) (b at a's compute with `match_compute`)."""
     out = []
     for seed in sorted(run["results"], key=int):
-        ra, rb = run["results"][seed].get(a), run["results"][seed].get(b)
-        va = _final(ra, split) if ra else None
-        vb = _final(rb, split_b or split) if rb else None
+        va = _final_metric(run["results"][seed].get(a), split)[0]
+        vb = _side_b(run, seed, a, b, split_b or split, match_compute)[0]
         if va is not None and vb is not None:
             out.append(va - vb)
     return out
 
 
-def paired_problem_outcomes(run: dict, a: str, b: str, split: str, split_b: str | None = None) -> tuple[list, list]:
+def paired_problem_outcomes(run: dict, a: str, b: str, split: str, split_b: str | None = None,
+                            match_compute: bool = False) -> tuple[list, list]:
     """Per-problem values of final(a) and final(b), aligned and pooled over seeds, where both
     sides were evaluated on the same problems (eval results with per-problem values); ([], [])
-    otherwise. Problems where either side has no value (a diagnostic with no verdict) are left out."""
+    otherwise. Problems where either side has no value (a diagnostic with no verdict) are left out.
+    With `match_compute`, b's values are those of its point nearest a's final compute."""
     xs: list[float] = []
     ys: list[float] = []
     for seed in sorted(run["results"], key=int):
         pa = _final_metric(run["results"][seed].get(a), split)[1]
-        pb = _final_metric(run["results"][seed].get(b), split_b or split)[1]
+        pb = _side_b(run, seed, a, b, split_b or split, match_compute)[1]
         if pa is None or pb is None or len(pa) != len(pb):
             return [], []
         pairs = [(x, y) for x, y in zip(pa, pb) if x is not None and y is not None]
@@ -277,12 +302,17 @@ def findings(run: dict) -> list[dict]:
             pairs = paired_problem_outcomes(run, m["delta"][0], m["delta"][1], m["split"])
         elif "diff" in m:
             (a, sa), (b, sb) = m["diff"]
-            per_seed = _paired(run, a, b, sa, sb)
-            pairs = paired_problem_outcomes(run, a, b, sa, sb)
+            per_seed = _paired(run, a, b, sa, sb, bool(m.get("match_compute")))
+            pairs = paired_problem_outcomes(run, a, b, sa, sb, bool(m.get("match_compute")))
         elif "gain_diff" in m:
             per_seed, pairs = _gain_diff(run, m["gain_diff"], m["split"])
         elif "value" in m:
             per_seed = values(run, *m["value"])
+            # a value's CI resamples its problems pooled over seeds (the "paired" CI of value - 0)
+            pooled = [x for seed in sorted(run["results"], key=int)
+                      for x in (_final_metric(run["results"][seed].get(m["value"][0]), m["value"][1])[1] or [])
+                      if x is not None]
+            pairs = (pooled, [0.0] * len(pooled))
         else:
             raise ValueError(f"report.findings: metric needs 'delta', 'diff', 'gain_diff' or 'value': {m}")
         mean, sd = _mean_std(per_seed)

@@ -47,7 +47,7 @@ class GPVerdict:
 
     def feedback(self, style: str = "paper") -> str:
         """The user turn after a failed attempt (sequential revision)."""
-        if style == "compact":
+        if style != "paper":  # compact and reason
             return "fail: " + ", ".join(self.short)
         return "You failed this trial because " + ", ".join(self.reasons) + "."
 
@@ -57,12 +57,17 @@ class GPVerdict:
                 "numbers_used": list(self.numbers)}
 
 
-def extract_formula(text: str) -> str | None:
+def extract_formula(text: str, last_field: bool = False) -> str | None:
     """The formula in a response: the JSON "formula" field if the response has one (paper
     style, parsed leniently: trailing commas, single quotes), else the first line (compact
-    style). Returns None when a "formula" key is present but unreadable."""
+    style), or with `last_field` the last " | " field of the first line (reason style: a
+    worked derivation, then the formula; only the formula is scored). Returns None when a
+    "formula" key is present but unreadable."""
     if len(text) > MAX_RESPONSE_CHARS:
         return None
+    if last_field:
+        lines = text.strip().splitlines()
+        return lines[0].rsplit("|", 1)[-1].strip() if lines else ""
     if "formula" in text and ("{" in text or '"formula"' in text or "'formula'" in text):
         start, end = text.find("{"), text.rfind("}")
         if 0 <= start < end:
@@ -115,8 +120,9 @@ def score_formula(formula: str | None, card_values: list[int], target: int = 24,
     return GPVerdict(WRONG_VALUE, False, "wrong value", [why], [f"not {target}"], lhs, parsed.value, parsed.numbers)
 
 
-def score_response(text: str, card_values: list[int], target: int = 24, per_number: bool = False) -> GPVerdict:
-    """Score a whole model response (either prompt style)."""
+def score_response(text: str, card_values: list[int], target: int = 24, per_number: bool = False,
+                   last_field: bool = False) -> GPVerdict:
+    """Score a whole model response (any prompt style; `last_field` for the reason style)."""
     if not isinstance(text, str):
         return score_formula(None, card_values, target, per_number)
-    return score_formula(extract_formula(text), card_values, target, per_number)
+    return score_formula(extract_formula(text, last_field), card_values, target, per_number)

@@ -10,7 +10,7 @@ import pytest
 
 from postlab.envs import make
 from postlab.envs.generalpoints import BLACK, RED, GeneralPoints, card_value, face_rule_applied
-from postlab.envs.gp_solver import count_solvable, is_solvable, solutions
+from postlab.envs.gp_solver import count_solvable, derivation, is_solvable, render_derivation, solutions
 from postlab.verifiers.arith import evaluate
 from postlab.verifiers.generalpoints import score_formula
 
@@ -87,7 +87,7 @@ def test_no_ood_rule_item_in_id_training_data():
     assert not id_prompts & vis_prompts
 
 
-@pytest.mark.parametrize("style", ("compact", "paper"))
+@pytest.mark.parametrize("style", ("compact", "reason", "paper"))
 @pytest.mark.parametrize("split", SPLITS)
 def test_expert_gets_full_reward(split, style):
     env = make("generalpoints", split=split, style=style)
@@ -137,7 +137,7 @@ def test_determinism_and_bad_arguments():
     assert [a.reset(s).messages for s in range(20)] == [b.reset(s).messages for s in range(20)]
     with pytest.raises(ValueError, match="valid: id, ood-rule, ood-visual"):
         GeneralPoints(split="ood")
-    with pytest.raises(ValueError, match="valid: compact, paper"):
+    with pytest.raises(ValueError, match="valid: compact, reason, paper"):
         GeneralPoints(style="fancy")
     with pytest.raises(ValueError, match="disagree"):
         GeneralPoints(verify_iter=3, max_turns=4)
@@ -204,3 +204,88 @@ def test_face_rule_applied_tells_which_convention_an_answer_uses():
     env = GeneralPoints(split="ood-rule", max_turns=1)
     env.reset(0)
     assert env.step(env.expert()).info["face_rule"] == "stated"  # every rule-OOD expert answer uses the rule
+
+
+def test_reason_derivations_by_hand():
+    # 9 3 13 1: the smallest largest intermediate is 24 (9+3=12, 13-1=12, 12+12)
+    assert render_derivation([9, 3, 13, 1], derivation((9, 3, 13, 1)), 24) == \
+        "9 3 13 1 | 9+3=12 [13 1 12] | 13-1=12 [12 12] | 12+12=24 | (9+3)+(13-1)=24"
+    # chains bracket earlier results; the larger number is taken first in - and /
+    assert render_derivation([3, 4, 9, 9], derivation((3, 4, 9, 9)), 24) == \
+        "3 4 9 9 | 9/3=3 [4 9 3] | 9-3=6 [4 6] | 4*6=24 | 4*(9-(9/3))=24"
+    # no integer derivation: the fraction fallback, fractions bracketed inside steps
+    assert render_derivation([8, 8, 3, 3], derivation((8, 8, 3, 3)), 24) == \
+        "8 8 3 3 | 8/3=8/3 [8 3 8/3] | 3-(8/3)=1/3 [8 1/3] | 8/(1/3)=24 | 8/(3-(8/3))=24"
+    assert derivation((1, 1, 1, 1)) is None
+    # other targets (the base corpus's games)
+    assert render_derivation([13, 3], derivation((13, 3), 39), 39) == "13 3 | 13*3=39 | 13*3=39"
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_reason_answers_are_consistent_derivations(split):
+    """Every step's arithmetic is right, each list left is the previous list with the two operands
+    replaced by the result, and the formula is what the steps build."""
+    env = GeneralPoints(split=split, style="reason")
+    for seed in range(200):
+        env.reset(seed)
+        fields = env.expert().split(" | ")
+        numbers = [Fraction(x) for x in fields[0].split()]
+        assert fields[0].split() == [str(v) for v in env.values]
+        for field in fields[1:-1]:
+            step, _, left = field.partition(" [")
+            lhs, rhs = step.rsplit("=", 1)
+            assert evaluate(lhs) == Fraction(rhs)
+            a, b = re.fullmatch(r"(\(\d+/\d+\)|\d+)[-+*/](\(\d+/\d+\)|\d+)", lhs).groups()
+            for x in (a, b):
+                numbers.remove(Fraction(x.strip("()")))
+            numbers.append(Fraction(rhs))
+            if left:
+                assert sorted(Fraction(x) for x in left.rstrip("]").split()) == sorted(numbers)
+        assert numbers == [24]
+        assert score_formula(fields[-1], env.values).success
+
+
+def test_reason_style_scores_only_the_formula():
+    env = GeneralPoints(style="reason")
+    env.reset(0)  # 3 4 9 9
+    good = env.expert()
+    assert env.verify(good).success
+    steps, formula = good.rsplit(" | ", 1)
+    # right steps, wrong formula: fails; wrong steps, right formula: succeeds (steps are not scored)
+    assert not env.verify(f"{steps} | 4*9-9+3=24").success
+    assert env.verify(f"1 2 3 4 | 9*9=7 | {formula}").success
+    assert env.verify(formula).success  # no derivation at all: the whole line is the formula
+    v = env.verify("3 4 9 9 | 9/3=3 [4 9 3] |")  # cut off before the formula
+    assert v.kind == "illegal" and not v.success
+    assert env.verify("x" * 100_000).kind == "illegal"
+    assert env.step("1 2 | 1+2=3 | 1+2").feedback[0]["content"].startswith("fail: ")  # compact feedback
+    # the values field shows which rule an answer applies
+    ood = GeneralPoints(split="ood-rule", style="reason")
+    ood.reset(0)
+    ranks = ood.ranks
+    memorized = " ".join(str(min(r, 10)) for r in ranks) + " | 1+1=2"
+    assert face_rule_applied(memorized, ranks, 11) == "other"
+    assert face_rule_applied(ood.expert(), ranks, 11) == "stated"
+
+
+def test_reason_base_corpus_plays_games_in_the_derivation_form_never_the_task():
+    env = GeneralPoints(style="reason")
+    corpus = env.base_corpus(3000, seed=1)
+    assert corpus == env.base_corpus(3000, seed=1)
+    games = [c for c in corpus if isinstance(c, dict)]
+    assert len(games) > 300
+    faces = set()
+    for g in games:
+        user, answer = g["messages"][0]["content"], g["messages"][1]["content"]
+        rule, cards, target = user.split(" | ")
+        face = 11 if rule == "rule J=11 Q=12 K=13" else 10
+        faces.add(face)
+        values = [card_value({"A": 1, "J": 11, "Q": 12, "K": 13}.get(c[:-1]) or int(c[:-1]), face)
+                  for c in cards.split()[1:]]
+        t = int(target.split()[1])
+        assert not (len(values) == 4 and t == 24) and 0 < t <= 60
+        fields = answer.split(" | ")
+        assert fields[0] == " ".join(map(str, values))  # the values under the stated rule
+        assert score_formula(fields[-1], values, t).success
+        assert len(fields) == len(values) + 1  # values, one step per combination, formula
+    assert faces == {10, 11}

@@ -293,3 +293,35 @@ def test_dynamics_reads_quarters_of_a_training_stages_metrics(tmp_path):
     assert dynamics_tables(run)[0]["rows"] == [["RL", "1 ± 0.71", "7 ± 0.71"]]
     with pytest.raises(ValueError, match="first, last, all, end"):
         dynamics_values(run, "rl", "entropy@middle")
+
+
+def _point(flops, per_problem, step=1):
+    return {"step": step, "flops": flops,
+            "results": {"ood": {"success_rate": sum(per_problem) / len(per_problem), "per_problem": per_problem}}}
+
+
+def test_findings_at_matched_compute_and_values_with_a_ci():
+    """`match_compute` compares with the other model's point nearest in training compute, not its
+    final one; a `value` finding gets a bootstrap CI over its problems pooled over seeds."""
+    rl = {"points": [_point(0.6e11, [0, 1, 0, 0] * 8), _point(1.2e11, [1, 1, 0, 0] * 8, 2)]}
+    sft = {"points": [_point(1e11, [1, 0, 0, 0] * 8), _point(1e12, [1, 1, 1, 1] * 8, 2)]}
+    warm = {"points": [_point(0.0, [1] * 2 + [0] * 30)]}
+    rare = {"points": [_point(0.0, [1] + [0] * 31)]}
+    diff = {"diff": [["rl", "ood"], ["sft", "ood"]]}
+    run = {"study": {"report": {"findings": [
+        {"claim": "final", "metric": diff},
+        {"claim": "matched", "metric": {**diff, "match_compute": True}},
+        {"claim": "warm above 0", "metric": {"value": ["warm", "ood"]}},
+        {"claim": "rare above 0", "metric": {"value": ["rare", "ood"]}},
+    ]}}, "results": {str(s): {"rl": rl, "sft": sft, "warm": warm, "rare": rare} for s in range(3)}}
+    by_claim = {f["claim"]: f for f in findings(run)}
+    assert by_claim["final"]["mean"] == pytest.approx(0.5 - 1.0)  # against SFT's last point
+    assert by_claim["final"]["reproduced"] == "no"
+    assert by_claim["matched"]["mean"] == pytest.approx(0.5 - 0.25)  # against SFT at 1e11 FLOPs
+    assert by_claim["matched"]["reproduced"] == "yes" and by_claim["matched"]["ci"][0] > 0
+    # 2 of 32 problems per seed, 3 seeds pooled (96 problems): the CI excludes 0
+    assert by_claim["warm above 0"]["mean"] == pytest.approx(2 / 32)
+    assert by_claim["warm above 0"]["ci"][0] > 0 and by_claim["warm above 0"]["reproduced"] == "yes"
+    # 1 of 32 per seed: 3 successes in 96 can resample to none
+    assert by_claim["rare above 0"]["ci"][0] == 0.0
+    assert by_claim["rare above 0"]["reproduced"].startswith("direction only")

@@ -116,6 +116,28 @@ def face_rule_applied(text: str, ranks: list[int], face: int) -> str | None:
     return "neither"
 
 
+def values_read(text: str, ranks: list[int], face: int) -> str | None:
+    """Which rule the values field of a reason-style answer reads the hand under (else None).
+
+    The reason answer starts with every card's value ("13 3 8 1 | ..."). On a hand with a J, Q
+    or K: 'stated' when all four values are the stated rule's, 'other' when they are the other
+    rule's (J/Q/K = 10 on a rule-OOD hand: the memorized ID rule), 'neither' otherwise (a
+    mix, a misread card, no values field). Stricter than `face_rule`, which counts an answer
+    as 'stated' as soon as one face value of the rule appears anywhere before the first "="."""
+    faces = [r for r in ranks if r > 10]
+    if not faces or not isinstance(text, str) or " | " not in text[:MAX_RESPONSE_CHARS]:
+        return None
+    head = text.split(" | ", 1)[0].split()
+    if len(head) != len(ranks) or not all(t.isascii() and t.isdigit() and len(t) <= 3 for t in head):
+        return "neither"
+    read = [int(t) for t in head]
+    if read == [card_value(r, face) for r in ranks]:
+        return "stated"
+    if read == [card_value(r, 11 if face == 10 else 10) for r in ranks]:
+        return "other"
+    return "neither"
+
+
 def deal(rng: random.Random, face: int, force_face: bool, suits: tuple[str, ...], target: int = 24,
          n_cards: int = 4) -> tuple[list[int], list[str]]:
     """Deal ranks (and suit symbols) until the hand is solvable under the rule."""
@@ -135,7 +157,7 @@ class GeneralPoints(Env):
 
     splits = tuple(SPLITS)
     styles = ("compact", "reason", "paper")
-    diagnostics = ("face_rule",)  # step-info categories evaluation counts on first attempts
+    diagnostics = ("face_rule", "values_read")  # step-info categories evaluation counts on first attempts
 
     def __init__(self, split: str = "id", style: str = "compact", verify_iter: int | None = None,
                  max_turns: int | None = None, target: int = 24, expert_choice: str = "simple",
@@ -180,7 +202,9 @@ class GeneralPoints(Env):
         feedback = [] if self.done else [{"role": "user", "content": verdict.feedback(self.style)}]
         self.messages += feedback
         info = self.episode_info() | verdict.as_info() | {"attempt": self.attempts,
-                                                          "face_rule": face_rule_applied(text, self.ranks, self.face)}
+                                                          "face_rule": face_rule_applied(text, self.ranks, self.face),
+                                                          "values_read": (values_read(text, self.ranks, self.face)
+                                                                          if self.style == "reason" else None)}
         return StepResult(feedback=feedback, reward=verdict.reward, done=self.done, success=verdict.success, info=info)
 
     def expert(self) -> str:
@@ -228,4 +252,4 @@ class GeneralPoints(Env):
         return gp_base_corpus(n, seed, self.target, reason=self.style == "reason")
 
 
-__all__ = ["GeneralPoints", "deal", "card_value", "face_rule_applied", "rank_name"]
+__all__ = ["GeneralPoints", "deal", "card_value", "face_rule_applied", "rank_name", "values_read"]

@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 
 from postlab.envs import make
-from postlab.envs.generalpoints import BLACK, RED, GeneralPoints, card_value, face_rule_applied
+from postlab.envs.generalpoints import BLACK, RED, GeneralPoints, card_value, face_rule_applied, values_read
 from postlab.envs.gp_solver import count_solvable, derivation, is_solvable, render_derivation, solutions
 from postlab.verifiers.arith import evaluate
 from postlab.verifiers.generalpoints import score_formula
@@ -289,3 +289,22 @@ def test_reason_base_corpus_plays_games_in_the_derivation_form_never_the_task():
         assert score_formula(fields[-1], values, t).success
         assert len(fields) == len(values) + 1  # values, one step per combination, formula
     assert faces == {10, 11}
+
+
+def test_values_read_tells_which_rule_the_whole_values_field_uses():
+    ranks = [13, 3, 12, 1]  # K 3 Q A
+    assert values_read("13 3 12 1 | 13-1=12 [3 12 12] | ...", ranks, 11) == "stated"
+    assert values_read("10 3 10 1 | 10+3=13 [10 1 13] | ...", ranks, 11) == "other"  # the ID rule
+    assert values_read("13 3 10 1 | 13+1=14 | ...", ranks, 11) == "neither"  # a mix: face_rule says 'stated'
+    assert face_rule_applied("13 3 10 1 | 13+1=14 | ...", ranks, 11) == "stated"
+    assert values_read("13 3 12 | 1+1=2", ranks, 11) == "neither"  # a card missing
+    assert values_read("13 3 1² 1 | 1+1=2", ranks, 11) == "neither"  # not ASCII digits
+    assert values_read("13*3-12-1=26", ranks, 11) is None  # no values field (compact answer)
+    assert values_read("1 2 | 3", [1, 2, 3, 4], 11) is None  # no face card: both rules agree
+    assert values_read("10 3 10 1 | x", ranks, 10) == "stated"  # an ID hand
+    env = GeneralPoints(split="ood-rule", style="reason")
+    env.reset(0)
+    assert env.step(env.expert()).info["values_read"] == "stated"
+    compact = GeneralPoints(split="ood-rule")
+    compact.reset(0)
+    assert compact.step(compact.expert()).info["values_read"] is None

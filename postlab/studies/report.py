@@ -188,8 +188,12 @@ def final_tables(run: dict) -> list[dict]:
                 xs = values(run, stage, split)
                 cells.append(_fmt(*_mean_std(xs), len(xs)))
             rows.append([label, *cells])
-        if rows:  # a table whose stages this preset does not run (e.g. navigation in the demo) is left out
-            tables.append({"title": t.get("title", ""), "header": ["", *cols], "rows": rows})
+        # a column no row has a value for (a diagnostic of another answer style) is left out, and
+        # so is a table whose stages this preset does not run (e.g. navigation in the demo)
+        keep = [i for i in range(len(cols)) if any(r[1 + i] != "–" for r in rows)]
+        if rows and keep:
+            tables.append({"title": t.get("title", ""), "header": ["", *(list(cols)[i] for i in keep)],
+                           "rows": [[r[0], *(r[1 + i] for i in keep)] for r in rows]})
     return tables
 
 

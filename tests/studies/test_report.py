@@ -184,6 +184,9 @@ def test_tables_of_stages_a_preset_does_not_run_are_left_out(run_dir):
                           "rows": {"nav OOD": "ood"}})
     assert [t["title"] for t in final_tables(run)] == ["final success"]
     assert [t["title"] for t in delta_tables(run)] == ["OOD change from the warm-up"]
+    # a column that no row has a value for (another answer style's diagnostic) is left out
+    rep["tables"][0]["splits"]["OOD: values read"] = "ood:values_read=stated"
+    assert final_tables(run)[0]["header"] == ["", "ID", "OOD"]
 
 
 def _browser():

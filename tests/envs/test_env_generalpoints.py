@@ -308,3 +308,18 @@ def test_values_read_tells_which_rule_the_whole_values_field_uses():
     compact = GeneralPoints(split="ood-rule")
     compact.reset(0)
     assert compact.step(compact.expert()).info["values_read"] is None
+
+
+def test_derivation_checks_by_hand():
+    from postlab.eval.gp_derivations import check
+
+    good = "9 3 13 1 | 9+3=12 [13 1 12] | 13-1=12 [12 12] | 12+12=24 | (9+3)+(13-1)=24"
+    assert check(good, [9, 3, 13, 1], success=True) == {"values_read": True, "steps_right": True,
+                                                        "reaches_target": True, "success": True}
+    # the ID rule read on a rule-OOD hand, right arithmetic on the wrong numbers
+    assert check("9 3 10 1 | 9+3=12 [10 1 12] | 10+1=11 [12 11] | 12+11=23 | x", [9, 3, 13, 1]) == \
+        {"values_read": False, "steps_right": True, "reaches_target": False, "success": False}
+    # a wrong step, then a claimed 24
+    assert check("9 3 13 1 | 13-1=10 [9 3 10] | 9+3=12 [10 12] | 10+12=24 | f", [9, 3, 13, 1])["steps_right"] is False
+    assert check("garbage", [1, 2, 3, 4]) == dict.fromkeys(("values_read", "steps_right", "reaches_target", "success"), False)
+    assert check("1 2 | 1/0=3 | x", [1, 2])["steps_right"] is False  # division by zero is a wrong step

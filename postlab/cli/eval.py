@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=0, help="samples per problem for pass@k (default: k)")
     p.add_argument("--max-turns", "--verify-iter", dest="max_turns", type=int, default=None,
                    help="verification iterations: attempts with verifier feedback (default: the env's)")
-    p.add_argument("--style", default="compact", help="prompt style (compact | paper)")
+    p.add_argument("--style", default="compact", help="prompt style (compact | paper; GeneralPoints also reason)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE", help="extra env constructor argument")

@@ -312,10 +312,15 @@ def findings(run: dict) -> list[dict]:
             per_seed, pairs = _gain_diff(run, m["gain_diff"], m["split"])
         elif "value" in m:
             per_seed = values(run, *m["value"])
-            # a value's CI resamples its problems pooled over seeds (the "paired" CI of value - 0)
-            pooled = [x for seed in sorted(run["results"], key=int)
-                      for x in (_final_metric(run["results"][seed].get(m["value"][0]), m["value"][1])[1] or [])
-                      if x is not None]
+            # a value's CI resamples its problems pooled over seeds (the "paired" CI of value - 0); a
+            # shared stage (one result for every seed, same hash) counts its problems once
+            pooled, seen = [], set()
+            for seed in sorted(run["results"], key=int):
+                res = run["results"][seed].get(m["value"][0])
+                if res is None or (res.get("hash") is not None and res["hash"] in seen):
+                    continue
+                seen.add(res.get("hash"))
+                pooled += [x for x in (_final_metric(res, m["value"][1])[1] or []) if x is not None]
             pairs = (pooled, [0.0] * len(pooled))
         else:
             raise ValueError(f"report.findings: metric needs 'delta', 'diff', 'gain_diff' or 'value': {m}")

@@ -328,3 +328,10 @@ def test_findings_at_matched_compute_and_values_with_a_ci():
     # 1 of 32 per seed: 3 successes in 96 can resample to none
     assert by_claim["rare above 0"]["ci"][0] == 0.0
     assert by_claim["rare above 0"]["reproduced"].startswith("direction only")
+    # a shared stage (the same result, same hash, for every seed) counts its problems once:
+    # 2 successes in 32 problems, not 6 in 96
+    shared = {**warm, "hash": "abc"}
+    for s in range(3):
+        run["results"][str(s)]["warm"] = shared
+    once = {f["claim"]: f for f in findings(run)}["warm above 0"]
+    assert once["mean"] == pytest.approx(2 / 32) and once["ci"][0] == 0.0

@@ -18,8 +18,8 @@ reaching the target). It mixes, in plain lines:
   ("rule J=11 Q=12 K=13 | cards K♠ 3♥ 8♦ | 13*3-8=31"), so the rule is used inside formulas.
   A 4-card expression equal to the target is never included;
 - card games in the task's chat form, under both rules: 2-4 cards and the target they make
-  (at most 60): "rule J=11 Q=12 K=13 | cards K♠ 3♥ | target 39" -> "13*3=39", or for the
-  `reason` style the worked derivation "13 3 | 13*3=39 | 13*3=39". A 4-card game never has
+  "rule J=11 Q=12 K=13 | cards K♠ 3♥ | target 39" -> "13*3=39", or for the `reason` style
+  (targets at most 60) the worked derivation "13 3 | 13*3=39 | 13*3=39". A 4-card game never has
   the task's target (24), so the task itself is never shown.
 """
 
@@ -31,8 +31,8 @@ from fractions import Fraction
 from postlab.envs.gp_solver import derivation, render_derivation
 from postlab.verifiers.arith import format_fraction
 
-# Card games ask for targets up to this value: the task's intermediate results stay near 24, and a
-# derivation to a target in the hundreds teaches steps the task never takes.
+# Reason-style games and steps stay at or below this value: the task's intermediate results stay
+# near 24, and a derivation to a target in the hundreds teaches steps the task never takes.
 _MAX_REASON_TARGET = 60
 
 _RANKS = {1: "A", 11: "J", 12: "Q", 13: "K"}
@@ -116,7 +116,8 @@ def _card_game(rng: random.Random, target: int, reason: bool = False) -> dict:
         if rng.random() < 0.7:
             ranks[rng.randrange(k)] = rng.randint(11, 13)
         value, text = _random_expression(rng, [_value(r, face) for r in ranks])
-        if value.denominator == 1 and 0 < value <= _MAX_REASON_TARGET and not (k == 4 and value == target):
+        if (value.denominator == 1 and value > 0 and not (k == 4 and value == target)
+                and (not reason or value <= _MAX_REASON_TARGET)):
             break
     cards = " ".join(f"{_name(r)}{rng.choice(list(_SUITS))}" for r in ranks)
     answer = f"{text}={value}"
@@ -159,7 +160,7 @@ def _derivation_step(rng: random.Random) -> str:
     division only), and the list left: "13 1 12 | 13-1=12 [12 12]". The numbers are what both
     rules produce (1-13) and the intermediate results of hands (up to 30): the arithmetic and
     the bookkeeping of a derivation, never a whole one."""
-    while True:  # products past 60 are steps the task (target 24) almost never takes
+    while True:  # large products are steps the task (target 24) almost never takes
         k = rng.choice((2, 3, 3, 4))
         nums = [rng.randint(1, 13) if rng.random() < 0.7 else rng.randint(1, 30) for _ in range(k)]
         i, j = sorted(rng.sample(range(k), 2))
@@ -168,7 +169,7 @@ def _derivation_step(rng: random.Random) -> str:
         if op in "-/" and a < b:
             a, b = b, a
         value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if op == "/" else 0}[op]
-        if value <= 60:
+        if value <= _MAX_REASON_TARGET:
             break
     left = [x for n, x in enumerate(nums) if n not in (i, j)] + [value]
     return f"{' '.join(map(str, nums))} | {a}{op}{b}={value} [{' '.join(map(str, left))}]"
@@ -193,9 +194,9 @@ def gp_base_corpus(n: int, seed: int = 0, target: int = 24, reason: bool = False
         raise ValueError(f"base_corpus: n must be >= 0, got {n}")
     rng = random.Random(f"generalpoints-corpus/{seed}")
     out = []
+    mix = _REASON_MIX if reason else _MIX
     for _ in range(n):
         r, acc = rng.random(), 0.0
-        mix = _REASON_MIX if reason else _MIX
         for p, fn in mix:
             acc += p
             if r < acc or fn is mix[-1][1]:

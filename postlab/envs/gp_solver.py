@@ -201,10 +201,10 @@ def derivation(values: tuple[int, ...], target: int = 24) -> tuple[Step, ...] | 
     for integer in (True, False):
         best, best_key = None, None
         for d in _steps_from(start, goal, integer):
-            key = (max(abs(s[3]) for s in d),)
+            key = max(abs(s[3]) for s in d)  # the largest intermediate
             if best_key is None or key < best_key:
                 best, best_key = d, key
-                if key[0] <= abs(goal):  # the last step's result is the goal: nothing smaller exists
+                if key <= abs(goal):  # the last step's result is the goal: nothing smaller exists
                     break
         if best is not None:
             return best

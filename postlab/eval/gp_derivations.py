@@ -50,8 +50,8 @@ def probe(model, tokenizer, split: str, n: int = 256, max_new_tokens: int = 128)
     r = evaluate(model, tokenizer, "generalpoints", split, n_episodes=n, max_turns=1, style="reason",
                  max_new_tokens=max_new_tokens, num_examples=n)
     counts = dict.fromkeys(CHECKS, 0)
+    env = make("generalpoints", split=split, style="reason")
     for ex in r["examples"]:
-        env = make("generalpoints", split=split, style="reason")
         env.reset(ex["seed"])
         for k, ok in check(ex["messages"][1]["content"], env.values, env.target, ex["success"]).items():
             counts[k] += ok

@@ -112,10 +112,8 @@ def _matched_metric(res: dict | None, split: str, flops: float | None) -> tuple[
     """`_metric` at the evaluated point whose training compute is nearest `flops` (the other
     model's final compute): "at matched compute". The final point when `flops` is None."""
     pts = (res or {}).get("points") or []
-    if not pts:
-        return None, None
-    if flops is None:
-        return _metric(pts[-1]["results"], split)
+    if not pts or flops is None:
+        return _final_metric(res, split)
     p = min(pts, key=lambda p: (abs(p.get("flops", 0.0) - flops), -p.get("step", 0)))
     return _metric(p["results"], split)
 

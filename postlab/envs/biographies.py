@@ -139,12 +139,15 @@ class World:
         return {p: self._value(rng, vocab, p) for p in people}
 
     def _value(self, rng: random.Random, vocab: str, person: int) -> str:
+        return self._value_for(rng, vocab, self.names[person])
+
+    def _value_for(self, rng: random.Random, vocab: str, name: str) -> str:
         if vocab == "date":
             return f"{rng.randint(1, 28)} {rng.choice(VOCAB['month'])} {rng.randint(1900, 2005)}"
         if vocab == "address":
             return f"{rng.randint(1, 999)} {rng.choice(VOCAB['street'])} Street"
         if vocab == "email":
-            first, last = self.names[person].lower().split(" ", 1)
+            first, last = name.lower().split(" ", 1)
             return f"{first}.{last}{rng.randint(1, 99)}@mail.com"
         if vocab == "phone":
             d = self.cfg["phone_digits"]
@@ -172,6 +175,37 @@ class World:
         rels = rels[:self.cfg.get("bio_facts") or len(rels)]
         k = self.cfg["n_templates"]
         return " ".join(self.sentence(r, person, rng.randrange(k)) for r in rels)
+
+    @functools.cached_property
+    def strangers(self) -> list[str]:
+        """Names of nobody in either world: the people of reading passages."""
+        taken = set(self.names)
+        return [f"{a} {b}" for a in FIRST_NAMES for b in LAST_NAMES if f"{a} {b}" not in taken]
+
+    def reading_passage(self, rng: random.Random) -> str:
+        """A base-corpus reading item: paragraphs about 2-3 strangers, then " | " and one or two
+        of the passage's sentences restated, whose objects can only be copied from the passage.
+
+        Pre-trained language models can read; a model trained from scratch on biographies
+        alone cannot, and then learns the contextual skill from a few hundred SFT questions
+        (Ctx I.I.D. 19% in the demo, docs/results.md). Strangers are in neither world and their
+        facts are drawn fresh per item, so this teaches copying from the prompt, not a fact;
+        it has no question, so it shows no question of the task. Relations of both groups and
+        every split class appear, as in the world's own sentences (the biographies already
+        show each parametric relation's sentence)."""
+        people = rng.sample(self.strangers, rng.randint(2, 3))
+        k, n_facts = self.cfg["n_templates"], 1 + (self.cfg["context_facts"] or 2)
+        paragraphs = []
+        for name in people:
+            facts = []
+            for rel in rng.sample(list(RELATIONS), n_facts):
+                obj = (rng.choice([p for p in people if p != name]) if self.is_person_rel(rel)
+                       else self._value_for(rng, RELATIONS[rel][1], name))
+                facts.append(RELATIONS[rel][2][rng.randrange(k)].format(s=name, o=obj))
+            paragraphs.append(facts)
+        rng.shuffle(paragraphs)
+        restated = rng.sample([f for facts in paragraphs for f in facts], 2)
+        return " ".join(f for facts in paragraphs for f in facts) + " | " + " ".join(restated)
 
     # -- questions --------------------------------------------------------------------------------
     @functools.cached_property
@@ -273,9 +307,27 @@ class World:
         rng.shuffle(paragraphs)
         return paragraphs
 
+    def hop_sentences(self, q: Question) -> list[str]:
+        """The chain of thought's steps: one canonical sentence per hop."""
+        return [self.sentence(r, e) for e, r in zip(q.entities, q.relations)]
+
     def chain_of_thought(self, q: Question) -> str:
-        steps = [self.sentence(r, e) for e, r in zip(q.entities, q.relations)]
-        return " ".join(steps) + f" {MARKER} {q.answer}"
+        return " ".join(self.hop_sentences(q)) + f" {MARKER} {q.answer}"
+
+
+def first_wrong_hop(text: str, steps: list[str]) -> str:
+    """Where an answer's chain of thought leaves the expert's: ``hop{k}`` for the first hop
+    whose sentence is not the expert's (k from 1), ``none`` when every hop is written right
+    (the final answer may still be wrong). A zero-shot failure that reads ``hop1`` never
+    started the chain; one at the last hop lost only the final fact. Exact text, because the
+    expert's steps use each relation's canonical template."""
+    text = text.strip()
+    prefix = ""
+    for k, step in enumerate(steps, 1):
+        prefix = f"{prefix} {step}".strip()
+        if not text.startswith(prefix):
+            return f"hop{k}"
+    return "none"
 
 
 @functools.lru_cache(maxsize=4)
@@ -289,13 +341,19 @@ class Biographies(Env):
 
     splits = tuple(f"{s}-{p}" for s in SETS for p in PARTS)
     styles = ("compact", "paper")
+    diagnostics = ("wrong_hop",)  # `first_wrong_hop`: which hop of the chain an answer breaks at
 
     def __init__(self, split: str = "comp-train", style: str = "compact", preset: str = "tiny", world_seed: int = 0,
-                 max_turns: int = 1, **kwargs):
+                 max_turns: int = 1, reading: float = 0.0, **kwargs):
         # Single-turn: the episode ends after one answer whatever max_turns says (accepted so that
         # generic callers can pass it). For DRIFT-style retries wrap it: make("unary-feedback", env="biographies").
+        # `reading`: the fraction of base-corpus items that are reading passages (`World.reading_passage`).
         reject_unknown_options("biographies", type(self), kwargs)
         super().__init__(split=split, style=style, max_turns=max_turns)
+        if not isinstance(reading, (int, float)) or not 0 <= reading < 1:
+            raise ValueError(f"biographies: reading must be a fraction in [0, 1) (of base-corpus items that are "
+                             f"reading passages), got {reading!r}")
+        self.reading = float(reading)
         self.world = world(preset, world_seed)
         self.items = self.world.questions(split.split("-")[0])[split]
         if not self.items:
@@ -323,7 +381,9 @@ class Biographies(Env):
         self.done = True
         ok = exact_match(text, self.question.answer) if isinstance(text, str) else False
         info = {"verdict": "correct" if ok else "wrong", "answer": self.question.answer,
-                "predicted": extract_answer(text) if isinstance(text, str) else None}
+                "predicted": extract_answer(text) if isinstance(text, str) else None,
+                "wrong_hop": (first_wrong_hop(text, self.world.hop_sentences(self.question))
+                              if isinstance(text, str) else None)}
         return StepResult(feedback=[], reward=1.0 if ok else 0.0, done=True, success=ok, info=info)
 
     def expert(self) -> str:
@@ -339,8 +399,19 @@ class Biographies(Env):
         return isinstance(answer, str) and normalize(answer) == normalize(self.question.answer)
 
     def base_corpus(self, n: int, seed: int = 0) -> list[str]:
-        """Parametric biographies (what the base model memorizes), cycling over P with fresh shuffles."""
+        """Parametric biographies (what the base model memorizes), cycling over P with fresh
+        shuffles; with `reading` > 0, that fraction of the items are reading passages instead."""
         if n < 0:
             raise ValueError(f"base_corpus: n must be >= 0, got {n}")
         w = self.world
-        return [w.biography(w.P[i % len(w.P)], random.Random(f"bio/{seed}/{i}")) for i in range(n)]
+        if not self.reading:  # the corpus without reading, unchanged
+            return [w.biography(w.P[i % len(w.P)], random.Random(f"bio/{seed}/{i}")) for i in range(n)]
+        out, n_bios = [], 0
+        for i in range(n):
+            rng = random.Random(f"bio/{seed}/{i}")
+            if rng.random() < self.reading:
+                out.append(w.reading_passage(rng))
+            else:  # every person's biography still comes round in turn
+                out.append(w.biography(w.P[n_bios % len(w.P)], rng))
+                n_bios += 1
+        return out

@@ -18,6 +18,7 @@ Schema (configs/studies/NAME.yaml)::
     presets:                     # override layers, deep-merged over everything above
       demo:  {stages: {base: {config: {run: {max_steps: 100}}}}}
       tiny:  {seeds: 3}
+      demo3: {extends: demo, seeds: 3}   # demo's layer, then this one
     report: {...}                # tables, curves and paper findings (see postlab.studies.report)
 
 Stage fields: ``kind`` (pretrain | sft | rl | eval, or ``module:function`` for a custom kind),
@@ -85,6 +86,24 @@ def find_study_file(name: str) -> Path:
                       f"{_suggest(name, known)} (or pass a path to a YAML file)")
 
 
+def _preset_layers(presets: dict, preset: str, path: Path) -> list[dict]:
+    """The override layers of `preset`, base first: a preset may say ``extends: OTHER`` to be
+    OTHER's layer with its own merged over it (a 3-seed study preset over the 1-seed demo)."""
+    chain, name = [], preset
+    while name is not None:
+        if name in chain:
+            raise ConfigError(f"{path}: presets extend each other in a cycle: {' -> '.join(chain + [name])}")
+        if name not in presets:
+            raise ConfigError(f"{path}: preset {chain[-1]!r} extends {name!r}, which this study does not define; "
+                              f"defined: {', '.join(presets)}.{_suggest(name, list(presets))}")
+        layer = presets[name] or {}
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{path}: preset {name!r} must be a mapping of overrides, got {type(layer).__name__}")
+        chain.append(name)
+        name = layer.get("extends")
+    return [{k: v for k, v in (presets[n] or {}).items() if k != "extends"} for n in reversed(chain)]
+
+
 def load_study(name: str, preset: str | None = None, overrides: list[str] | None = None, seeds: int | None = None,
                enable_only: list[str] | None = None) -> Study:
     path = find_study_file(name)
@@ -98,7 +117,8 @@ def load_study(name: str, preset: str | None = None, overrides: list[str] | None
         if preset not in presets:
             raise ConfigError(f"{path}: unknown preset {preset!r}; this study defines: {', '.join(presets) or 'none'}."
                               f"{_suggest(preset, list(presets))}")
-        data = _deep_merge(data, presets[preset] or {})
+        for layer in _preset_layers(presets, preset, path):
+            data = _deep_merge(data, layer)
     for text in overrides or []:
         apply_override(data, *parse_override(text))
     return resolve(data, preset=preset, source=str(path), seeds=seeds)

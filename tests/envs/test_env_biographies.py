@@ -1,5 +1,6 @@
 """Biographies: world structure, split construction and separation, contexts, expert, base corpus."""
 
+import random
 import re
 from collections import Counter
 
@@ -141,3 +142,43 @@ def test_lab_preset_has_every_split_and_short_corpus_items():
     assert len(w.P) == 40
     subjects = {w.names[p] for p in w.P}
     assert all(any(item.startswith(name) or f" {name}" in item for name in subjects) for item in corpus)
+
+
+def test_wrong_hop_diagnostic_names_the_first_broken_hop():
+    from postlab.envs.biographies import first_wrong_hop
+
+    steps = ["A's boss is B.", "B's phone number is 123."]
+    assert first_wrong_hop(f"A's boss is B. B's phone number is 123. {MARKER} 123", steps) == "none"
+    assert first_wrong_hop(f"A's boss is B. B's phone number is 123. {MARKER} 9", steps) == "none"  # chain right
+    assert first_wrong_hop(f"A's boss is B. B's phone number is 124. {MARKER} 124", steps) == "hop2"
+    assert first_wrong_hop("A's boss is C. C's phone number is 123.", steps) == "hop1"
+    assert first_wrong_hop("", steps) == "hop1"
+    env = Biographies(split="ctx-iid", preset="lab")
+    env.reset(3)
+    hops = len(env.question.relations)
+    assert env.step(env.expert()).info["wrong_hop"] == "none"
+    env.reset(3)
+    last_wrong = env.expert().replace(env.question.answer, "nobody")  # only the last step names the answer
+    assert env.step(last_wrong).info["wrong_hop"] == f"hop{hops}"
+
+
+def test_reading_passages_teach_copying_not_facts():
+    w = world("lab", 0)
+    people_of_worlds = set(w.names)
+    for item in [w.reading_passage(random.Random(i)) for i in range(200)]:
+        passage, restated = item.split(" | ")
+        assert "?" not in item and MARKER not in item  # no question of the task
+        assert not any(name in item for name in people_of_worlds)  # strangers only
+        sentences = re.findall(r"[^.]*?[^ .]+(?:\.[^ .]+)*\.", restated)
+        assert len(sentences) == 2 and all(s.strip() in passage for s in sentences)  # copies of the passage
+    env = Biographies(preset="lab", reading=0.3)
+    corpus = env.base_corpus(1000, seed=0)
+    reading = [c for c in corpus if " | " in c]
+    assert 250 <= len(reading) <= 350 and corpus == env.base_corpus(1000, seed=0)
+    # every person's biography still comes round in turn: each excerpt is about P's next person
+    bios = [c for c in corpus if " | " not in c]
+    assert all(b.count(w.names[w.P[i % len(w.P)]]) == 5 for i, b in enumerate(bios))
+    assert all(" | " not in c for c in Biographies(preset="lab").base_corpus(1000, seed=0))
+    for bad in (1.0, -0.1, "0.3"):
+        with pytest.raises(ValueError, match="reading must be a fraction"):
+            Biographies(preset="lab", reading=bad)

@@ -146,3 +146,21 @@ def test_killed_study_resumes(tmp_path):
     assert (long_dir / "DONE").exists()
     assert json.loads((long_dir / "result.json").read_text())["compute"]["resumed"] is True
     assert "final success" in out.stderr + out.stdout
+
+
+def test_preset_extends_another(tmp_path):
+    data = {"seeds": 1, "env": "x",
+            "stages": {"a": {"kind": "sft", "config": {"run": {"max_steps": 3}, "optim": {"lr": 0.1}}}},
+            "presets": {"demo": {"stages": {"a": {"config": {"run": {"max_steps": 5}}}}},
+                        "lab": {"extends": "demo", "seeds": 3, "stages": {"a": {"config": {"optim": {"lr": 0.2}}}}},
+                        "loop1": {"extends": "loop2"}, "loop2": {"extends": "loop1"}, "bad": {"extends": "nope"}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    lab = load_study(str(path), preset="lab")
+    assert lab.seeds == [0, 1, 2] and lab.preset == "lab"
+    assert lab.raw["stages"]["a"]["config"] == {"run": {"max_steps": 5}, "optim": {"lr": 0.2}}  # demo's, then lab's
+    assert "extends" not in lab.raw
+    with pytest.raises(ConfigError, match="cycle: loop1 -> loop2 -> loop1"):
+        load_study(str(path), preset="loop1")
+    with pytest.raises(ConfigError, match="'bad' extends 'nope'"):
+        load_study(str(path), preset="bad")

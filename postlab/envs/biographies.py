@@ -183,8 +183,8 @@ class World:
         return [f"{a} {b}" for a in FIRST_NAMES for b in LAST_NAMES if f"{a} {b}" not in taken]
 
     def reading_passage(self, rng: random.Random) -> str:
-        """A base-corpus reading item: paragraphs about 2-3 strangers, then " | " and one or two
-        of the passage's sentences restated, whose objects can only be copied from the passage.
+        """A base-corpus reading item: paragraphs about 2-3 strangers, then " | " and two of the
+        passage's sentences restated, whose objects can only be copied from the passage.
 
         Pre-trained language models can read; a model trained from scratch on biographies
         alone cannot, and then learns the contextual skill from a few hundred SFT questions

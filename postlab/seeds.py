@@ -94,6 +94,20 @@ def corpus_seed(corpus_seed_: int, index: int) -> int:
     return CORPUS.seed(index, corpus_seed_)
 
 
+# World seeds (what a world is built from, not a problem): navigation's cities. A study's world
+# seed picks its seen cities; unseen (visual-OOD) cities sit UNSEEN_CITY_OFFSET further on, so
+# the two sets never share a city while a world has fewer than that many of each.
+CITY_STRIDE = 100_003
+UNSEEN_CITY_OFFSET = 10_000
+
+
+def city_seed(world_seed: int, index: int, unseen: bool = False) -> int:
+    """RNG seed of the `index`-th seen (or unseen) city of world `world_seed`."""
+    if not 0 <= index < UNSEEN_CITY_OFFSET:
+        raise ValueError(f"city index {index}: a world has at most {UNSEEN_CITY_OFFSET} cities of each kind")
+    return world_seed * CITY_STRIDE + (UNSEEN_CITY_OFFSET if unseen else 0) + index
+
+
 # Base-corpus generator seeds: pre-training draws `seed`, the SFT base mix `BASE_MIX_OFFSET + seed`.
 BASE_MIX_OFFSET = 7_919
 

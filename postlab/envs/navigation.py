@@ -54,7 +54,7 @@ import json
 import random
 
 from postlab.envs.base import Env, Observation, StepResult, register_env, reject_unknown_options
-from postlab.seeds import corpus_seed
+from postlab.seeds import city_seed, corpus_seed
 from postlab.verifiers.navigation import (COMPASS, RESTATE, SHORT, NavVerdict, action_space_used, format_action,
                                           score_action)
 
@@ -154,8 +154,8 @@ def build_city(seed: int, words: tuple, grid: int) -> City:
 
 @functools.lru_cache(maxsize=8)
 def cities(kind: str, n: int, world_seed: int) -> tuple[City, ...]:
-    words, grid, base = (SEEN_WORDS, 5, 0) if kind == "seen" else (UNSEEN_WORDS, 6, 10_000)
-    return tuple(build_city(world_seed * 100_003 + base + i, words, grid) for i in range(n))
+    words, grid = (SEEN_WORDS, 5) if kind == "seen" else (UNSEEN_WORDS, 6)
+    return tuple(build_city(city_seed(world_seed, i, unseen=kind != "seen"), words, grid) for i in range(n))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -113,6 +113,7 @@ def load_study(name: str, preset: str | None = None, overrides: list[str] | None
             raise ConfigError(f"{path}: unknown top-level key {key!r}.{_suggest(key, list(TOP_FIELDS))} "
                               f"Valid: {', '.join(TOP_FIELDS)}")
     presets = data.pop("presets", None) or {}
+    check_report_references(data, presets, path)
     if preset is not None:
         if preset not in presets:
             raise ConfigError(f"{path}: unknown preset {preset!r}; this study defines: {', '.join(presets) or 'none'}."
@@ -122,6 +123,80 @@ def load_study(name: str, preset: str | None = None, overrides: list[str] | None
     for text in overrides or []:
         apply_override(data, *parse_override(text))
     return resolve(data, preset=preset, source=str(path), seeds=seeds)
+
+
+def _strings_at(tree, key: str) -> set[str]:
+    """Every string value stored under `key` anywhere in a nested YAML tree."""
+    if isinstance(tree, dict):
+        return set().union(*([{v} if k == key and isinstance(v, str) else _strings_at(v, key) for k, v in tree.items()]
+                             or [set()]))
+    if isinstance(tree, list):
+        return set().union(*[_strings_at(v, key) for v in tree] or [set()])
+    return set()
+
+
+def _report_references(report: dict):
+    """(where, stage names, split references) of every item in a study's `report` section."""
+    def as_list(x):
+        return [] if x is None else list(x.values()) if isinstance(x, dict) else [x] if isinstance(x, str) else list(x)
+
+    for section in ("tables", "deltas", "curves", "findings", "diagnostics"):
+        for i, item in enumerate((report or {}).get(section) or []):
+            if not isinstance(item, dict):
+                continue
+            where = f"report.{section}[{i}]" + (f" ({item.get('title') or item.get('claim')})"
+                                                if item.get("title") or item.get("claim") else "")
+            stages, splits = [], []
+            if section == "tables":
+                stages, splits = as_list(item.get("rows")), as_list(item.get("splits"))
+            elif section == "deltas":
+                stages = [item.get("baseline")] + [s for c in as_list(item.get("columns")) for s in as_list(c)]
+                splits = as_list(item.get("rows"))
+            elif section == "curves":
+                stages, splits = [item.get("baseline")] + as_list(item.get("series")), as_list(item.get("splits"))
+            elif section == "diagnostics":  # rows: STAGE or STAGE:base; columns are summary keys
+                stages = [str(s).split(":", 1)[0] for s in as_list(item.get("rows"))]
+            else:
+                m = item.get("metric") or {}
+                if "value" in m:
+                    stages, splits = [m["value"][0]], [m["value"][1]]
+                elif "diff" in m:
+                    stages, splits = [a for a, _ in m["diff"]], [b for _, b in m["diff"]]
+                elif "delta" in m:
+                    stages, splits = list(m["delta"]), [m.get("split")]
+                elif "gain_diff" in m:
+                    stages, splits = [s for pair in m["gain_diff"] for s in pair], [m.get("split")]
+            yield where, [s for s in stages if s is not None], [s for s in splits if s is not None]
+
+
+def check_report_references(data: dict, presets: dict, source) -> None:
+    """Every stage, split and diagnostic the `report` section names exists in the study (in its
+    stages or any preset's). The report drops what no run produced, so a typo there would
+    otherwise surface as a silently missing column after the whole study ran."""
+    from postlab.envs import ENV_REGISTRY
+
+    stage_names = set(data.get("stages") or {}) | {n for layer in presets.values() if isinstance(layer, dict)
+                                                   for n in (layer.get("stages") or {})}
+    envs = _strings_at(data, "env") | _strings_at(presets, "env")
+    classes = [ENV_REGISTRY.get(e) for e in envs]
+    # a wrapper (no splits of its own) or a custom env: its splits are not known here
+    splits = None if any(c is None or not c.splits for c in classes) else {s for c in classes for s in c.splits}
+    diagnostics = {d for c in classes if c is not None for d in c.diagnostics}
+    for where, stages, refs in _report_references(data.get("report")):
+        for st in stages:
+            if st not in stage_names:
+                raise ConfigError(f"{source}: {where}: unknown stage {st!r}.{_suggest(str(st), sorted(stage_names))} "
+                                  f"Stages: {', '.join(sorted(stage_names))}")
+        for ref in refs:
+            name, _, diag = str(ref).partition(":")
+            if splits is not None and name not in splits:
+                raise ConfigError(f"{source}: {where}: unknown split {name!r} in {ref!r}.{_suggest(name, sorted(splits))} "
+                                  f"Splits: {', '.join(sorted(splits))}")
+            key = diag.partition("=")[0]
+            if "=" in diag and key not in diagnostics:
+                raise ConfigError(f"{source}: {where}: {ref!r} names diagnostic {key!r}, which no env of this study "
+                                  f"records.{_suggest(key, sorted(diagnostics))} Diagnostics: "
+                                  f"{', '.join(sorted(diagnostics)) or 'none'} (SPLIT:KEY=CATEGORY)")
 
 
 def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds: int | None = None) -> Study:

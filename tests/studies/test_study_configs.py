@@ -50,3 +50,45 @@ def test_a_typo_in_a_late_stage_fails_before_the_first_stage_runs(fields, words,
     for w in words:
         assert w in str(e.value)
     assert not runner.calls  # nothing ran
+
+
+_REPORTED = {"name": "t", "env": "toy",
+             "stages": {"base": {"kind": "pretrain", "data": {"n": 10}, "config": {"run": {"max_steps": 1}}},
+                        "eval-base": {"kind": "eval", "after": "base", "splits": ["id", "ood"]}},
+             "presets": {"more": {"stages": {"eval-more": {"kind": "eval", "after": "base"}}}}}
+
+
+@pytest.mark.parametrize("report, words", [
+    ({"tables": [{"title": "T", "rows": {"b": "eval-bsae"}, "splits": ["id"]}]},
+     ["report.tables[0] (T)", "unknown stage 'eval-bsae'", "eval-base"]),
+    ({"tables": [{"rows": {"b": "eval-base"}, "splits": {"OOD": "odd"}}]}, ["report.tables[0]", "unknown split 'odd'", "ood"]),
+    ({"findings": [{"claim": "C", "metric": {"diff": [["eval-base", "id"], ["eval-base", "ood:wrong_hop=hop1"]]}}]},
+     ["report.findings[0] (C)", "diagnostic 'wrong_hop'", "no env of this study records"]),
+    ({"findings": [{"claim": "C", "metric": {"delta": ["eval-base", "eval-nope"], "split": "id"}}]},
+     ["unknown stage 'eval-nope'"]),
+    ({"curves": [{"baseline": "eval-base", "series": {"x": "eval-more"}, "splits": ["iid"]}]},
+     ["report.curves[0]", "unknown split 'iid'"]),
+])
+def test_a_typo_in_the_report_section_fails_when_the_study_loads(report, words, tmp_path):
+    """The report leaves out what no run produced, so these would otherwise be silently empty columns."""
+    import yaml
+
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({**_REPORTED, "report": report}))
+    with pytest.raises(ConfigError) as e:
+        load_study(str(path))
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_the_report_may_name_stages_of_other_presets_and_env_diagnostics(tmp_path):
+    import yaml
+
+    path = tmp_path / "t.yaml"
+    report = {"tables": [{"rows": {"m": "eval-more", "b": "eval-base"}, "splits": ["id", "ood"]}],
+              "findings": [{"claim": "C", "metric": {"value": ["eval-base", "id"]}}]}
+    path.write_text(yaml.safe_dump({**_REPORTED, "env": "generalpoints", "report": {
+        **report, "tables": [{"rows": {"b": "eval-base"}, "splits": ["id", "ood-rule:face_rule=other"]}]}}))
+    load_study(str(path))  # eval-more exists only in a preset; face_rule is GeneralPoints' diagnostic
+    path.write_text(yaml.safe_dump({**_REPORTED, "report": report}))
+    load_study(str(path))

@@ -182,7 +182,7 @@ class World:
         taken = set(self.names)
         return [f"{a} {b}" for a in FIRST_NAMES for b in LAST_NAMES if f"{a} {b}" not in taken]
 
-    def reading_passage(self, rng: random.Random) -> str:
+    def reading_passage(self, rng: random.Random, phrases: float = 0.0) -> str:
         """A base-corpus reading item: paragraphs about 2-3 strangers, then " | " and two of the
         passage's sentences restated, whose objects can only be copied from the passage.
 
@@ -192,7 +192,13 @@ class World:
         facts are drawn fresh per item, so this teaches copying from the prompt, not a fact;
         it has no question, so it shows no question of the task. Relations of both groups and
         every split class appear, as in the world's own sentences (the biographies already
-        show each parametric relation's sentence)."""
+        show each parametric relation's sentence).
+
+        With probability `phrases` the restated facts come each after its relation's question
+        phrase ("the university of Ann Lee: Ann Lee studied at ..."): what a pre-trained model
+        knows of language, that the phrase names that fact. Without it a lab model has never
+        seen a held-out relation's phrase next to its sentence, and zero-shot chains break at
+        exactly that hop (docs/results.md)."""
         people = rng.sample(self.strangers, rng.randint(2, 3))
         k, n_facts = self.cfg["n_templates"], 1 + (self.cfg["context_facts"] or 2)
         paragraphs = []
@@ -201,11 +207,16 @@ class World:
             for rel in rng.sample(list(RELATIONS), n_facts):
                 obj = (rng.choice([p for p in people if p != name]) if self.is_person_rel(rel)
                        else self._value_for(rng, RELATIONS[rel][1], name))
-                facts.append(RELATIONS[rel][2][rng.randrange(k)].format(s=name, o=obj))
+                facts.append((RELATIONS[rel][2][rng.randrange(k)].format(s=name, o=obj), rel, name))
             paragraphs.append(facts)
         rng.shuffle(paragraphs)
         restated = rng.sample([f for facts in paragraphs for f in facts], 2)
-        return " ".join(f for facts in paragraphs for f in facts) + " | " + " ".join(restated)
+        # drawn only when asked for, so that phrases=0 leaves the corpus exactly as it was
+        if phrases and rng.random() < phrases:
+            lines = [f"{RELATIONS[rel][3][rng.randrange(k)].format(x=name)}: {text}" for text, rel, name in restated]
+        else:
+            lines = [text for text, _, _ in restated]
+        return " ".join(text for facts in paragraphs for text, _, _ in facts) + " | " + " ".join(lines)
 
     # -- questions --------------------------------------------------------------------------------
     @functools.cached_property
@@ -344,16 +355,23 @@ class Biographies(Env):
     diagnostics = ("wrong_hop",)  # `first_wrong_hop`: which hop of the chain an answer breaks at
 
     def __init__(self, split: str = "comp-train", style: str = "compact", preset: str = "tiny", world_seed: int = 0,
-                 max_turns: int = 1, reading: float = 0.0, **kwargs):
+                 max_turns: int = 1, reading: float = 0.0, phrases: float = 0.0, **kwargs):
         # Single-turn: the episode ends after one answer whatever max_turns says (accepted so that
         # generic callers can pass it). For DRIFT-style retries wrap it: make("unary-feedback", env="biographies").
-        # `reading`: the fraction of base-corpus items that are reading passages (`World.reading_passage`).
+        # `reading`: the fraction of base-corpus items that are reading passages (`World.reading_passage`);
+        # `phrases`: the fraction of those that restate their facts after the relation's question phrase.
         reject_unknown_options("biographies", type(self), kwargs)
         super().__init__(split=split, style=style, max_turns=max_turns)
         if not isinstance(reading, (int, float)) or not 0 <= reading < 1:
             raise ValueError(f"biographies: reading must be a fraction in [0, 1) (of base-corpus items that are "
                              f"reading passages), got {reading!r}")
-        self.reading = float(reading)
+        if not isinstance(phrases, (int, float)) or not 0 <= phrases <= 1:
+            raise ValueError(f"biographies: phrases must be a fraction in [0, 1] (of reading passages that restate "
+                             f"facts after their question phrase), got {phrases!r}")
+        if phrases and not reading:
+            raise ValueError("biographies: phrases > 0 needs reading > 0 (phrases are part of reading passages); "
+                             "set reading, e.g. reading=0.3")
+        self.reading, self.phrases = float(reading), float(phrases)
         self.world = world(preset, world_seed)
         self.items = self.world.questions(split.split("-")[0])[split]
         if not self.items:
@@ -410,7 +428,7 @@ class Biographies(Env):
         for i in range(n):
             rng = random.Random(f"bio/{seed}/{i}")
             if rng.random() < self.reading:
-                out.append(w.reading_passage(rng))
+                out.append(w.reading_passage(rng, self.phrases))
             else:  # every person's biography still comes round in turn
                 out.append(w.biography(w.P[n_bios % len(w.P)], rng))
                 n_bios += 1

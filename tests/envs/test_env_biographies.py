@@ -182,3 +182,41 @@ def test_reading_passages_teach_copying_not_facts():
     for bad in (1.0, -0.1, "0.3"):
         with pytest.raises(ValueError, match="reading must be a fraction"):
             Biographies(preset="lab", reading=bad)
+
+
+def _fills(template: str, text: str, slot: str):
+    """The name `text` puts in `template`'s {slot} (other slots anything), or None if it does not fit."""
+    pattern = re.escape(template).replace(re.escape("{" + slot + "}"), "(?P<slot>[A-Z][a-z]+ [A-Z][a-z]+)")
+    m = re.fullmatch(re.sub(r"\\\{\w\\\}", ".+", pattern), text)
+    return m and m["slot"]
+
+
+def test_phrase_restatements_name_each_fact_by_its_question_phrase():
+    from postlab.envs.biographies_data import RELATIONS
+
+    w = world("lab", 0)
+    phrased = 0
+    for i in range(200):
+        item = w.reading_passage(random.Random(i), phrases=0.5)
+        passage, restated = item.split(" | ")
+        assert "?" not in item and not any(name in item for name in w.names)
+        if ": " not in restated:
+            continue
+        phrased += 1
+        # "the birthplace of Gideon Lynch: Gideon Lynch was born in Elmstead." twice: the phrase is
+        # one of the relation's question phrases about the sentence's subject, the sentence a copy
+        pairs = re.findall(r"(the [^:]+?): ([^:]+?\.)(?= the |$)", restated)
+        assert len(pairs) == 2, restated
+        for phrase, sentence in pairs:
+            assert sentence in passage
+            assert any(_fills(t, phrase, "x") == _fills(u, sentence, "s") is not None
+                       for r in RELATIONS for t in RELATIONS[r][3] for u in RELATIONS[r][2]), (phrase, sentence)
+    assert 70 <= phrased <= 130
+    # off by default, and drawn only when asked for: phrases=0 leaves every item as it was
+    assert [w.reading_passage(random.Random(i)) for i in range(50)] == \
+        [w.reading_passage(random.Random(i), phrases=0.0) for i in range(50)]
+    with pytest.raises(ValueError, match="phrases > 0 needs reading > 0"):
+        Biographies(preset="lab", phrases=0.5)
+    for bad in (1.5, -0.1, "0.5"):
+        with pytest.raises(ValueError, match="phrases must be a fraction"):
+            Biographies(preset="lab", reading=0.3, phrases=bad)

@@ -181,7 +181,8 @@ def check_report_references(data: dict, presets: dict, source) -> None:
     classes = [ENV_REGISTRY.get(e) for e in envs]
     # a wrapper (no splits of its own) or a custom env: its splits are not known here
     splits = None if any(c is None or not c.splits for c in classes) else {s for c in classes for s in c.splits}
-    diagnostics = {d for c in classes if c is not None for d in c.diagnostics}
+    # an env not registered here (a custom one) may record diagnostics this check cannot know
+    diagnostics = None if None in classes else {d for c in classes for d in c.diagnostics}
     for where, stages, refs in _report_references(data.get("report")):
         for st in stages:
             if st not in stage_names:
@@ -193,7 +194,7 @@ def check_report_references(data: dict, presets: dict, source) -> None:
                 raise ConfigError(f"{source}: {where}: unknown split {name!r} in {ref!r}.{_suggest(name, sorted(splits))} "
                                   f"Splits: {', '.join(sorted(splits))}")
             key = diag.partition("=")[0]
-            if "=" in diag and key not in diagnostics:
+            if "=" in diag and diagnostics is not None and key not in diagnostics:
                 raise ConfigError(f"{source}: {where}: {ref!r} names diagnostic {key!r}, which no env of this study "
                                   f"records.{_suggest(key, sorted(diagnostics))} Diagnostics: "
                                   f"{', '.join(sorted(diagnostics)) or 'none'} (SPLIT:KEY=CATEGORY)")

@@ -92,3 +92,7 @@ def test_the_report_may_name_stages_of_other_presets_and_env_diagnostics(tmp_pat
     load_study(str(path))  # eval-more exists only in a preset; face_rule is GeneralPoints' diagnostic
     path.write_text(yaml.safe_dump({**_REPORTED, "report": report}))
     load_study(str(path))
+    # an env this process has not registered (a custom one): its splits and diagnostics are not checked
+    path.write_text(yaml.safe_dump({**_REPORTED, "env": "my-env", "report": {
+        "tables": [{"rows": {"b": "eval-base"}, "splits": ["mine:my_diag=x"]}]}}))
+    load_study(str(path))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from postlab import locks
 from postlab.models.io import CheckpointError, save_pretrained_atomic
 
 
@@ -61,6 +62,16 @@ class RunDir:
         self.path = Path(path)
         self.rank = rank
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = self.path / ".lock"
+        if rank == 0:  # rank 0 alone writes the directory; it holds the lock until close() or its death
+            try:
+                locks.acquire(self._lock)
+            except locks.DirectoryInUse as e:
+                from postlab.config import ConfigError
+
+                raise ConfigError(f"run directory {self.path} is in use by another process ({e}); wait for that "
+                                  f"run to finish or stop it, then resume with --resume {self.path}, or choose "
+                                  "another run.out_dir (nothing was changed)") from None
         (self.path / "checkpoints").mkdir(exist_ok=True)
         self._tb = None
         self._wandb = None
@@ -154,6 +165,8 @@ class RunDir:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+        if self.rank == 0:
+            locks.release(self._lock)
 
     # --------------------------------------------------------------- checkpoints
     def checkpoint_dirs(self) -> list[Path]:

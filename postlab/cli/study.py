@@ -1,4 +1,4 @@
-"""`postlab study NAME [--preset demo|tiny|paper] [--seeds N] [--out DIR]` and `postlab report RUN_DIR`."""
+"""`postlab study NAME [--preset demo|tiny|paper] [--seeds N] [--only-seed N] [--out DIR]` and `postlab report RUN_DIR`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def register(sub) -> None:
                    help="a dotted override (repeatable; use this form after other options)")
     p.add_argument("--preset", default=None, help="override layer defined by the study (demo | tiny | paper)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the study's / preset's)")
+    p.add_argument("--only-seed", dest="only_seeds", type=int, action="append", default=None, metavar="N",
+                   help="run only this seed's stages (repeatable); to spread a study over processes or machines, "
+                        "give each its seeds and the same --out: shared stages still run once, with the first seed, "
+                        "and the process that completes the study writes the report")
     p.add_argument("--out", default="runs/studies", help="root directory of study runs (default runs/studies)")
     p.add_argument("--plan", action="store_true", help="only validate every stage and show whether each is cached")
     p.add_argument("--no-report", action="store_true", help="do not write report.html / report.md")
@@ -40,7 +44,7 @@ def _run_study(args) -> int:
 
     study = load_study(args.name, preset=args.preset, overrides=[*args.overrides, *args.set_overrides],
                        seeds=args.seeds)
-    runner = StudyRunner(study, args.out)
+    runner = StudyRunner(study, args.out, only_seeds=args.only_seeds)
     if args.plan:
         runner.validate()  # the same checks `run` does before its first stage
         table = Table(title=f"study {study.name} ({study.preset or 'default'}): {runner.root}")
@@ -53,13 +57,27 @@ def _run_study(args) -> int:
                 table.add_row(str(seed), name, st.kind, ",".join(st.after), status[seed][name], d.name)
         console.print(table)
         return 0
-    console.print(f"study {study.name} preset={study.preset or 'default'} seeds={study.seeds} "
+    only = f" (this process: seeds {runner.only_seeds})" if args.only_seeds else ""
+    console.print(f"study {study.name} preset={study.preset or 'default'} seeds={study.seeds}{only} "
                   f"stages={len(study.stages)} -> {runner.root}", highlight=False)
     runner.run()
+    if not runner.complete():  # other seeds are still running elsewhere: a report now would be a partial one
+        todo = sorted(seed for seed, stages in runner.status().items() if any(s != "done" for s in stages.values()))
+        console.print(f"seeds {runner.only_seeds} done; seeds {todo} still have stages to run. The study's tables and "
+                      f"report come from the run that completes it, or `postlab report {runner.root}` after it.",
+                      highlight=False)
+        return 0
     for t in rich_tables(runner.root):
         console.print(t)
     if not args.no_report:
-        html_path, md_path = build_report(runner.root)
+        from postlab import locks
+
+        lock = runner.root / ".report.lock"  # two --only-seed processes may complete the study at once
+        locks.acquire(lock, wait=True)
+        try:
+            html_path, md_path = build_report(runner.root)
+        finally:
+            locks.release(lock)
         console.print(f"report: {html_path} and {md_path}")
     return 0
 

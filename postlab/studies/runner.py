@@ -11,6 +11,11 @@ Layout::
           result.json            what the stage produced (checkpoint, compute, eval results)
           DONE                   written last, atomically: the stage is complete
 
+Seeds can run in separate processes (`postlab study ... --only-seed N`): the plan and manifest
+are the whole study's, a process runs only its seeds' stages, and a stage is run under a lock
+(`postlab.locks`), so a shared stage that another process is running is waited for, then read
+from its cache, never run twice at once.
+
 The hash covers the stage's resolved spec, the seed and the hashes of its inputs, so changing
 one value reruns that stage and exactly the stages downstream of it, and nothing else. A
 stage directory without DONE is an interrupted stage: trainer stages resume from the run's
@@ -29,6 +34,7 @@ import shutil
 import time
 from pathlib import Path
 
+from postlab import locks
 from postlab.progress import console
 from postlab.studies.compute import flops
 from postlab.studies.kinds import STAGE_KINDS
@@ -87,10 +93,18 @@ def resolve_kind(kind: str):
 
 
 class StudyRunner:
-    def __init__(self, study: Study, out: str | Path = DEFAULT_OUT):
+    def __init__(self, study: Study, out: str | Path = DEFAULT_OUT, only_seeds: list[int] | None = None):
+        """`only_seeds`: run just these of the study's seeds (the others may run in other processes)."""
         self.study = study
         self.root = Path(out) / study.name / (study.preset or "default")
         self.calls: list[tuple[int, str]] = []  # (seed, stage) actually run in this process
+        unknown = sorted(set(only_seeds or ()) - set(study.seeds))
+        if unknown:
+            from postlab.config import ConfigError
+
+            raise ConfigError(f"--only-seed {', '.join(map(str, unknown))}: not a seed of this study; its seeds are "
+                              f"{study.seeds} (set them with --seeds N or -s seeds=[...])")
+        self.only_seeds = list(only_seeds) if only_seeds else list(study.seeds)
 
     # ------------------------------------------------------------------ planning
     def plan(self) -> dict[int, dict[str, Path]]:
@@ -111,6 +125,10 @@ class StudyRunner:
         """The seed a stage runs with: its study seed, or the first seed for a shared stage."""
         return self.study.seeds[0] if self.study.is_shared(stage) else seed
 
+    def complete(self) -> bool:
+        """Every stage of every seed is done (what a report of the whole study needs)."""
+        return all(s == "done" for stages in self.status().values() for s in stages.values())
+
     def status(self) -> dict[int, dict[str, str]]:
         return {seed: {n: ("done" if (d / "DONE").exists() else "partial" if d.exists() else "todo")
                        for n, d in dirs.items()} for seed, dirs in self.plan().items()}
@@ -129,6 +147,8 @@ class StudyRunner:
         """Check every stage of every seed (configs, envs, splits, data/eval keys) before any runs."""
         plan = plan or self.plan()
         for seed, dirs in plan.items():
+            if seed not in self.only_seeds:
+                continue
             for name, st in self.study.stages.items():
                 if st.kind not in STAGE_KINDS:
                     resolve_kind(st.kind)  # a custom kind must at least import
@@ -144,9 +164,11 @@ class StudyRunner:
         self.validate(plan)
         self.write_manifest(plan)
         results: dict[int, dict[str, dict]] = {}
-        total = len(plan) * len(self.study.stages)
+        total = len(self.only_seeds) * len(self.study.stages)
         i = 0
         for seed, dirs in plan.items():
+            if seed not in self.only_seeds:
+                continue
             results[seed] = {}
             for name, st in self.study.stages.items():
                 i += 1
@@ -160,6 +182,19 @@ class StudyRunner:
             result = json.loads((path / "result.json").read_text())
             console.print(f"{label}: cached {path.name}", highlight=False)
             return result
+        lock = path.with_name(f".{path.name}.lock")
+        locks.acquire(lock, wait=True, on_wait=lambda holder: console.print(
+            f"{label}: another process ({holder}) is running this stage; waiting for it", highlight=False))
+        try:
+            if (path / "DONE").exists():  # the process we waited for finished it
+                console.print(f"{label}: cached {path.name} (run by another process)", highlight=False)
+                return json.loads((path / "result.json").read_text())
+            return self._run_stage_locked(st, seed, path, inputs, input_dirs, label)
+        finally:
+            locks.release(lock)
+
+    def _run_stage_locked(self, st: Stage, seed: int, path: Path, inputs: list[dict], input_dirs: list[Path],
+                          label: str) -> dict:
         resumed = path.exists()
         path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path / "stage.json", {"name": st.name, "kind": st.kind, "after": st.after, "seed": seed,

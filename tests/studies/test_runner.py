@@ -164,3 +164,48 @@ def test_preset_extends_another(tmp_path):
         load_study(str(path), preset="loop1")
     with pytest.raises(ConfigError, match="'bad' extends 'nope'"):
         load_study(str(path), preset="bad")
+
+
+def test_seeds_in_separate_processes_share_the_shared_stage_and_match_one_process(tmp_path):
+    """`--only-seed` per process: the shared base runs once (the other process waits on its lock),
+    each process runs its own seed, and the stage results equal a one-process run's."""
+    data = {**STUDY, "seeds": 2, "stages": {
+        "base": {"kind": "fake_stages:train", "shared": True, "data": {"steps": 30, "sleep": 0.1, "gain": 0.2}},
+        "warm": {"kind": "fake_stages:train", "after": "base", "data": {"steps": 2, "gain": 0.1}},
+        "eval-warm": {"kind": "fake_stages:evaluate", "after": "warm"}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    log = tmp_path / "log.jsonl"
+    env = {**os.environ, "FAKE_STAGE_LOG": str(log), "COLUMNS": "200",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "postlab.cli.main", "study", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "par")]
+    procs = [subprocess.Popen([*cmd, "--only-seed", str(seed)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for seed in (0, 1)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sum(e["stage"] == "base" for e in events) == 1  # once, with the first seed
+    assert sorted(e["seed"] for e in events if e["stage"] == "warm") == [0, 1]
+    root = tmp_path / "par" / "toy" / "default"
+    assert (root / "report.md").exists()  # written by the process that completed the study
+    one = _run(data, tmp_path / "one", tmp=tmp_path)
+    for seed, dirs in one.plan().items():
+        for name, d in dirs.items():
+            par = json.loads((root / d.relative_to(one.root) / "result.json").read_text())
+            ref = json.loads((d / "result.json").read_text())
+            assert {k: v for k, v in par.items() if k != "compute"} == {k: v for k, v in ref.items() if k != "compute"}
+    with pytest.raises(ConfigError, match="--only-seed 5: not a seed of this study; its seeds are \\[0, 1\\]"):
+        StudyRunner(load_study(str(tmp_path / "s.yaml")), tmp_path / "par", only_seeds=[5])
+
+
+def test_a_process_running_only_its_seed_leaves_the_report_to_the_one_that_completes(tmp_path):
+    data = {**STUDY, "seeds": 2}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    env = {**os.environ, "COLUMNS": "200",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "postlab.cli.main", "study", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "runs")]
+    first = subprocess.run([*cmd, "--only-seed", "1"], env=env, capture_output=True, text=True, timeout=120)
+    root = tmp_path / "runs" / "toy" / "default"
+    assert first.returncode == 0 and "seeds [0] still have stages to run" in first.stdout + first.stderr
+    assert not (root / "report.md").exists() and not (root / "seed_0").exists()
+    second = subprocess.run([*cmd, "--only-seed", "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0 and (root / "report.md").exists()

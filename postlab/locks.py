@@ -14,11 +14,15 @@ sequence, may open the same directory twice.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not guarded against a second process
+    fcntl = None
 
 _held: dict[str, list] = {}  # resolved lock file -> [open file, count] held by this process
 
@@ -40,6 +44,8 @@ def acquire(lock_file: str | Path, wait: bool = False, on_wait: Callable[[str], 
     (calling `on_wait(holder)` once first)."""
     lock_file = Path(lock_file)
     key = str(lock_file.resolve())
+    if fcntl is None:
+        return
     if key in _held:
         _held[key][1] += 1
         return

@@ -21,6 +21,9 @@ def register(sub) -> None:
                    help="run only this seed's stages (repeatable); to spread a study over processes or machines, "
                         "give each its seeds and the same --out: shared stages still run once, with the first seed, "
                         "and the process that completes the study writes the report")
+    p.add_argument("--independent", action="store_true",
+                   help="share no stage across seeds: every seed trains its own base and warm-up, so the seeds vary "
+                        "the starting point too (costs the shared stages once per seed)")
     p.add_argument("--out", default="runs/studies", help="root directory of study runs (default runs/studies)")
     p.add_argument("--plan", action="store_true", help="only validate every stage and show whether each is cached")
     p.add_argument("--no-report", action="store_true", help="do not write report.html / report.md")
@@ -43,7 +46,7 @@ def _run_study(args) -> int:
     from postlab.studies.spec import load_study
 
     study = load_study(args.name, preset=args.preset, overrides=[*args.overrides, *args.set_overrides],
-                       seeds=args.seeds)
+                       seeds=args.seeds, independent=args.independent)
     runner = StudyRunner(study, args.out, only_seeds=args.only_seeds)
     if args.plan:
         runner.validate()  # the same checks `run` does before its first stage

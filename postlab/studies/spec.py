@@ -105,7 +105,7 @@ def _preset_layers(presets: dict, preset: str, path: Path) -> list[dict]:
 
 
 def load_study(name: str, preset: str | None = None, overrides: list[str] | None = None, seeds: int | None = None,
-               enable_only: list[str] | None = None) -> Study:
+               enable_only: list[str] | None = None, independent: bool = False) -> Study:
     path = find_study_file(name)
     data = read_yaml(path)
     for key in data:
@@ -122,7 +122,7 @@ def load_study(name: str, preset: str | None = None, overrides: list[str] | None
             data = _deep_merge(data, layer)
     for text in overrides or []:
         apply_override(data, *parse_override(text))
-    return resolve(data, preset=preset, source=str(path), seeds=seeds)
+    return resolve(data, preset=preset, source=str(path), seeds=seeds, independent=independent)
 
 
 def _strings_at(tree, key: str) -> set[str]:
@@ -200,7 +200,10 @@ def check_report_references(data: dict, presets: dict, source) -> None:
                                   f"{', '.join(sorted(diagnostics)) or 'none'} (SPLIT:KEY=CATEGORY)")
 
 
-def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds: int | None = None) -> Study:
+def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds: int | None = None,
+            independent: bool = False) -> Study:
+    """The study `data` (with `preset` merged by the caller) as stages in dependency order. `independent`: no
+    stage is shared, so every seed trains its own base and warm-up and the seeds vary the starting point too."""
     data = copy.deepcopy(data)
     name = data.get("name") or Path(source).stem
     raw_stages = data.get("stages")
@@ -235,6 +238,8 @@ def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds
                                   f"Valid: {', '.join(STAGE_FIELDS)}")
         after = merged.get("after") or []
         merged["after"] = [after] if isinstance(after, str) else list(after)
+        if independent and merged.get("shared"):
+            merged["shared"] = False
         stages[sname] = merged
     for sname, st in stages.items():
         for dep in st["after"]:
@@ -263,6 +268,8 @@ def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds
     if not out:
         raise ConfigError(f"{source}: every stage is disabled")
     data["stages"] = {k: stages[k] for k in order}
+    if independent:  # its own run directory and report, beside the shared-base study's
+        preset = f"{preset or 'default'}-independent"
     return Study(name, preset, seed_list, out, data, source)
 
 

@@ -209,3 +209,22 @@ def test_a_process_running_only_its_seed_leaves_the_report_to_the_one_that_compl
     assert not (root / "report.md").exists() and not (root / "seed_0").exists()
     second = subprocess.run([*cmd, "--only-seed", "0"], env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0 and (root / "report.md").exists()
+
+
+def test_independent_study_trains_the_shared_stages_once_per_seed_in_its_own_directory(tmp_path):
+    data = {**STUDY, "seeds": 2, "stages": {**STUDY["stages"], "base": {**STUDY["stages"]["base"], "shared": True},
+                                            "warm": {**STUDY["stages"]["warm"], "shared": True}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    shared = StudyRunner(load_study(str(tmp_path / "s.yaml")), tmp_path / "runs")
+    shared.run()
+    assert sorted(seed for seed, s in shared.calls if s in ("base", "warm")) == [0, 0]
+    study = load_study(str(tmp_path / "s.yaml"), independent=True)
+    assert study.preset == "default-independent" and not any(study.is_shared(s) for s in study.stages)
+    runner = StudyRunner(study, tmp_path / "runs")
+    runner.run()
+    assert sorted((seed, s) for seed, s in runner.calls if s in ("base", "warm")) == \
+        [(0, "base"), (0, "warm"), (1, "base"), (1, "warm")]  # each seed its own, with its own seed
+    plan = runner.plan()
+    assert plan[1]["base"].parent.name == "seed_1" and runner.root.name == "default-independent"
+    assert json.loads((plan[1]["base"] / "result.json").read_text())["seed"] == 1
+    assert (shared.root / "study.json").exists() and shared.root != runner.root  # the shared study's run is kept

@@ -104,7 +104,7 @@ class StudyRunner:
 
             raise ConfigError(f"--only-seed {', '.join(map(str, unknown))}: not a seed of this study; its seeds are "
                               f"{study.seeds} (set them with --seeds N or -s seeds=[...])")
-        self.only_seeds = list(only_seeds) if only_seeds else list(study.seeds)
+        self.only_seeds = [s for s in study.seeds if not only_seeds or s in only_seeds]  # study order, once each
 
     # ------------------------------------------------------------------ planning
     def plan(self) -> dict[int, dict[str, Path]]:

@@ -36,6 +36,15 @@ def _run(data, out, preset=None, seeds=None, overrides=None, tmp=None):
     return runner
 
 
+def _cli_env(log: Path | None = None) -> dict:
+    """Environment for a `postlab study` subprocess that can import fake_stages (and log its stages to `log`)."""
+    env = {**os.environ, "COLUMNS": "200",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    if log is not None:
+        env["FAKE_STAGE_LOG"] = str(log)
+    return env
+
+
 def test_cache_reruns_nothing_then_exactly_the_dependents(tmp_path):
     out = tmp_path / "runs"
     r1 = _run(STUDY, out, tmp=tmp_path)
@@ -121,8 +130,7 @@ def test_killed_study_resumes(tmp_path):
                       "eval": {"kind": "fake_stages:evaluate", "after": "long"}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
     log = tmp_path / "log.jsonl"
-    env = {**os.environ, "FAKE_STAGE_LOG": str(log), "COLUMNS": "200",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = _cli_env(log)
     cmd = [sys.executable, "-m", "postlab.cli.main", "study", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "runs"),
            "--no-report"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -175,8 +183,7 @@ def test_seeds_in_separate_processes_share_the_shared_stage_and_match_one_proces
         "eval-warm": {"kind": "fake_stages:evaluate", "after": "warm"}}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
     log = tmp_path / "log.jsonl"
-    env = {**os.environ, "FAKE_STAGE_LOG": str(log), "COLUMNS": "200",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = _cli_env(log)
     cmd = [sys.executable, "-m", "postlab.cli.main", "study", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "par")]
     procs = [subprocess.Popen([*cmd, "--only-seed", str(seed)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for seed in (0, 1)]
@@ -200,8 +207,7 @@ def test_seeds_in_separate_processes_share_the_shared_stage_and_match_one_proces
 def test_a_process_running_only_its_seed_leaves_the_report_to_the_one_that_completes(tmp_path):
     data = {**STUDY, "seeds": 2}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
-    env = {**os.environ, "COLUMNS": "200",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = _cli_env()
     cmd = [sys.executable, "-m", "postlab.cli.main", "study", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "runs")]
     first = subprocess.run([*cmd, "--only-seed", "1"], env=env, capture_output=True, text=True, timeout=120)
     root = tmp_path / "runs" / "toy" / "default"

@@ -164,6 +164,7 @@ def scan_output(path: Path, cfg: RolloutJobConfig, job: str, reference_sha256: s
     A broken LAST line is a kill mid-write and is dropped; a broken line before it is corruption
     and is refused. Every line must come from this job (`job`); the prompts must be complete and in
     order, except the last, whose lines are dropped and redone."""
+    check_output_path(path)
     data = path.read_bytes() if path.exists() else b""
     lines = data.split(b"\n")  # the piece after the last newline is "" or a half-written line
     kept: list[dict] = []
@@ -172,7 +173,9 @@ def scan_output(path: Path, cfg: RolloutJobConfig, job: str, reference_sha256: s
     for lineno, raw in enumerate(lines, 1):
         is_last_piece = lineno == len(lines)
         if is_last_piece:
-            dropped += bool(raw.strip())  # no newline: a half-written line, redone
+            if raw:  # no newline: a half-written line, redone, but only when it can be one this job wrote
+                _check_half_written(raw, path, lineno, proven=bool(kept))
+            dropped += bool(raw)
             break
         # a line that ends with a newline was written whole (a batch is one write, so a kill leaves a
         # prefix of it): if it is broken, the file was damaged by something else
@@ -189,6 +192,36 @@ def scan_output(path: Path, cfg: RolloutJobConfig, job: str, reference_sha256: s
     complete, cut = _complete_prompts(kept, cfg.samples_per_prompt, path)
     dropped += len(kept) - cut
     return ExistingOutput(complete, offsets[cut - 1] if cut else 0, kept[:cut], dropped)
+
+
+# How every line of a rollout dataset begins (trajectory_from_episode's first keys, json.dumps' separators):
+# a kill mid-write leaves a prefix of a line, so a half-written piece agrees with this on their common length.
+LINE_HEAD = b'{"prompt_id": '
+FIRST_LINE_HEAD = b'{"prompt_id": 0, "sample": 0, '
+
+
+def check_output_path(path: Path) -> None:
+    """`out` must be a regular file or not exist, under directories (not files)."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"out: {path} exists and is not a file (a directory?); name the JSONL file to write, e.g. "
+                          f"out={path / 'rollouts.jsonl'}")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"out: {parent} (a parent of {path}) is a file, not a directory; pick another out path")
+
+
+def _check_half_written(piece: bytes, path: Path, lineno: int, proven: bool) -> None:
+    """Refuse to cut a last line without a newline unless it is the start of a line this job writes: the
+    file's complete lines proved the file ours (`proven`) and the piece begins like a trajectory line,
+    or the file holds only that piece and it begins like the job's first line. Anything else is someone
+    else's file (or damage), and not one byte of it is changed."""
+    head = LINE_HEAD if proven else FIRST_LINE_HEAD
+    n = min(len(piece), len(head))
+    if piece[:n] != head[:n]:
+        what = (f"its last line ({lineno}) has no newline and is not the start of a trajectory" if proven else
+                "it holds no complete trajectory line: it is not a rollout dataset written by `postlab rollout`")
+        raise DataError(f"out: {path}: {what}, so it is not a line a killed job left; refusing to change the file. "
+                        "Pick another out path, or delete the file (or that line) if it is yours")
 
 
 def _check_same_job(traj: dict, path: Path, lineno: int, cfg: RolloutJobConfig, job: str, sha: str) -> None:
@@ -300,6 +333,7 @@ def run_rollout_job(cfg: RolloutJobConfig, on_chunk: Callable[[int, list[dict]],
 
     start = time.time()
     out = Path(cfg.out)
+    check_output_path(out)
     sha = checkpoint_sha256(cfg.model)
     job = job_fingerprint(cfg, sha)
     reference = {"path": str(cfg.model), "sha256": sha}

@@ -179,3 +179,49 @@ def test_trajectory_from_a_scripted_unary_feedback_episode(reference_ckpt, tmp_p
     assert t["turn_rewards"] == [-0.1, 0.0, 1.0] and t["first_correct_turn"] == 3 and t["success"]
     assert t["return"] == pytest.approx(0.9 - 0.1)  # attempt 2 (the unparsable turn uses none), one format penalty
     assert t["generated_tokens"] == 6 and [m["role"] for m in t["messages"]].count("assistant") == 3
+
+
+# ------------------------------------------------------------------------------ issue 29: never another's file
+
+
+@pytest.mark.parametrize("content", [b"my notes, no trailing newline", b"{\"a\": 1}", b"x", b" ",
+                                     b'{"prompt_id": 3, "sample": 0, "env_seed": 1'])
+def test_a_file_that_is_not_a_rollout_dataset_is_never_touched(reference_ckpt, tmp_path, content):
+    out = tmp_path / "notes.txt"
+    out.write_bytes(content)
+    with pytest.raises(DataError, match="not a rollout dataset.*refusing to change the file"):
+        run_rollout_job(job(reference_ckpt, out))
+    assert out.read_bytes() == content
+
+
+def test_a_foreign_tail_after_the_jobs_lines_is_never_cut(uninterrupted, reference_ckpt, tmp_path):
+    lines = uninterrupted.splitlines(keepends=True)
+    content = b"".join(lines[:3]) + b"appended by hand"
+    out = tmp_path / "t.jsonl"
+    out.write_bytes(content)
+    with pytest.raises(DataError, match=r"t.jsonl: its last line \(4\) has no newline"):
+        run_rollout_job(job(reference_ckpt, out))
+    assert out.read_bytes() == content
+
+
+@pytest.mark.parametrize("n", [1, 7, 40])
+def test_a_half_written_first_line_still_resumes(uninterrupted, reference_ckpt, tmp_path, n):
+    out = tmp_path / "f.jsonl"
+    out.write_bytes(uninterrupted.splitlines(keepends=True)[0][:n])
+    run_rollout_job(job(reference_ckpt, out))
+    assert out.read_bytes() == uninterrupted
+
+
+def test_out_naming_a_directory_or_under_a_file_is_a_config_error(reference_ckpt, tmp_path):
+    with pytest.raises(ConfigError, match="is not a file"):
+        run_rollout_job(job(reference_ckpt, tmp_path))
+    (tmp_path / "f").write_text("keep")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        run_rollout_job(job(reference_ckpt, tmp_path / "f" / "o.jsonl"))
+    assert (tmp_path / "f").read_text() == "keep"
+
+
+@pytest.mark.parametrize("bad", ["temperature=nan", "temperature=.inf", "top_p=nan", "temperature=-.inf"])
+def test_non_finite_sampling_values_are_config_errors(reference_ckpt, tmp_path, bad):
+    with pytest.raises(ConfigError, match="finite"):
+        job(reference_ckpt, tmp_path / "o.jsonl", bad)

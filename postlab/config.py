@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -27,6 +28,20 @@ def _suggest(name: str, valid: list[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def finite_float(text: str) -> float:
+    """argparse `type=` for a float option: a finite number ("nan" and "inf" parse as floats, so
+    `type=float` alone lets them through)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -38,8 +53,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`, converting only lossless cases (int->float)."""
+# A float field is finite unless its dataclass lists it in `NONFINITE` (a class attribute: a tuple of
+# field names whose value may be nan / inf, e.g. "no limit"). NaN slips through every check
+# written as `x <= 0` and "nan" / ".inf" parse as floats, so the one check lives here, where
+# every config value passes (load_config: YAML, overrides, study stages at --plan).
+NONFINITE_ATTR = "NONFINITE"
+
+
+def _coerce(value: Any, tp: Any, key: str, finite: bool = True) -> Any:
+    """Check `value` against the annotation `tp`, converting only lossless cases (int->float).
+    A float must be finite unless `finite` is False."""
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -58,7 +81,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return _coerce(value, arg, key, finite)
             except ConfigError as e:
                 errors.append(str(e))
         if len(errors) == 1:  # `X | None`: X's own message names the inner key (e.g. model.lora.r)
@@ -72,7 +95,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item_tp, *_) = get_args(tp) or (Any,)
-        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(v, item_tp, f"{key}[{i}]", finite) for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
@@ -87,14 +110,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if finite and not math.isfinite(number):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -128,7 +156,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
                 if set(group) & set(value):
                     base.update({k: None for k in group})
             value = _deep_merge(base, value)
-        kwargs[name] = _coerce(value, hints[name], key)
+        kwargs[name] = _coerce(value, hints[name], key, finite=name not in getattr(cls, NONFINITE_ATTR, ()))
     try:
         return cls(**kwargs)
     except ConfigError as e:

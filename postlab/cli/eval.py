@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from postlab.config import finite_float
+
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on environment splits",
@@ -16,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--split", action="append", help="split to evaluate; repeat for several (default: id)")
     p.add_argument("--episodes", type=int, default=64, help="problems per split (default 64)")
     p.add_argument("--decoding", choices=["greedy", "sampled"], default="greedy")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampled decoding temperature")
+    p.add_argument("--temperature", type=finite_float, default=1.0, help="sampled decoding temperature")
     p.add_argument("--k", type=int, default=1, help="pass@k (sampled decoding)")
     p.add_argument("--samples", type=int, default=0, help="samples per problem for pass@k (default: k)")
     p.add_argument("--max-turns", "--verify-iter", dest="max_turns", type=int, default=None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from postlab.config import finite_float
+
 
 def register(sub) -> None:
     d = sub.add_parser("diagnose", help="plasticity diagnostics of a checkpoint against its base",
@@ -17,12 +19,12 @@ def register(sub) -> None:
     d.add_argument("--n", type=int, default=32, help="prompts per split (default 32)")
     d.add_argument("--out", help="directory for diagnostics.json and the plots")
     d.add_argument("--style", default="compact", help="prompt style (compact | paper)")
-    d.add_argument("--tau", type=float, default=None, help="dormancy threshold on the ReDo score (default 0.025)")
+    d.add_argument("--tau", type=finite_float, default=None, help="dormancy threshold on the ReDo score (default 0.025)")
     d.add_argument("--top-positions", type=int, default=20, help="entropy-gap positions to list (default 20)")
     d.add_argument("--hessian-iters", type=int, default=20, help="power-iteration steps (0 skips; default 20)")
-    d.add_argument("--hessian-tol", type=float, default=1e-3, help="relative stopping tolerance (default 1e-3)")
+    d.add_argument("--hessian-tol", type=finite_float, default=1e-3, help="relative stopping tolerance (default 1e-3)")
     d.add_argument("--hessian-sequences", type=int, default=16, help="sequences the sharpness losses use (default 16)")
-    d.add_argument("--perturb-eps", type=float, default=None, help="relative weight-noise norm (default 1e-2)")
+    d.add_argument("--perturb-eps", type=finite_float, default=None, help="relative weight-noise norm (default 1e-2)")
     d.add_argument("--perturb-samples", type=int, default=8, help="weight-noise draws (0 skips; default 8)")
     d.add_argument("--no-plots", action="store_true", help="write diagnostics.json only")
     _common_options(d)
@@ -37,14 +39,14 @@ def register(sub) -> None:
     r.add_argument("--base", required=True, help="the base model directory")
     r.add_argument("--sft", required=True, help="the SFT model directory (its tokenizer is saved with the result)")
     r.add_argument("--out", required=True, help="output checkpoint directory")
-    r.add_argument("--alpha", type=float, default=0.5, help="fusion weight of the SFT model, in [0, 1] (default 0.5)")
+    r.add_argument("--alpha", type=finite_float, default=0.5, help="fusion weight of the SFT model, in [0, 1] (default 0.5)")
     r.add_argument("--alpha-module", action="append", default=[], metavar="NAME=A",
                    help="alpha for parameters whose name contains NAME (repeatable; e.g. embed_tokens=1.0)")
     r.add_argument("--scorer", default="dla", choices=["dla", "dormancy", "drift", "saturation"])
-    r.add_argument("--fraction", type=float, default=0.01, help="share of units to reset, in (0, 1) (default 0.01)")
+    r.add_argument("--fraction", type=finite_float, default=0.01, help="share of units to reset, in (0, 1) (default 0.01)")
     r.add_argument("--scope", default="per_layer", choices=["per_layer", "global"])
     r.add_argument("--mode", default="anchored", choices=["anchored", "redo"])
-    r.add_argument("--omega", type=float, default=1.0, help="anchor strength on reset units, in [0, 1] (default 1)")
+    r.add_argument("--omega", type=finite_float, default=1.0, help="anchor strength on reset units, in [0, 1] (default 1)")
     r.add_argument("--units", choices=["slices", "neurons"], default=None,
                    help="rows/columns of each projection (default for dla, drift) or whole MLP neurons")
     r.add_argument("--env", help="calibration environment (required by dla, dormancy, saturation)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from postlab.config import finite_float
+
 
 def register(sub) -> None:
     p = sub.add_parser("model", help="create or inspect models", description="Create tiny models from presets.")
@@ -21,7 +23,7 @@ def register(sub) -> None:
     g.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
     g.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn with the chat template")
     g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--temperature", type=finite_float, default=0.0)
     g.add_argument("-n", type=int, default=1, help="samples per prompt")
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=_generate)

@@ -116,17 +116,42 @@ def holds_run(path: Path) -> bool:
     return (path / "config.yaml").exists() or (path / "final").exists() or any(path.glob("checkpoints/step_*"))
 
 
+def never_started(path: Path) -> bool:
+    """True when the run in `path` failed before its first step: no checkpoint, no final model and no
+    logged step >= 1 (a bad model path, a hyperparameter that fails at set-up). Such a run holds nothing
+    to lose, so a fresh run may replace it: a failed start never leaves a directory that refuses both
+    the corrected command and --resume."""
+    if (path / "final").exists() or any(path.glob("checkpoints/step_*")):
+        return False
+    metrics = path / "metrics.jsonl"
+    if metrics.exists():
+        for line in metrics.read_text(errors="replace").splitlines():
+            try:
+                if json.loads(line).get("step", 0) >= 1:
+                    return False
+            except (json.JSONDecodeError, AttributeError, TypeError):
+                return False  # not a file postlab wrote: keep it
+    return True
+
+
 def open_run(cfg, trainer: str, resume: str | Path | None, data_fingerprint: str | None = None) -> Session:
     """Open `cfg.run.out_dir` for a fresh run, or `resume` to continue one (see the module doc)."""
     rank, _ = distributed.init_from_env()  # under torchrun: the process group, before anything else
     seed_everything(cfg.run.seed)
     if resume is None:
         out = Path(cfg.run.out_dir)
-        if holds_run(out):
+        replacing = holds_run(out) and never_started(out)
+        if holds_run(out) and not replacing:
             raise ConfigError(f"run.out_dir: {out} already holds a run; continue it with --resume {out}, or choose "
                               "another run.out_dir (nothing was changed)")
         barrier()  # every rank has looked before rank 0 writes config.yaml
-        run = RunDir(out, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb, rank=rank)
+        run = RunDir(out, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb, rank=rank)  # locked: not in use
+        if replacing:
+            console.print(f"{out}: holds a run that failed before its first step; starting over in its place")
+            run.truncate_metrics(0)
+            for name in ("resumes.jsonl", "samples.jsonl"):
+                if rank == 0 and (run.path / name).exists():
+                    (run.path / name).unlink()
         run.write_meta(cfg, cfg.run.seed, trainer=trainer, data_fingerprint=data_fingerprint)
         return Session(run, None)
     path = Path(resume)
@@ -147,6 +172,11 @@ def open_run(cfg, trainer: str, resume: str | Path | None, data_fingerprint: str
     refused = [c for c in changes if c[0] not in RESUMABLE_CHANGES]
     if refused:
         lines = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in refused[:8])
+        if never_started(path):
+            run.close()
+            raise ConfigError(f"--resume {path}: the config differs from the run's ({lines}), and that run failed "
+                              "before its first step, so there is nothing to resume: drop --resume to start the "
+                              f"corrected run in {path} (it replaces the failed start)")
         raise ConfigError(f"--resume {path}: the config differs from the run's ({lines}). A resumed run keeps its "
                           f"config except {', '.join(RESUMABLE_CHANGES)}; start a new run (another run.out_dir) "
                           "to change anything else")

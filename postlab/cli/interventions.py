@@ -43,7 +43,7 @@ def register(sub) -> None:
     r.add_argument("--alpha-module", action="append", default=[], metavar="NAME=A",
                    help="alpha for parameters whose name contains NAME (repeatable; e.g. embed_tokens=1.0)")
     r.add_argument("--scorer", default="dla", choices=["dla", "dormancy", "drift", "saturation"])
-    r.add_argument("--fraction", type=finite_float, default=0.01, help="share of units to reset, in (0, 1) (default 0.01)")
+    r.add_argument("--fraction", type=finite_float, default=0.01, help="share of units to reset, in [0, 1) (default 0.01; 0: fusion without a reset)")
     r.add_argument("--scope", default="per_layer", choices=["per_layer", "global"])
     r.add_argument("--mode", default="anchored", choices=["anchored", "redo"])
     r.add_argument("--omega", type=finite_float, default=1.0, help="anchor strength on reset units, in [0, 1] (default 1)")

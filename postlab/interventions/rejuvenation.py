@@ -52,7 +52,7 @@ class RejuvenationConfig:
     alpha: float = 0.5  # fusion weight of the SFT model (paper as reported: 0.5, swept 0.40-0.60)
     module_alphas: dict[str, float] = dataclasses.field(default_factory=dict)  # name substring -> alpha [postlab]
     scorer: str = "dla"  # dla (paper as reported) | dormancy | drift | saturation [recon]
-    fraction: float = 0.01  # share of scored units reset (paper as reported: 0.5-4%, default 1%)
+    fraction: float = 0.01  # share of scored units reset (paper as reported: 0.5-4%, default 1%); 0: fusion only
     scope: str = "per_layer"  # the fraction applies per decoder layer, or over the whole model
     mode: str = "anchored"  # anchored (paper as reported) | redo [recon]
     omega: float = 1.0  # anchor strength on reset units (not given in the paper; 1 = the base's weights)
@@ -73,8 +73,9 @@ class RejuvenationConfig:
         for key, value in self.module_alphas.items():
             check_unit_interval(f"--alpha-module {key}", value)
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) \
-                or not 0.0 < self.fraction < 1.0:
-            raise InterventionError(f"--fraction must be in (0, 1) (e.g. 0.01 = 1% of units), got {self.fraction!r}")
+                or not 0.0 <= self.fraction < 1.0:
+            raise InterventionError(f"--fraction must be in [0, 1) (e.g. 0.01 = 1% of units; 0 = fusion without a "
+                                    f"reset), got {self.fraction!r}")
         check_unit_interval("--omega", self.omega)
         for name, value, valid in (("--scorer", self.scorer, SCORERS), ("--scope", self.scope, SCOPES),
                                    ("--mode", self.mode, MODES)):
@@ -86,7 +87,7 @@ class RejuvenationConfig:
             why = "--mode redo resets whole MLP neurons" if self.mode == "redo" else \
                 f"--scorer {self.scorer} scores MLP neurons"
             raise InterventionError(f"--units slices does not fit: {why}; use --units neurons")
-        if self.env is None and self.scorer != "drift":
+        if self.env is None and self.scorer != "drift" and self.fraction > 0:
             raise InterventionError(f"--scorer {self.scorer} needs calibration prompts: pass --env NAME "
                                     "(and optionally --split, --n)")
         if self.n < 1:
@@ -173,8 +174,10 @@ def rejuvenate_models(base, sft, tokenizer, config: RejuvenationConfig) -> tuple
                                                  "h_base": stats["base"].entropy})}
     drift_before = {"sft": _drift_summary(sft, base), "fused": _drift_summary(model, base)}
 
-    scores = score_units(config.scorer, config.unit_kind, model, base=base, calibration=calibration, chosen=positions,
-                         saturation_threshold=config.saturation_threshold)
+    # fraction 0: fusion without a reset (an ablation of the paper), so nothing to score
+    scores = {} if config.fraction == 0 else score_units(
+        config.scorer, config.unit_kind, model, base=base, calibration=calibration, chosen=positions,
+        saturation_threshold=config.saturation_threshold)
     chosen = select_units(scores, config.fraction, config.scope, high_first=RESETS_HIGH_SCORES[config.scorer])
     units = [u for u, _ in chosen]
     if config.mode == "anchored":
@@ -199,6 +202,18 @@ def rejuvenate_models(base, sft, tokenizer, config: RejuvenationConfig) -> tuple
 
 
 # ----------------------------------------------------------------------------- on disk
+
+
+def check_not_an_input(out: Path, inputs: dict[str, str | Path]) -> None:
+    """Refuse an output that is one of the inputs, lies inside one or holds one: writing it (even with
+    --force) would replace the checkpoint being read."""
+    target = Path(out).resolve()
+    for flag, path in inputs.items():
+        source = Path(path).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            relation = "is" if target == source else "lies inside" if source in target.parents else "holds"
+            raise InterventionError(f"--out {out} {relation} the input {flag} {path}; writing there would replace the "
+                                    "checkpoint being read (with or without --force). Pick another --out")
 
 
 def check_output_dir(out: Path, force: bool) -> None:
@@ -233,6 +248,7 @@ def rejuvenate(base: str | Path, sft: str | Path, out: str | Path, *, force: boo
         raise InterventionError("rejuvenate: pass either config= or keyword options, not both")
     config = config or make_config(**options)
     out = Path(out)
+    check_not_an_input(out, {"--base": base, "--sft": sft})
     check_output_dir(out, force)
     torch_device = pick_device(device)
     base_model = load_checkpoint(base, "--base", dtype, torch_device)

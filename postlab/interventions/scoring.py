@@ -316,10 +316,12 @@ def select_units(scores: Scores, fraction: float, scope: str = "per_layer",
     Units are ranked by score (highest first, or lowest when `high_first` is False); ties keep
     the fixed order layer, module (q, k, v, o, gate, up, down), index; non-finite scores go last.
     """
-    if not 0.0 < fraction < 1.0:
-        raise InterventionError(f"--fraction must be in (0, 1), got {fraction}")
+    if not 0.0 <= fraction < 1.0:
+        raise InterventionError(f"--fraction must be in [0, 1), got {fraction}")
     if scope not in ("per_layer", "global"):
         raise InterventionError(f"--scope: unknown scope {scope!r}; valid: per_layer, global")
+    if fraction == 0:  # fusion alone (the paper's no-reset ablation)
+        return []
     order = {m: i for i, m in enumerate(PROJECTIONS + (MLP_NEURON,))}
     keys = sorted(scores, key=lambda k: (k[0], order[k[1]]))
     groups = [[k for k in keys if k[0] == layer] for layer in sorted({k[0] for k in keys})] \

@@ -47,8 +47,9 @@ def test_rejuvenate_redo_mode_and_drift_scorer_without_env(saved_pair, tmp_path)
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"fraction": 0.0}, r"--fraction must be in \(0, 1\)"),
-    ({"fraction": 1.5}, r"--fraction must be in \(0, 1\)"),
+    ({"fraction": -0.01}, r"--fraction must be in \[0, 1\)"),
+    ({"fraction": 1.5}, r"--fraction must be in \[0, 1\)"),
+    ({"fraction": 1.0}, r"--fraction must be in \[0, 1\)"),
     ({"alpha": -0.1}, r"--alpha must be in \[0, 1\]"),
     ({"omega": 1.2}, r"--omega must be in \[0, 1\]"),
     ({"scorer": "dla"}, "needs calibration prompts: pass --env"),
@@ -98,3 +99,56 @@ def test_diagnose_writes_every_key_and_the_plots(saved_pair, tmp_path):
             assert len(per_split[who]["dormant_ratio_per_layer"]) == 2
     for name in ("drift.png", "entropy.png", "entropy_gap.png", "dormancy.png"):
         assert (out / name).stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------ issue 29
+
+
+def _snapshot(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("which", ["sft", "base", "inside-sft", "holds-sft"])
+@pytest.mark.parametrize("force", [False, True])
+def test_an_output_that_is_or_holds_or_lies_inside_an_input_is_refused(saved_pair, tmp_path, capsys, which, force):
+    base, sft = saved_pair
+    if which == "holds-sft":  # --sft lives inside --out: replacing --out would delete it
+        import shutil
+
+        sft = shutil.copytree(sft, tmp_path / "parent" / "sft")
+    out = {"sft": sft, "base": base, "inside-sft": sft / "sub", "holds-sft": tmp_path / "parent"}[which]
+    before = {who: _snapshot(p) for who, p in (("base", base), ("sft", sft))}
+    argv = ["rejuvenate", "--base", str(base), "--sft", str(sft), "--out", str(out), "--scorer", "drift"]
+    rc = main(argv + (["--force"] if force else []))
+    assert rc == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "would replace the checkpoint being read" in err and "Traceback" not in err
+    assert {who: _snapshot(p) for who, p in (("base", base), ("sft", sft))} == before
+
+
+def test_fraction_zero_is_fusion_without_a_reset(saved_pair, tmp_path):
+    from postlab.interventions.fusion import fuse
+    from postlab.models import load_model
+
+    base, sft = saved_pair
+    out = tmp_path / "fused"
+    assert main(["rejuvenate", "--base", str(base), "--sft", str(sft), "--out", str(out), "--fraction", "0",
+                 "--alpha", "0.5"]) == 0  # no --env needed: nothing is scored
+    report = json.loads((out / "rejuvenation_report.json").read_text())
+    assert report["reset"]["reset_units"] == 0 and report["reset"]["per_module"] == {}
+    expected = fuse(load_model(str(base)), load_model(str(sft)), 0.5, {})
+    got = load_model(str(out))
+    for (name, p), q in zip(got.named_parameters(), expected.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_alpha_one_is_a_reset_without_fusion(saved_pair, tmp_path):
+    from postlab.models import load_model
+
+    base, sft = saved_pair
+    report = rejuvenate(base, sft, tmp_path / "reset", scorer="drift", alpha=1.0, fraction=0.05)
+    assert report["reset"]["reset_units"] > 0
+    assert report["drift"]["fused"]["total"] == pytest.approx(report["drift"]["sft"]["total"])
+    changed = sum(not torch.equal(p, q) for p, q in zip(load_model(str(tmp_path / "reset")).parameters(),
+                                                       load_model(str(sft)).parameters()))
+    assert changed > 0

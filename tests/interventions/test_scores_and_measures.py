@@ -85,9 +85,10 @@ def test_select_units_per_layer_and_global():
     assert [u for u, _ in top] == [Unit(1, "k_proj", 0), Unit(1, "k_proj", 1), Unit(1, "down_proj", 1)]
     low = select_units(scores, 0.1, "global", high_first=False)
     assert [u for u, _ in low] == [Unit(1, "k_proj", 2)]
-    for bad in (0.0, 1.0, 1.5, -0.1):
-        with pytest.raises(InterventionError, match=r"--fraction must be in \(0, 1\)"):
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(InterventionError, match=r"--fraction must be in \[0, 1\)"):
             select_units(scores, bad)
+    assert select_units(scores, 0.0) == []  # fusion without a reset
 
 
 def test_power_iteration_finds_top_eigenvalue_of_a_quadratic():

@@ -88,7 +88,7 @@ def test_diagnose_and_rejuvenate_stages_run_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("config, words", [
-    ({"fraction": 1.5}, ["stages.rejuv (rejuvenate)", "config.fraction", "(0, 1)"]),
+    ({"fraction": 1.5}, ["stages.rejuv (rejuvenate)", "config.fraction", "[0, 1)"]),
     ({"alpah": 0.5}, ["rejuvenate", "unknown option 'alpah'", "alpha"]),
     ({"mode": "redo", "units": "slices"}, ["stages.rejuv", "config.units slices", "config.units neurons"]),
 ])

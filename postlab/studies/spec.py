@@ -39,12 +39,13 @@ import json
 from pathlib import Path
 
 from postlab.config import ConfigError, _deep_merge, _suggest, apply_override, parse_override, read_yaml
+from postlab.eval.drift import DRIFT_KEYS
 
 from postlab.studies.kinds import STAGE_KINDS
 
 BUILTIN_KINDS = tuple(STAGE_KINDS)
 STAGE_FIELDS = ("kind", "after", "enabled", "env", "env_args", "style", "split", "splits", "data", "config", "eval",
-                "points", "max_turns", "label", "shared")
+                "points", "max_turns", "label", "shared", "sampled", "drift", "probe")
 TOP_FIELDS = ("name", "description", "paper", "seeds", "env", "defaults", "stages", "presets", "report")
 STUDY_DIR = Path(__file__).resolve().parents[2] / "configs" / "studies"
 
@@ -121,8 +122,23 @@ def load_study(name: str, preset: str | None = None, overrides: list[str] | None
         for layer in _preset_layers(presets, preset, path):
             data = _deep_merge(data, layer)
     for text in overrides or []:
-        apply_override(data, *parse_override(text))
+        key, value = parse_override(text)
+        check_override_stage(data, key, text)
+        apply_override(data, key, value)
     return resolve(data, preset=preset, source=str(path), seeds=seeds, independent=independent)
+
+
+def check_override_stage(data: dict, key: list[str], text: str) -> None:
+    """An override of `stages.NAME...` must name a stage of the study (after its preset), or add one by
+    setting `stages.NAME.kind`: a typo'd stage name otherwise reads as a new stage whose kind is missing."""
+    stages = data.get("stages")
+    if key[0] != "stages" or len(key) < 3 or not isinstance(stages, dict) or key[1] in stages:
+        return
+    if key[2] == "kind":  # a new stage, on purpose
+        return
+    names = [str(n) for n in stages]
+    raise ConfigError(f"override {text!r}: the study has no stage {key[1]!r}.{_suggest(key[1], names)} "
+                      f"Stages: {', '.join(names)} (to add a stage, set stages.{key[1]}.kind first)")
 
 
 def _strings_at(tree, key: str) -> set[str]:
@@ -190,6 +206,17 @@ def check_report_references(data: dict, presets: dict, source) -> None:
                                   f"Stages: {', '.join(sorted(stage_names))}")
         for ref in refs:
             name, _, diag = str(ref).partition(":")
+            if name == "drift":  # a point's drift from its start (postlab.eval.drift.DRIFT_KEYS)
+                if diag not in DRIFT_KEYS:
+                    raise ConfigError(f"{source}: {where}: {ref!r}: unknown drift key {diag!r}.{_suggest(diag, list(DRIFT_KEYS))}"
+                                      f" Valid: {', '.join('drift:' + k for k in DRIFT_KEYS)}")
+                continue
+            name, at, mode = name.partition("@")
+            if at and mode != "sampled":
+                raise ConfigError(f"{source}: {where}: {ref!r}: unknown decoding {mode!r}; valid: SPLIT or SPLIT@sampled")
+            if diag.startswith("pass@") and not (at and diag[len("pass@"):].isdigit()):
+                raise ConfigError(f"{source}: {where}: {ref!r}: pass@K needs a sampled split and an integer K, "
+                                  f"e.g. {name}@sampled:pass@8")
             if splits is not None and name not in splits:
                 raise ConfigError(f"{source}: {where}: unknown split {name!r} in {ref!r}.{_suggest(name, sorted(splits))} "
                                   f"Splits: {', '.join(sorted(splits))}")
@@ -229,7 +256,12 @@ def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds
         if kind not in BUILTIN_KINDS and ":" not in str(kind):
             raise ConfigError(f"{source}: stages.{sname}.kind: unknown kind {kind!r}; valid: {', '.join(BUILTIN_KINDS)} "
                               f"or module:function.{_suggest(str(kind), list(BUILTIN_KINDS))}")
-        merged = _deep_merge(_deep_merge(copy.deepcopy(defaults.get("*") or {}), copy.deepcopy(defaults.get(kind) or {})), st)
+        # a probe probes the RL its rl stage will run: it takes the `rl` defaults (then its own)
+        kind_defaults = [defaults.get(k) or {} for k in (("rl", "rl-probe") if kind == "rl-probe" else (kind,))]
+        merged = copy.deepcopy(defaults.get("*") or {})
+        for layer in kind_defaults:
+            merged = _deep_merge(merged, copy.deepcopy(layer))
+        merged = _deep_merge(merged, st)
         if "env" not in merged and data.get("env"):
             merged["env"] = data["env"]
         for key in merged:

@@ -10,14 +10,17 @@ disjoint at import, and every function asserts that its result stays inside its 
 range          seeds                       what draws from it
 =============  ==========================  =============================================
 sft_expert     [0, 1_000_000)              expert demonstrations: run seed s, item i ->
-                                           s * 100_003 + i
+                                           s * 100_003 + i; RASFT's refresh rollouts
+                                           replay these problems (each item's own
+                                           meta.seed: RASFT samples the problems it
+                                           trains on, drawing no new seed)
 eval           [1_000_000, 2_000_000)      evaluation problem i -> 1_000_000 + i, the same
                                            problems for every model and every run seed
 corpus         [1e7, 1e7 + 10_001*1_000_003)  routes a base corpus builds (navigation's
                                            route reading, turn decisions): generator seed g, item i ->
                                            1e7 + g * 1_000_003 + i
-rl             [2e10, 2e10 + 1000 * 1e7)   on-policy training problems (RL, RASFT
-                                           refreshes, RFT, DRIFT's offline rollouts):
+rl             [2e10, 2e10 + 1000 * 1e7)   on-policy training problems (RL, RFT,
+                                           DRIFT's offline rollouts):
                                            run seed s, problem i -> 2e10 + s * 1e7 + i
 =============  ==========================  =============================================
 

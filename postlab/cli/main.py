@@ -66,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("postlab: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
         return 130
+    except OSError as e:  # a path from the command line that cannot be read or written as asked
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"postlab: error:{where}: {e.strerror or e} (check the paths given on the command line)", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a bug, not bad input: one line, the traceback on request
+        if os.environ.get("POSTLAB_TRACEBACK"):
+            raise
+        print(f"postlab: internal error: {type(e).__name__}: {e}\n(a bug in postlab, not in your input: rerun with "
+              "POSTLAB_TRACEBACK=1 for the traceback and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -115,3 +115,21 @@ def test_studies_package_has_no_import_cycle():
 
     for node in graph:
         visit(node, [])
+
+
+def test_the_table_says_where_rasft_refreshes_draw_from():
+    """Issue 29: RASFT's refresh rollouts replay its items' own problems (meta.seed, expert range)."""
+    from postlab import seeds
+
+    table = seeds.__doc__.split("=============  ")[4].split("\n", 1)[1]  # the rows, after the header rule
+    rows: dict[str, str] = {}
+    for line in table.splitlines():
+        if line and not line.startswith(" "):
+            name = line.split()[0]
+            rows[name] = line
+        elif line.strip():
+            rows[name] += " " + line.strip()
+    assert set(rows) == {"sft_expert", "eval", "corpus", "rl"}
+    assert "RASFT" in rows["sft_expert"] and "RASFT" not in rows["rl"]
+    source = (Path(seeds.__file__).parent / "trainers" / "rasft.py").read_text()
+    assert "rl_seed" not in source  # no new problem seed: the items' own

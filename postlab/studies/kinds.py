@@ -20,6 +20,8 @@ import copy
 import dataclasses
 import inspect
 import json
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from postlab.naming import Registry
 from postlab.progress import console
 from postlab.seeds import corpus_generator_seed, expert_seed
 from postlab.studies.compute import count_params, cumulative_tokens, flops
+from postlab.studies.probe import apply_choice, probe_config, probe_options, run_probes, settings
 
 
 # ----------------------------------------------------------------------------- data adapters
@@ -97,8 +100,11 @@ def trainer_result(ctx, final: Path) -> dict:
         t, g = cum.get(step, (0, 0))
         points.append({"step": step, "path": str(d.relative_to(ctx.path)), "tokens_trained": t,
                        "tokens_generated": g, "flops": flops(params, t, g)})
-    return {"checkpoint": str(final.relative_to(ctx.path)), "checkpoints": points, "steps": last,
-            "compute": {"params": params, "tokens_trained": trained, "tokens_generated": generated}}
+    out = {"checkpoint": str(final.relative_to(ctx.path)), "checkpoints": points, "steps": last,
+           "compute": {"params": params, "tokens_trained": trained, "tokens_generated": generated}}
+    if ctx.inputs and ctx.inputs[0].get("checkpoint"):  # where it started: eval stages measure drift from it
+        out["start"] = os.path.relpath(ctx.input_checkpoint(0), ctx.path)
+    return out
 
 
 def _trainer_config(ctx, cls, model_path: Path | None):
@@ -130,12 +136,10 @@ def _resume(ctx) -> str | None:
     return str(ctx.run_dir) if (ctx.run_dir / "config.yaml").exists() and holds_run(ctx.run_dir) else None
 
 
-def rl_stage_config(ctx):
-    """The validated RLConfig of an `rl` stage: the stage's `config` with what the study owns (input
-    checkpoint, run directory, seed) and the stage's environment unless its config sets its own."""
-    from postlab.config import load_config
-    from postlab.trainers.rl import RLConfig
-
+def rl_stage_data(ctx) -> dict:
+    """An `rl` (or `rl-probe`) stage's RL config mapping: the stage's `config` with what the study owns
+    (input checkpoint, run directory, seed), the stage's environment unless its config sets its own,
+    and, for an rl stage fed by a probe (``after: [START, PROBE]``), the probe's chosen setting."""
     spec = ctx.spec
     data = trainer_overrides(ctx, ctx.input_checkpoint(0))
     env = data.setdefault("env", {})
@@ -147,7 +151,33 @@ def rl_stage_config(ctx):
     for k, v in wanted.items():
         if v is not None:
             env.setdefault(k, v)
-    return load_config(RLConfig, base=data)
+    probe = _probe_input(ctx)
+    if probe is not None:
+        apply_choice(data, probe)
+    return data
+
+
+def _probe_input(ctx) -> dict | None:
+    """The result of the stage's `rl-probe` input (``after: [START, PROBE]``), or None without one."""
+    kinds = [ctx.study.stages[name].kind for name in ctx.stage.after]
+    if "rl-probe" not in kinds:
+        return None
+    if ctx.stage.kind != "rl" or kinds[1:] != ["rl-probe"] or len(kinds) != 2:
+        raise ConfigError(f"stages.{ctx.stage.name}.after: an rl stage takes a probe as [START, PROBE] (the probe "
+                          f"run from START); got {ctx.stage.after}")
+    probe_start = ctx.study.stages[ctx.stage.after[1]].after[:1]
+    if probe_start != ctx.stage.after[:1]:
+        raise ConfigError(f"stages.{ctx.stage.name}.after: the probe {ctx.stage.after[1]!r} ran from {probe_start}, "
+                          f"not from {ctx.stage.after[0]!r}; a budget is chosen for the checkpoint RL starts from")
+    return ctx.inputs[1] if len(ctx.inputs) > 1 else {}
+
+
+def rl_stage_config(ctx):
+    """The validated RLConfig of an `rl` stage (`rl_stage_data`)."""
+    from postlab.config import load_config
+    from postlab.trainers.rl import RLConfig
+
+    return load_config(RLConfig, base=rl_stage_data(ctx))
 
 
 # ----------------------------------------------------------------------------- kinds
@@ -188,15 +218,98 @@ def run_sft(ctx) -> dict:
 
 
 def run_rl(ctx) -> dict:
-    """RL from the input checkpoint on the environment (postlab.trainers.rl)."""
+    """RL from the input checkpoint on the environment (postlab.trainers.rl). Fed by a probe that found no
+    signal (the gate), it trains nothing: its result is the start checkpoint, marked skipped."""
     from postlab.trainers.rl import train_rl
 
+    probe = _probe_input(ctx)
+    if probe is not None and probe.get("skip"):
+        console.print(f"[yellow]{ctx.stage.name}: RL skipped: {probe.get('reason')}[/yellow]")
+        start = ctx.input_checkpoint(0)
+        return {"checkpoint": os.path.relpath(start, ctx.path), "checkpoints": [], "steps": 0,
+                "skipped": probe.get("reason"), "start": os.path.relpath(start, ctx.path),
+                "compute": {"params": count_params(start), "tokens_trained": 0, "tokens_generated": 0}}
     final = train_rl(rl_stage_config(ctx), resume=_resume(ctx))
-    return trainer_result(ctx, final)
+    result = trainer_result(ctx, final)
+    if probe is not None:
+        result["probe_choice"] = probe.get("chosen")
+    return result
+
+
+def run_rl_probe(ctx) -> dict:
+    """Short RL probes over a grid from the input checkpoint, on training problems only (postlab.studies.probe)."""
+    opts = probe_options(ctx.spec.get("probe"), f"stages.{ctx.stage.name}.probe")
+    result = run_probes(ctx.path, rl_stage_data(ctx), opts)
+    result["compute"] = {"params": count_params(ctx.input_checkpoint(0)), "tokens_trained": result["tokens_trained"],
+                         "tokens_generated": result["tokens_generated"]}
+    return result
+
+
+def eval_stage_options(ctx) -> tuple[dict, dict | None, dict | None]:
+    """(evaluate() options, sampled options or None, drift options or None) of an eval stage.
+
+    ``sampled: {samples: N, temperature: T, k: K}`` evaluates every split a second time with N
+    samples per problem at temperature T (mean success = pass@1, and pass@K), stored as split
+    ``SPLIT@sampled`` beside the greedy ``SPLIT``. ``drift: {split, n_problems, samples,
+    max_new_tokens}`` (on by default where the input stage records its start; ``drift: false``
+    turns it off) measures KL(start || model) and parameter distance at every point
+    (`postlab.eval.drift`)."""
+    spec = ctx.spec
+    opts = dict(spec.get("eval") or {})
+    if spec.get("max_turns") is not None:
+        opts.setdefault("max_turns", spec["max_turns"])
+    opts.setdefault("style", spec.get("style", "compact"))
+    if spec.get("env_args"):
+        opts.setdefault("env_args", spec["env_args"])
+    sampled = spec.get("sampled")
+    if sampled:
+        sampled = dict(sampled)
+        unknown = set(sampled) - set(SAMPLED_KEYS)
+        if unknown:
+            raise ConfigError(f"stages.{ctx.stage.name}.sampled.{sorted(unknown)[0]}: unknown key; valid: "
+                              f"{', '.join(SAMPLED_KEYS)}")
+        sampled.setdefault("samples", 8)
+        sampled.setdefault("temperature", 1.0)
+        sampled.setdefault("k", sampled["samples"])
+        if not (isinstance(sampled["samples"], int) and isinstance(sampled["k"], int)
+                and 1 <= sampled["k"] <= sampled["samples"]):
+            raise ConfigError(f"stages.{ctx.stage.name}.sampled: need integers 1 <= k <= samples, got {sampled}")
+        t = sampled["temperature"]
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+            raise ConfigError(f"stages.{ctx.stage.name}.sampled.temperature must be a finite number > 0, got {t!r}")
+    drift = spec.get("drift", {})
+    if drift is not False and drift is not None:
+        from postlab.eval.drift import DriftOptions
+
+        if not isinstance(drift, dict):
+            raise ConfigError(f"stages.{ctx.stage.name}.drift: a mapping or false, got {drift!r}")
+        fields = [f.name for f in dataclasses.fields(DriftOptions)]
+        _check_keys(ctx, "drift", drift, fields)
+        drift = {"max_new_tokens": opts.get("max_new_tokens", 64), "split": (spec.get("splits") or ["id"])[0], **drift}
+        try:
+            DriftOptions(**drift)
+        except ValueError as e:
+            raise ConfigError(f"stages.{ctx.stage.name}.{e}") from None
+    else:
+        drift = None
+    return opts, sampled or None, drift
+
+
+SAMPLED_KEYS = ("samples", "temperature", "k")
+
+
+def _report_split(split: str, r: dict) -> None:
+    ci = f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+    extra = f", pass@{r['k']} {r['pass_at_k']:.3f}" if "pass_at_k" in r else ""
+    console.print(f"  {split} success {r['success_rate']:.3f} {ci}{extra}", highlight=False)
+    if r["truncated_fraction"] > 0.25:
+        console.print(f"  [yellow]warning: {r['truncated_fraction']:.0%} of {split} episodes hit the "
+                      "generation cap; raise the stage's eval.max_new_tokens[/yellow]")
 
 
 def run_eval(ctx) -> dict:
-    """Evaluate the input model (its final checkpoint, or every saved point along training) on `splits`."""
+    """Evaluate the input model (its final checkpoint, or every saved point along training) on `splits`:
+    greedy, and with `sampled` also sampled (``SPLIT@sampled``); with a recorded start, its drift from it."""
     from postlab.envs import make
     from postlab.eval.evaluate import evaluate
     from postlab.models.io import load_model, load_tokenizer, pick_device
@@ -204,13 +317,8 @@ def run_eval(ctx) -> dict:
     spec = ctx.spec
     src = ctx.inputs[0] if ctx.inputs else {}
     splits = spec.get("splits") or list(make(spec["env"]).splits)
-    opts = dict(spec.get("eval") or {})
+    opts, sampled, drift_opts = eval_stage_options(ctx)
     device = pick_device(opts.pop("device", "auto"))
-    if spec.get("max_turns") is not None:
-        opts.setdefault("max_turns", spec["max_turns"])
-    opts.setdefault("style", spec.get("style", "compact"))
-    if spec.get("env_args"):
-        opts.setdefault("env_args", spec["env_args"])
     final_path = ctx.input_checkpoint(0)
     in_compute = src.get("compute") or {}
     final_point = {"step": src.get("steps", 0), "path": final_path, "tokens_trained": in_compute.get("tokens_trained", 0),
@@ -222,25 +330,34 @@ def run_eval(ctx) -> dict:
                 points.append({**p, "path": ctx.input_dirs[0] / p["path"]})
     points.append(final_point)
     params = count_params(final_path)
+    drift_ref = None
+    if drift_opts is not None and src.get("start"):
+        drift_ref = _drift_reference(ctx, ctx.input_dirs[0] / src["start"], drift_opts, opts, device)
     generated = 0
     out_points = []
     for p in points:
         model = load_model(str(p["path"]), device=device)
         tok = load_tokenizer(str(p["path"]))
         results = {}
+        console.print(f"  step {p['step']}:", highlight=False)
         for split in splits:
-            r = evaluate(model, tok, spec["env"], split, **opts)
-            generated += r["generated_tokens"]
-            results[split] = r
-            console.print(f"  step {p['step']}: {split} success {r['success_rate']:.3f} "
-                          f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]", highlight=False)
-            if r["truncated_fraction"] > 0.25:
-                console.print(f"  [yellow]warning: {r['truncated_fraction']:.0%} of {split} episodes hit the "
-                              "generation cap; raise the stage's eval.max_new_tokens[/yellow]")
-        out_points.append({"step": p["step"], "tokens_trained": p["tokens_trained"],
-                           "tokens_generated": p["tokens_generated"],
-                           "flops": flops(params, p["tokens_trained"], p["tokens_generated"]),
-                           "results": {s: {k: v for k, v in r.items() if k != "examples"} for s, r in results.items()}})
+            runs = [(split, opts)]
+            if sampled:
+                runs.append((f"{split}@sampled", {**opts, "decoding": "sampled", "n_samples": sampled["samples"],
+                                                  "k": sampled["k"], "temperature": sampled["temperature"]}))
+            for name, o in runs:
+                r = evaluate(model, tok, spec["env"], split, **o)
+                generated += r["generated_tokens"]
+                results[name] = r
+                _report_split(name, r)
+        point = {"step": p["step"], "tokens_trained": p["tokens_trained"], "tokens_generated": p["tokens_generated"],
+                 "flops": flops(params, p["tokens_trained"], p["tokens_generated"]),
+                 "results": {s: {k: v for k, v in r.items() if k != "examples"} for s, r in results.items()}}
+        if drift_ref is not None:
+            point["drift"] = drift_ref.measure(model)
+            console.print(f"  drift from the start: KL {point['drift']['kl']:.4f} nats/sequence, "
+                          f"||dtheta|| {point['drift']['param_distance']:.4f}", highlight=False)
+        out_points.append(point)
         (ctx.path / f"examples_step_{p['step']}.json").write_text(
             json.dumps({s: r["examples"] for s, r in results.items()}, indent=2, ensure_ascii=False))
         del model
@@ -248,6 +365,19 @@ def run_eval(ctx) -> dict:
     return {"env": spec["env"], "splits": splits, "points": out_points,
             "success": {s: final[s]["success_rate"] for s in splits},
             "compute": {"params": params, "tokens_trained": 0, "tokens_generated": generated}}
+
+
+def _drift_reference(ctx, start: Path, drift_opts: dict, opts: dict, device):
+    """The start model's samples on the drift split's evaluation prompts (drawn once per eval stage)."""
+    from postlab.eval.drift import DriftOptions, DriftReference
+    from postlab.models.io import load_model, load_tokenizer
+
+    o = DriftOptions(**drift_opts)
+    start_model = load_model(str(start), device=device)
+    ref = DriftReference(start_model, load_tokenizer(str(start)),
+                         lambda: _env(ctx.spec, split=o.split, max_turns=opts.get("max_turns")), o)
+    del start_model
+    return ref
 
 
 # ----------------------------------------------------------------------------- validation
@@ -308,6 +438,18 @@ def validate_rl(ctx) -> None:
         raise _stage_error(ctx, e) from None
 
 
+def validate_rl_probe(ctx) -> None:
+    from postlab.trainers.rl import validate_env
+
+    opts = probe_options(ctx.spec.get("probe"), f"stages.{ctx.stage.name}.probe")
+    data = rl_stage_data(ctx)
+    for setting in settings(opts["grid"]):
+        try:
+            validate_env(probe_config(data, setting, opts["steps"], ctx.run_dir).env)
+        except ConfigError as e:
+            raise ConfigError(f"stages.{ctx.stage.name} (rl-probe), setting {setting}: {e}") from None
+
+
 def validate_eval(ctx) -> None:
     from postlab.eval.evaluate import evaluate
 
@@ -317,6 +459,9 @@ def validate_eval(ctx) -> None:
     if ctx.spec.get("points", "final") not in ("final", "all"):
         raise ConfigError(f"stages.{ctx.stage.name}.points: {ctx.spec['points']!r}; valid: 'final', 'all'")
     _check_splits(ctx, ctx.spec.get("splits") or [None])
+    _, _, drift = eval_stage_options(ctx)
+    if drift is not None:
+        _check_splits(ctx, [drift["split"]])
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -341,6 +486,9 @@ register_stage_kind(StageKind("pretrain", run_pretrain, validate_pretrain, "base
 register_stage_kind(StageKind("sft", run_sft, validate_sft, "SFT on expert demonstrations of `split`"))
 register_stage_kind(StageKind("rl", run_rl, validate_rl, "RL on the environment (postlab.trainers.rl)"))
 register_stage_kind(StageKind("eval", run_eval, validate_eval, "ID/OOD evaluation (postlab.eval.evaluate)"))
+register_stage_kind(StageKind("rl-probe", run_rl_probe, validate_rl_probe,
+                              "short RL probes over a grid on training problems; an rl stage after [START, PROBE] "
+                              "takes the setting whose training success rose most (postlab.studies.probe)"))
 
 
 # ----------------------------------------------------------------------------- rasft and rft stages

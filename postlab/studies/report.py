@@ -33,6 +33,13 @@ The study YAML's ``report`` section says what to show::
     gain of each SFT amount: {"1x": [eval-rl-1x, eval-sft-1x], "16x": [eval-rl-16x, eval-sft-16x]}.
     A split may name a metric other than success: ``SPLIT:KEY=CATEGORY`` (a diagnostic's fraction)
     or ``SPLIT:KEY`` (a multi-turn metric, e.g. ``id:multi@5``, ``id:correction_rate``).
+    Eval stages with ``sampled:`` also hold ``SPLIT@sampled`` (mean success of N samples per
+    problem, i.e. pass@1 at the stated temperature) and ``SPLIT@sampled:pass@K``; every eval
+    of a continuation holds ``drift:kl`` (KL(start || model), nats per sequence, per problem) and
+    ``drift:param_distance`` / ``drift:param_distance_rel`` / ``drift:kl_per_token``. A table of
+    such numbers sets ``percent: false``. A ``diff`` finding may set ``match_compute: true`` (the
+    second stage's point nearest the first's final FLOPs) or ``match_kl: true`` (its point whose
+    KL to the shared start is nearest the first's final KL: "RL forgets less" at equal drift).
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ from pathlib import Path
 
 import yaml
 
-from postlab.eval.metrics import paired_difference_ci
+from postlab.eval.drift import DRIFT_KEYS
+from postlab.eval.metrics import paired_difference_ci, pass_at_k
 
 
 # ----------------------------------------------------------------------------- loading
@@ -74,9 +82,11 @@ def load_run(root: str | Path) -> dict:
 
 def _metric(results: dict, split: str) -> tuple[float | None, list | None]:
     """(value, per-problem values) of a split's eval result. `split` is a split name (success
-    rate), ``SPLIT:KEY=CATEGORY``, a first-attempt diagnostic's fraction, e.g.
-    ``ood-rule:face_rule=other`` (GeneralPoints: answers that apply the other face-card rule), or
-    ``SPLIT:KEY`` with a multi-turn metric (`evaluate`'s ``multiturn``), e.g. ``id:multi@5`` or
+    rate; ``SPLIT@sampled`` for the mean success of N samples per problem, i.e. pass@1),
+    ``SPLIT:KEY=CATEGORY``, a first-attempt diagnostic's fraction, e.g.
+    ``ood-rule:face_rule=other`` (GeneralPoints: answers that apply the other face-card rule),
+    ``SPLIT@sampled:pass@K`` (unbiased pass@K from the N samples, K <= N), or ``SPLIT:KEY``
+    with a multi-turn metric (`evaluate`'s ``multiturn``), e.g. ``id:multi@5`` or
     ``id:correction_rate``."""
     name, _, diag = split.partition(":")
     r = results.get(name)
@@ -84,6 +94,8 @@ def _metric(results: dict, split: str) -> tuple[float | None, list | None]:
         return None, None
     if not diag:
         return r["success_rate"], r.get("per_problem")
+    if diag.startswith("pass@") and "=" not in diag:
+        return _pass_at(r, int(diag[len("pass@"):]))
     if "=" not in diag:
         m = (r.get("multiturn") or {}).get(diag)
         if not isinstance(m, dict) or not m.get("n"):
@@ -98,24 +110,53 @@ def _metric(results: dict, split: str) -> tuple[float | None, list | None]:
     return r["diagnostics"][key].get(cat, 0.0), per_problem
 
 
+def _pass_at(r: dict, k: int) -> tuple[float | None, list | None]:
+    """Unbiased pass@k per problem from a sampled result's per-problem success fractions and n."""
+    n = int(r.get("n_samples") or 1)
+    if r.get("decoding") != "sampled" or not 1 <= k <= n or r.get("per_problem") is None:
+        return None, None
+    per_problem = [pass_at_k(n, round(f * n), k) for f in r["per_problem"]]
+    return sum(per_problem) / len(per_problem), per_problem
+
+
+def _point_metric(point: dict, split: str) -> tuple[float | None, list | None]:
+    """`_metric` of one evaluated point; ``drift:KEY`` reads its drift from the start instead
+    (``drift:kl``: KL(start || model) in nats per sequence, per problem; ``drift:param_distance``...)."""
+    name, _, key = split.partition(":")
+    if name == "drift":
+        d = point.get("drift")
+        if d is None or key not in DRIFT_KEYS:
+            return None, None
+        return d[key], (d.get("kl_per_problem") if key == "kl" else None)
+    return _metric(point["results"], split)
+
+
 def _final_metric(res: dict | None, split: str) -> tuple[float | None, list | None]:
     """`_metric` of a stage's last evaluated point (None, None when it has none)."""
     pts = (res or {}).get("points") or []
-    return _metric(pts[-1]["results"], split) if pts else (None, None)
+    return _point_metric(pts[-1], split) if pts else (None, None)
 
 
 def _final(res: dict, split: str) -> float | None:
     return _final_metric(res, split)[0]
 
 
-def _matched_metric(res: dict | None, split: str, flops: float | None) -> tuple[float | None, list | None]:
+def _matched_metric(res: dict | None, split: str, flops: float | None, kl: float | None = None
+                    ) -> tuple[float | None, list | None]:
     """`_metric` at the evaluated point whose training compute is nearest `flops` (the other
-    model's final compute): "at matched compute". The final point when `flops` is None."""
+    model's final compute): "at matched compute"; or, with `kl`, the point whose KL to the start
+    is nearest `kl` (the other model's final KL): "at matched drift". The final point when both are None."""
     pts = (res or {}).get("points") or []
+    if kl is not None:
+        pts = [p for p in pts if p.get("drift")]
+        if not pts:
+            return None, None
+        p = min(pts, key=lambda p: (abs(p["drift"]["kl"] - kl), -p.get("step", 0)))
+        return _point_metric(p, split)
     if not pts or flops is None:
         return _final_metric(res, split)
     p = min(pts, key=lambda p: (abs(p.get("flops", 0.0) - flops), -p.get("step", 0)))
-    return _metric(p["results"], split)
+    return _point_metric(p, split)
 
 
 def _final_flops(res: dict | None) -> float | None:
@@ -184,7 +225,8 @@ def final_tables(run: dict) -> list[dict]:
             cells = []
             for col, split in cols.items():
                 xs = values(run, stage, split)
-                cells.append(_fmt(*_mean_std(xs), len(xs)))
+                # percent by default; `percent: false` for tables of other quantities (KL in nats, distances)
+                cells.append(_fmt(*_mean_std(xs), len(xs), pct=t.get("percent", True)))
             rows.append([label, *cells])
         # a column no row has a value for (a diagnostic of another answer style) is left out, and
         # so is a table whose stages this preset does not run (e.g. navigation in the demo)
@@ -218,35 +260,40 @@ def delta_tables(run: dict) -> list[dict]:
     return out
 
 
-def _side_b(run: dict, seed: str, a: str, b: str, split: str, match_compute: bool) -> tuple[float | None, list | None]:
-    """`b`'s metric for a comparison with `a`: its final point, or with `match_compute` its point
-    nearest `a`'s final training compute."""
-    flops = _final_flops(run["results"][seed].get(a)) if match_compute else None
+def _side_b(run: dict, seed: str, a: str, b: str, split: str, match: str | None) -> tuple[float | None, list | None]:
+    """`b`'s metric for a comparison with `a`: its final point; with match "compute" its point
+    nearest `a`'s final training compute; with match "kl" its point whose KL to the start is
+    nearest `a`'s final KL (both continuations must start from the same checkpoint)."""
+    res_a = run["results"][seed].get(a)
+    if match == "kl":
+        kl = _final_metric(res_a, "drift:kl")[0]
+        return _matched_metric(run["results"][seed].get(b), split, None, kl) if kl is not None else (None, None)
+    flops = _final_flops(res_a) if match == "compute" else None
     return _matched_metric(run["results"][seed].get(b), split, flops)
 
 
-def _paired(run: dict, a: str, b: str, split: str, split_b: str | None = None, match_compute: bool = False) -> list[float]:
-    """Per seed: final(a, split) - final(b, split_b) (b at a's compute with `match_compute`)."""
+def _paired(run: dict, a: str, b: str, split: str, split_b: str | None = None, match: str | None = None) -> list[float]:
+    """Per seed: final(a, split) - final(b, split_b) (b at a's compute or KL with `match`)."""
     out = []
     for seed in sorted(run["results"], key=int):
         va = _final_metric(run["results"][seed].get(a), split)[0]
-        vb = _side_b(run, seed, a, b, split_b or split, match_compute)[0]
+        vb = _side_b(run, seed, a, b, split_b or split, match)[0]
         if va is not None and vb is not None:
             out.append(va - vb)
     return out
 
 
 def paired_problem_outcomes(run: dict, a: str, b: str, split: str, split_b: str | None = None,
-                            match_compute: bool = False) -> tuple[list, list]:
+                            match: str | None = None) -> tuple[list, list]:
     """Per-problem values of final(a) and final(b), aligned and pooled over seeds, where both
     sides were evaluated on the same problems (eval results with per-problem values); ([], [])
     otherwise. Problems where either side has no value (a diagnostic with no verdict) are left out.
-    With `match_compute`, b's values are those of its point nearest a's final compute."""
+    With `match` ("compute" or "kl"), b's values are those of its point nearest a's final compute or KL."""
     xs: list[float] = []
     ys: list[float] = []
     for seed in sorted(run["results"], key=int):
         pa = _final_metric(run["results"][seed].get(a), split)[1]
-        pb = _side_b(run, seed, a, b, split_b or split, match_compute)[1]
+        pb = _side_b(run, seed, a, b, split_b or split, match)[1]
         if pa is None or pb is None or len(pa) != len(pb):
             return [], []
         pairs = [(x, y) for x, y in zip(pa, pb) if x is not None and y is not None]
@@ -304,8 +351,9 @@ def findings(run: dict) -> list[dict]:
             pairs = paired_problem_outcomes(run, m["delta"][0], m["delta"][1], m["split"])
         elif "diff" in m:
             (a, sa), (b, sb) = m["diff"]
-            per_seed = _paired(run, a, b, sa, sb, bool(m.get("match_compute")))
-            pairs = paired_problem_outcomes(run, a, b, sa, sb, bool(m.get("match_compute")))
+            match = "kl" if m.get("match_kl") else "compute" if m.get("match_compute") else None
+            per_seed = _paired(run, a, b, sa, sb, match)
+            pairs = paired_problem_outcomes(run, a, b, sa, sb, match)
         elif "gain_diff" in m:
             per_seed, pairs = _gain_diff(run, m["gain_diff"], m["split"])
         elif "value" in m:
@@ -382,7 +430,7 @@ def curve_data(run: dict, spec: dict, split: str) -> dict[str, tuple[list[float]
             m, sd = _mean_std(base_vals)
             xs.append(0.0), ms.append(m), sds.append(sd)
         for i in range(n):
-            pts = [(p[i], v) for p in per_seed if (v := _metric(p[i]["results"], split)[0]) is not None]
+            pts = [(p[i], v) for p in per_seed if (v := _point_metric(p[i], split)[0]) is not None]
             if not pts:
                 continue
             xs.append(sum(p["flops"] for p, _ in pts) / len(pts))

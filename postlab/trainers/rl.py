@@ -16,7 +16,8 @@ One step (all batch sizes are named once, in `RLBatchConfig`):
 This module is the set-up and the step; cadence, checkpoints, resume and the final save are
 the shared loop's (`postlab.trainers.loop`).
 Reference log-probs (only when beta > 0) and PPO's old values are computed once per rollout.
-Evaluation (greedy success rate per split) runs every `run.eval_every` steps and at the end.
+Evaluation (greedy success rate per split; with `env.eval_samples` also sampled pass@1 and
+pass@k) runs every `run.eval_every` steps and at the end.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class RLEnvConfig:
     kwargs: dict = dataclasses.field(default_factory=dict)
     eval_splits: tuple[str, ...] = ("id",)  # evaluated greedily every run.eval_every steps and at the end
     eval_episodes: int = 64
+    # > 0: also eval_samples samples per problem at eval_temperature (mean success = pass@1, and
+    # pass@eval_samples): greedy success cannot see RL sharpening a distribution it already ranks right
+    eval_samples: int = 0
+    eval_temperature: float = 1.0
 
 
 @dataclasses.dataclass
@@ -147,6 +152,9 @@ class RLConfig:
             raise ConfigError("env.max_turns must be >= 1 and gamma, lam in [0, 1]")
         if self.env.eval_episodes < 1:
             raise ConfigError(f"env.eval_episodes must be >= 1, got {self.env.eval_episodes}")
+        if self.env.eval_samples < 0 or not (self.env.eval_temperature > 0 and self.env.eval_temperature < float("inf")):
+            raise ConfigError(f"env.eval_samples must be >= 0 (got {self.env.eval_samples}) and env.eval_temperature "
+                              f"a finite number > 0 (got {self.env.eval_temperature})")
 
     @property
     def spec(self) -> AlgorithmSpec:
@@ -223,7 +231,6 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
     if needs_push:  # a resumed LoRA run: the engine started from the base
         backend.sync(model)
     recent_rewards: list[float] = list(state.get("recent_rewards", []))
-    env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
     dynamic = cfg.dynamic_sampling if cfg.dynamic_sampling is not None else spec.dynamic_sampling
     console.print(f"RL {cfg.algorithm}: env={cfg.env.name}/{cfg.env.split}, {P} prompts x {G} samples, "
                   f"updates/batch={cfg.batch.updates_per_batch}, aggregation={aggregation}, beta={cfg.beta}, "
@@ -234,15 +241,11 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
         # 1. rollout: problems from the `rl` seed range (never evaluation's); G episodes share each problem.
         # This rank's prompts are a contiguous block, so gathering per-rank results in rank order
         # restores the step's prompt order.
-        first = rank * local_prompts
-        seeds = [rl_seed(cfg.run.seed, i * P + p) for p in range(first, first + local_prompts) for _ in range(G)]
-        envs = [make(cfg.env.name, **env_args) for _ in seeds]
-        params = cfg.sampling_params(sampling_seed(cfg.run.seed, i, rank))
         if backend is not None:
-            episodes = run_episodes(model, tok, envs, seeds, params, backend=backend)
+            episodes = play_step(cfg, model, tok, i, rank, local_prompts, backend=backend)
         else:
             with distributed.gathered(model):  # rank-local sampling: ranks stop after different numbers of tokens
-                episodes = run_episodes(model, tok, envs, seeds, params)
+                episodes = play_step(cfg, model, tok, i, rank, local_prompts)
         t_gen = time.time() - t0
         # 2. rewards and 3. advantages, on the whole step's rewards
         raw = rb.episode_rewards(episodes, reward_fn)
@@ -284,6 +287,24 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
                    save_extra=save_extra if head is not None else None, modules=modules,
                    summary=lambda last: {k: v for k, v in last.items()
                                          if k.startswith(("reward_mean", "success", "eval_"))})
+
+
+def play_step(cfg: RLConfig, model, tok, step: int, rank: int = 0, local_prompts: int | None = None,
+              backend=None) -> list:
+    """The episodes of RL step `step` (0-based) on rank `rank`: its `local_prompts` problems from the `rl`
+    seed range (never evaluation's), `samples_per_prompt` episodes each, sampled with the step's seed.
+    The trainer plays its rollouts through this, and the budget probe (postlab.studies.probe) plays the
+    frozen start model on exactly the same problems with the same sampling seeds."""
+    P, G = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
+    local_prompts = P if local_prompts is None else local_prompts
+    # This rank's prompts are a contiguous block, so gathering per-rank results in rank order
+    # restores the step's prompt order.
+    first = rank * local_prompts
+    seeds = [rl_seed(cfg.run.seed, step * P + p) for p in range(first, first + local_prompts) for _ in range(G)]
+    env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
+    envs = [make(cfg.env.name, **env_args) for _ in seeds]
+    params = cfg.sampling_params(sampling_seed(cfg.run.seed, step, rank))
+    return run_episodes(model, tok, envs, seeds, params, backend=backend)
 
 
 def _gather(values: torch.Tensor) -> torch.Tensor:
@@ -440,10 +461,16 @@ def evaluate_splits(cfg: RLConfig, model, tok, run: RunDir, step: int) -> dict:
     out = {}
     was_training = model.training
     model.eval()
-    for split in cfg.env.eval_splits:
-        res = evaluate(model, tok, cfg.env.name, split, n_episodes=cfg.env.eval_episodes, max_turns=cfg.env.max_turns,
-                       style=cfg.env.style, env_args=cfg.env.kwargs, max_new_tokens=cfg.sampling.max_new_tokens)
+    e = cfg.env
+    for split in e.eval_splits:
+        common = dict(n_episodes=e.eval_episodes, max_turns=e.max_turns, style=e.style, env_args=e.kwargs,
+                      max_new_tokens=cfg.sampling.max_new_tokens)
+        res = evaluate(model, tok, e.name, split, **common)
         out[f"eval_{split}_success"], out[f"eval_{split}_reward"] = res["success_rate"], res["mean_reward"]
+        if e.eval_samples:
+            res = evaluate(model, tok, e.name, split, decoding="sampled", n_samples=e.eval_samples, k=e.eval_samples,
+                           temperature=e.eval_temperature, **common)
+            out[f"eval_{split}_pass1"], out[f"eval_{split}_pass{e.eval_samples}"] = res["success_rate"], res["pass_at_k"]
     model.train(was_training)
     run.log(step, out, kind="eval")
     return out

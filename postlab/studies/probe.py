@@ -1,0 +1,167 @@
+"""RL budgets chosen by a recorded protocol, on training problems only: the `rl-probe` stage kind.
+
+At lab scale RL moves a model only at some budgets (about 64+ sequences per step at a learning
+rate the policy survives); at others the update is noise that a fair-coin reward matches. Which
+budget learns depends on the checkpoint, so a study does not guess it: an `rl-probe` stage runs
+short RL probes from the checkpoint over a grid of settings and keeps the one under which
+on-policy training success rises most over the frozen checkpoint on the same problems.
+
+Per setting (a point of the grid, e.g. ``{optim.lr: 1e-4, batch.prompts_per_step: 64}``):
+
+1. RL for ``probe.steps`` steps from the input checkpoint with the stage's RL config and that
+   setting (`postlab.trainers.rl`; its periodic evaluation is switched off, so no evaluation
+   problem is ever played);
+2. the frozen checkpoint plays the problems of the last ``probe.window`` steps, with the same
+   sampling seeds (`postlab.trainers.rl.play_step`: common random numbers);
+3. gain = mean on-policy training success of those steps - the frozen success on the same
+   problems, with a 95% bootstrap CI over the steps (paired step by step).
+
+The gate: where the frozen checkpoint solves no problem of any probe group (pass@G = 0 on every
+group), RL has no signal from a group baseline, and the probe says ``skip``: an `rl` stage fed
+by it returns its start unchanged (and says so). Otherwise the setting with the largest gain is
+``chosen`` (ties: the cheaper one, fewer sequences per step), whether or not its gain is above 0;
+the report shows every probe so a reader sees how sure the choice was.
+
+An `rl` stage takes the choice with ``after: [START, PROBE]``: the chosen values replace the
+grid keys of its config. The probes' compute is the stage's compute (the report counts it).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import shutil
+
+from pathlib import Path
+
+from postlab.config import ConfigError
+from postlab.eval.metrics import mean_ci
+from postlab.progress import console
+
+PROBE_KEYS = ("steps", "window", "grid")
+
+
+def probe_options(given: dict | None, where: str) -> dict:
+    """A stage's ``probe`` mapping, checked: steps >= 2, 1 <= window <= steps, a non-empty grid of dotted config keys."""
+    p = dict(given or {})
+    for k in p:
+        if k not in PROBE_KEYS:
+            raise ConfigError(f"{where}.{k}: unknown key; valid: {', '.join(PROBE_KEYS)}")
+    p.setdefault("steps", 20)
+    p.setdefault("window", max(1, p["steps"] // 2))
+    if not (isinstance(p["steps"], int) and p["steps"] >= 2):
+        raise ConfigError(f"{where}.steps must be an integer >= 2, got {p['steps']!r}")
+    if not (isinstance(p["window"], int) and 1 <= p["window"] <= p["steps"]):
+        raise ConfigError(f"{where}.window must be an integer in [1, steps={p['steps']}], got {p['window']!r}")
+    grid = p.get("grid")
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{where}.grid: a mapping of dotted RL config keys to non-empty lists of values, e.g. "
+                          "{optim.lr: [3.0e-5, 1.0e-4], batch.prompts_per_step: [16, 64]}")
+    for key in grid:
+        if key.split(".")[0] in ("run", "model", "env"):
+            raise ConfigError(f"{where}.grid.{key}: run, model and env are the study's; probe training settings "
+                              "(optim.*, batch.*, sampling.*, algorithm, beta, ...)")
+    return p
+
+
+def settings(grid: dict) -> list[dict]:
+    """Every point of the grid, in the order of its keys and values."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def _set_dotted(data: dict, key: str, value) -> None:
+    *path, last = key.split(".")
+    for part in path:
+        data = data.setdefault(part, {})
+    data[last] = value
+
+
+def probe_config(rl_data: dict, setting: dict, steps: int, out_dir: Path):
+    """The RL config of one probe: the RL stage's config mapping `rl_data` with `setting`, `steps` steps,
+    no evaluation (never an evaluation problem) and no intermediate saves."""
+    from postlab.config import load_config
+    from postlab.trainers.rl import RLConfig
+
+    data = copy.deepcopy(rl_data)
+    for k, v in setting.items():
+        _set_dotted(data, k, v)
+    data.setdefault("run", {}).update(out_dir=str(out_dir), max_steps=steps, save_every=0, eval_every=0, log_every=1,
+                                      keep_checkpoints=1)
+    data.setdefault("env", {}).update(eval_splits=[], eval_samples=0)
+    return load_config(RLConfig, base=data)
+
+
+def _frozen_success(cfg, steps: list[int]) -> tuple[list[float], float]:
+    """(frozen success per step, fraction of groups with at least one success) on the probe's problems."""
+    from postlab.models.io import load_model, load_tokenizer
+    from postlab.trainers.rl import play_step
+
+    model = load_model(str(cfg.model.path)).eval()
+    tok = load_tokenizer(str(cfg.model.path))
+    G = cfg.batch.samples_per_prompt
+    per_step, groups, solved = [], 0, 0
+    for i in steps:
+        eps = play_step(cfg, model, tok, i)
+        per_step.append(sum(e.success for e in eps) / len(eps))
+        for g in range(0, len(eps), G):
+            groups += 1
+            solved += any(e.success for e in eps[g:g + G])
+    return per_step, solved / groups
+
+
+def run_probes(path: Path, rl_data: dict, opts: dict) -> dict:
+    """Run every probe of the grid under `path`; the probes, the chosen setting (or skip) and their tokens."""
+    from postlab.trainers.rl import train_rl
+
+    steps, window = opts["steps"], opts["window"]
+    probes, tokens_trained, tokens_generated = [], 0, 0
+    for n, setting in enumerate(settings(opts["grid"])):
+        out = path / f"probe-{n}"
+        done = out / "probe.json"
+        if done.exists():  # an interrupted stage keeps the probes it finished
+            probe = json.loads(done.read_text())
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            cfg = probe_config(rl_data, setting, steps, out / "run")
+            console.print(f"probe {n + 1}: {setting}", highlight=False)
+            train_rl(cfg)
+            rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            on_policy = {int(r["step"]): float(r["success"]) for r in rows if "success" in r and "time_training" in r}
+            last = list(range(steps - window, steps))  # 0-based step indices; logged as step + 1
+            frozen, groups_solved = _frozen_success(cfg, last)
+            ci = mean_ci([on_policy[i + 1] - f for i, f in zip(last, frozen)])
+            final = max((r for r in rows if "tokens_trained_total" in r), key=lambda r: r["step"])
+            probe = {"setting": setting, "sequences_per_step": cfg.batch.sequences_per_step,
+                     "on_policy_success": sum(on_policy[i + 1] for i in last) / window,
+                     "frozen_success": sum(frozen) / window, "gain": ci["mean"], "gain_ci": [ci["ci_low"], ci["ci_high"]],
+                     "frozen_groups_solved": groups_solved, "success_by_step": [on_policy[k] for k in sorted(on_policy)],
+                     "tokens_trained": int(final["tokens_trained_total"]),
+                     "tokens_generated": int(final["tokens_generated_total"])}
+            for sub in ("checkpoints", "final"):  # the probe's model is not used again; its metrics are kept
+                shutil.rmtree(out / "run" / sub, ignore_errors=True)
+            done.write_text(json.dumps(probe, indent=2))
+        console.print(f"probe {n + 1}: {setting}: training success {probe['on_policy_success']:.3f} vs frozen "
+                      f"{probe['frozen_success']:.3f} on the same problems: gain {probe['gain']:+.3f} "
+                      f"[{probe['gain_ci'][0]:+.3f}, {probe['gain_ci'][1]:+.3f}]", highlight=False)
+        probes.append(probe)
+        tokens_trained += probe["tokens_trained"]
+        tokens_generated += probe["tokens_generated"]
+    skip = all(p["frozen_groups_solved"] == 0 for p in probes)
+    best = max(probes, key=lambda p: (p["gain"], -p["sequences_per_step"]))
+    result = {"probes": probes, "steps": steps, "window": window, "skip": skip,
+              "chosen": None if skip else best["setting"],
+              "reason": ("no group of any probe had a success under the frozen checkpoint (pass@G = 0): "
+                         "RL has no signal" if skip else
+                         f"largest gain in training success over the frozen checkpoint ({best['gain']:+.3f})"),
+              "tokens_trained": tokens_trained, "tokens_generated": tokens_generated}
+    console.print(f"probe choice: {'skip RL' if skip else result['chosen']} ({result['reason']})", highlight=False)
+    return result
+
+
+def apply_choice(data: dict, probe_result: dict) -> None:
+    """Merge a probe's chosen setting into an RL config mapping (its dotted keys replace the config's)."""
+    for k, v in (probe_result.get("chosen") or {}).items():
+        _set_dotted(data, k, v)

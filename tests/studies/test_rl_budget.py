@@ -1,0 +1,220 @@
+"""Issue 25's measuring tools: sampled evaluation in studies, drift from the start, and the RL budget probe."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "eval"))
+
+import toy_env  # noqa: E402,F401 - registers toy-copy
+
+from postlab.envs.base import Env, Observation, StepResult, register_env  # noqa: E402
+from postlab.studies import StudyRunner, resolve  # noqa: E402
+from postlab.studies.report import _metric, findings  # noqa: E402
+
+RUN = {"tensorboard": False, "progress": False, "device": "cpu"}
+
+
+@register_env("toy-parity")
+class ToyParity(Env):
+    """Succeeds when the answer starts with a character of even code: about half of an untrained
+    model's samples, so groups mix success and failure and RL has a signal."""
+
+    splits = ("id",)
+
+    def reset(self, seed):
+        return Observation([{"role": "user", "content": f"say {seed % 5}"}])
+
+    def step(self, text):
+        ok = bool(text) and ord(text[0]) % 2 == 0
+        return StepResult([], 1.0 if ok else 0.0, True, ok, {})
+
+    def expert(self):
+        return "0"
+
+    def base_corpus(self, n, seed=0):
+        return [f"say {i % 5} gives {i % 3}" for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- report metrics
+
+
+def test_pass_at_k_from_a_sampled_split_is_the_unbiased_estimator():
+    """n = 4 samples; 1, 0 and 4 of them right: pass@2 = 1 - C(3,2)/C(4,2) = 0.5, 0 and 1."""
+    results = {"id@sampled": {"decoding": "sampled", "n_samples": 4, "success_rate": 5 / 12,
+                              "per_problem": [0.25, 0.0, 1.0]},
+               "id": {"decoding": "greedy", "n_samples": 1, "success_rate": 1 / 3, "per_problem": [0, 0, 1]}}
+    value, per_problem = _metric(results, "id@sampled:pass@2")
+    assert per_problem == pytest.approx([0.5, 0.0, 1.0]) and value == pytest.approx(0.5)
+    assert _metric(results, "id@sampled:pass@1")[0] == pytest.approx(5 / 12)  # pass@1 = mean success
+    assert _metric(results, "id@sampled")[0] == pytest.approx(5 / 12)
+    assert _metric(results, "id@sampled:pass@5") == (None, None)  # k > n: no unbiased estimate
+    assert _metric(results, "id:pass@2") == (None, None)  # greedy has one answer per problem
+
+
+def _point(step, kl, per_problem):
+    return {"step": step, "flops": float(step),
+            "results": {"id": {"success_rate": sum(per_problem) / len(per_problem), "per_problem": per_problem}},
+            "drift": {"kl": kl, "kl_per_problem": [kl] * len(per_problem), "kl_per_token": kl / 10,
+                      "param_distance": kl * 2, "param_distance_rel": kl / 100}}
+
+
+def test_findings_at_matched_kl_compare_with_the_point_that_moved_as_far():
+    """RL ends at KL 0.45 from the start; SFT's points are at 0.1, 0.5 and 2.0: matched KL picks 0.5."""
+    rl = {"points": [_point(10, 0.2, [0, 0, 0, 0] * 8), _point(20, 0.45, [1, 1, 0, 0] * 8)]}
+    sft = {"points": [_point(5, 0.1, [0, 0, 0, 0] * 8), _point(10, 0.5, [1, 0, 0, 0] * 8),
+                      _point(40, 2.0, [1, 1, 1, 1] * 8)]}
+    diff = {"diff": [["rl", "id"], ["sft", "id"]]}
+    run = {"study": {"report": {"findings": [
+        {"claim": "final", "metric": diff},
+        {"claim": "kl", "metric": {**diff, "match_kl": True}},
+        {"claim": "drift", "metric": {"diff": [["rl", "drift:kl"], ["sft", "drift:kl"]], "match_kl": True}},
+    ]}}, "results": {str(s): {"rl": rl, "sft": sft} for s in range(2)}}
+    by = {f["claim"]: f for f in findings(run)}
+    assert by["final"]["mean"] == pytest.approx(0.5 - 1.0)
+    assert by["kl"]["mean"] == pytest.approx(0.5 - 0.25) and by["kl"]["reproduced"] == "yes"
+    assert by["drift"]["mean"] == pytest.approx(0.45 - 0.5)
+
+
+def test_report_check_accepts_sampled_splits_and_drift_keys_and_rejects_typos():
+    from postlab.config import ConfigError
+
+    def study(ref):
+        return {"name": "s", "env": "toy-copy", "stages": {
+            "base": {"kind": "pretrain"}, "ev": {"kind": "eval", "after": "base"}},
+            "report": {"tables": [{"rows": {"x": "ev"}, "splits": {"c": ref}}]}}
+
+    from postlab.studies.spec import check_report_references
+
+    for ok in ("id@sampled", "ood@sampled:pass@4", "drift:kl", "drift:param_distance_rel"):
+        check_report_references(study(ok), {}, "s")
+    for bad, words in (("id@greedy", "unknown decoding"), ("id:pass@4", "pass@K needs a sampled split"),
+                       ("drift:kll", "unknown drift key"), ("idd@sampled", "unknown split")):
+        with pytest.raises(ConfigError, match=words):
+            check_report_references(study(bad), {}, "s")
+
+
+# ----------------------------------------------------------------------------- drift
+
+
+@pytest.fixture(scope="module")
+def nano():
+    from postlab.models.io import init_model
+    from postlab.models.tokenizer import build_tokenizer
+
+    tok = build_tokenizer([])
+    return init_model("nano", tok, seed=0).eval(), tok
+
+
+def test_drift_is_zero_against_itself_and_equals_a_plain_forward_kl_estimate(nano):
+    from postlab.envs import make
+    from postlab.eval.drift import DriftOptions, DriftReference
+
+    model, tok = nano
+    opts = DriftOptions(split="id", n_problems=3, samples=2, max_new_tokens=6)
+    ref = DriftReference(model, tok, lambda: make("toy-copy", split="id"), opts)
+    same = ref.measure(model)
+    assert same["kl"] == 0.0 and same["kl_per_problem"] == [0.0] * 3 and same["param_distance"] == 0.0
+    other = type(model)(model.config)
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other.lm_head.weight.add_(0.05 * torch.randn_like(other.lm_head.weight, generator=torch.Generator().manual_seed(1)))
+    d = ref.measure(other.eval())
+
+    # the same Monte Carlo estimate written out with plain transformers forwards
+    def seq_logp(m, enc):
+        ids = torch.tensor([enc.input_ids])
+        logp = torch.log_softmax(m(input_ids=ids).logits[0, :-1].double(), -1)
+        tgt = ids[0, 1:]
+        return sum(float(logp[t, tgt[t]]) for t in range(len(tgt)) if enc.loss_mask[t + 1])
+
+    with torch.no_grad():
+        ratios = [seq_logp(model, e) - seq_logp(other, e) for e in ref.sequences]
+    expect = [sum(ratios[p * 2:(p + 1) * 2]) / 2 for p in range(3)]
+    assert d["kl_per_problem"] == pytest.approx(expect, abs=1e-5)
+    assert d["kl"] == pytest.approx(sum(expect) / 3, abs=1e-5)
+    delta = (other.lm_head.weight - model.lm_head.weight).double().norm().item()
+    assert d["param_distance"] == pytest.approx(delta, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- a study with a probe
+
+
+def _study(scripted: bool, grid: dict):
+    """base -> probe -> rl (after [base, probe]) -> eval; `scripted`: toy-copy that never succeeds on a
+    first attempt (the gate), else toy-parity (about half the samples succeed)."""
+    rl_cfg = {"run": {**RUN}, "batch": {"prompts_per_step": 2, "samples_per_prompt": 2, "micro_batch_sequences": 4},
+              "sampling": {"max_new_tokens": 4}}
+    env_args = {"scripted": True} if scripted else None
+    stage = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
+    return {
+        "name": "budget", "env": "toy-copy" if scripted else "toy-parity",
+        "defaults": {"*": {"config": {"run": RUN}}, "rl": {"config": rl_cfg}},
+        "stages": {
+            "base": {"kind": "pretrain", "data": {"n": 64},
+                     "config": {"model": {"preset": "nano"}, "batch": {"sequences_per_step": 8, "micro_batch_sequences": 8},
+                                "run": {"max_steps": 4}}},
+            "probe": stage(kind="rl-probe", after="base", env_args=env_args, probe={"steps": 2, "grid": grid}),
+            "rl": stage(kind="rl", after=["base", "probe"], env_args=env_args, config={"run": {"max_steps": 2}}),
+            "eval-rl": stage(kind="eval", after="rl", splits=["id"], env_args=env_args,
+                             sampled={"samples": 3, "k": 2}, drift={"n_problems": 3, "samples": 2},
+                             eval={"n_episodes": 4, "max_new_tokens": 4}),
+        },
+    }
+
+
+def test_probe_with_a_frozen_lr_gains_exactly_nothing_and_the_rl_stage_takes_the_choice(tmp_path):
+    """lr 1e-30 leaves the policy bit-identical (every update is below float32 resolution), and the
+    frozen replay uses the same problems and sampling seeds, so its on-policy success equals the
+    frozen success step by step: gain exactly 0."""
+    runner = StudyRunner(resolve(_study(False, {"optim.lr": [1.0e-30, 1.0e-2], "batch.prompts_per_step": [2]})), tmp_path)
+    res = runner.run()[0]
+    probes = res["probe"]["probes"]
+    assert [p["setting"]["optim.lr"] for p in probes] == [1.0e-30, 1.0e-2]
+    assert probes[0]["gain"] == 0.0 and probes[0]["on_policy_success"] == probes[0]["frozen_success"]
+    best = max(probes, key=lambda p: (p["gain"], -p["sequences_per_step"]))
+    assert res["probe"]["chosen"] == best["setting"] and res["probe"]["skip"] is False
+    assert res["probe"]["compute"]["tokens_generated"] > 0
+    plan = runner.plan()[0]
+    assert not (plan["probe"] / "probe-0" / "run" / "final").exists()  # probe models are not kept
+    rows = [json.loads(x) for x in (plan["probe"] / "probe-0" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("eval_") for r in rows for k in r)  # no evaluation problem was played
+    import yaml
+
+    rl_cfg = yaml.safe_load((plan["rl"] / "run" / "config.yaml").read_text())
+    assert rl_cfg["optim"]["lr"] == best["setting"]["optim.lr"] and res["rl"]["probe_choice"] == best["setting"]
+    point = res["eval-rl"]["points"][-1]
+    sampled = point["results"]["id@sampled"]
+    assert sampled["n_samples"] == 3 and sampled["k"] == 2 and len(sampled["per_problem"]) == 4
+    assert point["results"]["id"]["decoding"] == "greedy"
+    assert point["drift"]["n_problems"] == 3 and len(point["drift"]["kl_per_problem"]) == 3
+    if best["setting"]["optim.lr"] == 1.0e-30:
+        assert point["drift"]["kl"] == 0.0
+
+
+def test_probe_gate_skips_rl_where_no_group_ever_succeeds(tmp_path):
+    """The scripted toy env never succeeds on a first attempt: no group has a success, RL is skipped
+    and the rl stage's checkpoint is its start."""
+    runner = StudyRunner(resolve(_study(True, {"optim.lr": [1.0e-3]})), tmp_path)
+    res = runner.run()[0]
+    assert res["probe"]["skip"] is True and res["probe"]["chosen"] is None
+    assert res["probe"]["probes"][0]["frozen_groups_solved"] == 0.0
+    assert res["rl"]["skipped"] and res["rl"]["compute"]["tokens_trained"] == 0
+    plan = runner.plan()[0]
+    assert (plan["rl"] / res["rl"]["checkpoint"]).resolve() == (plan["base"] / "run" / "final").resolve()
+    assert res["eval-rl"]["points"][-1]["drift"]["kl"] == 0.0  # it did not move
+
+
+def test_probe_settings_are_checked_before_anything_runs(tmp_path):
+    from postlab.config import ConfigError
+
+    bad = _study(False, {"run.max_steps": [3]})
+    with pytest.raises(ConfigError, match="run, model and env are the study's"):
+        StudyRunner(resolve(bad), tmp_path).run()
+    bad = _study(False, {"optim.lrr": [1e-3]})
+    with pytest.raises(ConfigError, match="lrr"):
+        StudyRunner(resolve(bad), tmp_path).run()
+    assert not any(tmp_path.rglob("DONE"))

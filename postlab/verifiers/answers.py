@@ -8,8 +8,12 @@ last `<answer>...</answer>` (DRIFT), the last `\\boxed{...}` (math data), and `#
 Checking is exact match after light normalisation, then exact numeric equality for
 numbers (`0.5` == `1/2` == `\\frac{1}{2}`; digit groups of three split by a comma, a space or
 a LaTeX thin space: `1,000` == `1\\,000` == `1000`; but `1 2` is not `12`), then, only if
-the optional `math-verify` package is installed and the caller asks for it, symbolic
-equivalence. Decimals are exact everywhere: `1.414214` is not `\\sqrt{2}` and `0.333333` is not
+the caller asks for it, symbolic equivalence through `math-verify` (a core dependency since
+issue 29: what the field's RL stacks grade with; without it, e.g. a broken install, the fallback
+below still reads the common formats). Before the numeric and symbolic checks, `canonical`
+rewrites notation that real MATH / GSM8K / AIME answers use and neither path reads alike
+(`\\frac12`, units, degrees, `\\$`, `x=`, `\\text{(B)}`, `50\\%` for 50, `3, 4` for `\\{3,4\\}`).
+Decimals are exact everywhere: `1.414214` is not `\\sqrt{2}` and `0.333333` is not
 `1/3` (math-verify would round both sides to 6 places), and a product with a zero factor and
 a symbol or constant (`0z`, `0\\pi`) equals nothing but itself.
 `math-verify` is called with LaTeX extraction only: its plain-expression mode hands the
@@ -104,9 +108,10 @@ def as_number(ans: str) -> Fraction | None:
     s = _number_text(ans)
     if len(s) > 80:
         return None
-    m = _FRAC.fullmatch(s)
+    sign = s[0] if s[:1] in ("+", "-") and _FRAC.fullmatch(s[1:]) else ""
+    m = _FRAC.fullmatch(s[len(sign):])
     if m:
-        s = f"{m.group(1)}/{m.group(2)}"
+        s = f"{sign}{m.group(1)}/{m.group(2)}"
     if re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?", s):
         s = s.replace(",", "")
     pct = s.endswith("%") or s.endswith("\\%")
@@ -251,17 +256,135 @@ def _mv_equal(pred: str, gold: str, timeout: int = 1) -> bool:
         return False
 
 
+# ----------------------------------------------------------------------------- real answer formats
+# MATH / GSM8K / AIME answers are written many ways that mean one value. `canonical` rewrites the
+# notation (never the value) before any comparison, so the verdict is the same with and without
+# math-verify: `\frac12` = `\frac{1}{2}`, `5\text{ cm}` = `5`, `90^\circ` = `90`, `\$5` = `5`,
+# `x=5` = `5`, `\text{(B)}` = `B`, `(1, 2)` = `(1,2)`, `\left(`/`\right)` dropped. Values are
+# compared by `_value` (scientific notation, integer powers, k*sqrt(m)) and sets item by item.
+
+_UNIT = re.compile(r"^(.*?\d)\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z][a-zA-Z .^{}0-9]*\}(\^\{?[23]\}?)?$")
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°")
+_CHOICE = re.compile(r"^\(?([A-E])\)?$")
+_ASSIGN = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?!.*=)(.+)$")
+
+
+def canonical(ans: str) -> str:
+    """`ans` in one notation: the rewrites above, each of which keeps the answer's value."""
+    s = normalize(ans)
+    s = s.replace("\\left", "").replace("\\right", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = s.replace("\\$", "").replace("$", "").strip()
+    s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)  # \frac12
+    s = re.sub(r"\\frac\s*(\d)\s*\{", r"\\frac{\1}{", s)  # \frac1{2}
+    s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\d)", r"\\frac\1{\2}", s)  # \frac{1}2
+    s = re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", s)  # \sqrt3
+    s = _DEGREES.sub("", s).strip()
+    m = _UNIT.match(s)
+    if m:
+        s = m.group(1).strip()
+    m = _LATEX_WRAP.match(s)  # \text{(B)}
+    if m:
+        s = m.group(1).strip()
+    m = _CHOICE.match(s)
+    if m:
+        s = m.group(1)
+    m = _ASSIGN.match(s)
+    if m:
+        s = m.group(1).strip()
+    s = re.sub(r"\s*,\s*(?=\D|\d{1,2}\b|\d{4,})", ",", s)  # `(1, 2)`; not a digit group (`1, 000`)
+    return normalize(s)
+
+
+def _sqrt_form(s: str) -> tuple[Fraction, int] | None:
+    """`k\\sqrt{n}` (k an integer or fraction, n a positive integer) as (k * a, b) with n = a^2 b and b
+    squarefree: 2\\sqrt{3} and \\sqrt{12} are both (2, 3)."""
+    m = re.fullmatch(r"([+-]?\d{0,12})\s*(?:\\cdot\s*|\\times\s*)?\\sqrt\{(\d{1,12})\}", s)
+    if not m:
+        return None
+    k = {"": 1, "+": 1, "-": -1}.get(m.group(1))
+    k = Fraction(m.group(1)) if k is None else Fraction(k)
+    n = int(m.group(2))
+    if n == 0:
+        return Fraction(0), 1
+    a, b, f = 1, n, 2
+    while f * f <= b:
+        while b % (f * f) == 0:
+            a, b = a * f, b // (f * f)
+        f += 1
+    return (k * a, b) if b != 1 else (k * a, 1)
+
+
+def _value(s: str):
+    """An exact value of a numeric answer: a Fraction (plain numbers, `1.5\\times10^{3}`, `10^{10}`,
+    `2^5`, `50\\%` read as 50 and as 1/2) as a set of readings, or (k, m) for k*sqrt(m); None otherwise."""
+    n = as_number(s)
+    if n is not None:
+        readings = {n}
+        if s.rstrip().endswith("%"):  # MATH writes `50\%` for a gold of 50: the percent sign is notation too
+            readings.add(n * 100)
+        return frozenset(readings)
+    m = re.fullmatch(r"(?:([+-]?\d{1,12}(?:\.\d{1,12})?)\s*(?:\\times|\\cdot|\*)\s*)?(\d{1,7})\s*\^\s*\{?\s*([+-]?\d{1,3})\s*\}?",
+                     s)
+    if m:
+        base, exp = int(m.group(2)), int(m.group(3))
+        if base == 0 or abs(exp) * len(str(base)) > 400:
+            return None
+        mant = Fraction(m.group(1)) if m.group(1) else Fraction(1)
+        return frozenset({mant * Fraction(base) ** exp})
+    root = _sqrt_form(s)
+    if root is not None:
+        return frozenset({Fraction(root[0])}) if root[1] == 1 else root
+    return None
+
+
+def _items(s: str) -> tuple[list[str], bool] | None:
+    """The items of a set `\\{a,b\\}` (unordered) or a bare list `a, b` (unordered: MATH lists all
+    solutions in any order); None for anything else (tuples and intervals keep their brackets)."""
+    m = re.fullmatch(r"\\\{(.*)\\\}", s)
+    inner = m.group(1) if m else s
+    if "," not in inner or re.search(r"[()\[\]{}]", inner.replace("\\frac", "").replace("\\sqrt", "")) and not m:
+        return None
+    if not m and re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?", inner):  # a digit group, not a list
+        return None
+    parts = [x.strip() for x in inner.split(",")]
+    return (parts, True) if all(parts) else None
+
+
+def _same(p: str, g: str, use_math_verify: bool) -> bool:
+    if p == g:
+        return True
+    pv, gv = _value(p), _value(g)
+    if pv is not None and gv is not None:
+        if isinstance(pv, frozenset) and isinstance(gv, frozenset):
+            return bool(pv & gv)
+        return pv == gv
+    return use_math_verify and _mv_equal(p, g)
+
+
 def answers_match(pred: str | None, gold: str, use_math_verify: bool = False) -> bool:
-    """Exact match after normalisation, then numeric equality, then (optionally) math-verify."""
+    """Exact match after normalisation, then the same answer in another notation (`canonical`), numeric
+    equality, unordered sets, then (optionally) math-verify."""
     if pred is None or not isinstance(pred, str) or len(pred) > MAX_ANSWER_CHARS:
         return False
     p, g = normalize(pred), normalize(gold)
     if p == g:
         return True
     pn, gn = as_number(p), as_number(g)
-    if pn is not None and gn is not None:
-        return pn == gn
-    return use_math_verify and _mv_equal(p, g)
+    if pn is not None and gn is not None and pn == gn:
+        return True
+    p, g = canonical(p), canonical(g)
+    if _same(p, g, use_math_verify):
+        return True
+    pi, gi = _items(p), _items(g)
+    if pi and gi and len(pi[0]) == len(gi[0]):
+        rest = list(gi[0])
+        for item in pi[0]:
+            hit = next((j for j, x in enumerate(rest) if _same(item, x, use_math_verify)), None)
+            if hit is None:
+                return False
+            rest.pop(hit)
+        return True
+    return False
 
 
 def exact_match(text: str, gold: str) -> bool:

@@ -112,10 +112,12 @@ def test_answers_match_exact_and_numeric():
 def test_math_verify_is_optional_and_guarded(monkeypatch):
     if answers.math_verify_available():
         assert answers.answers_match(r"\sqrt{4}", "2", use_math_verify=True)
-        assert not answers.answers_match(r"\sqrt{4}", "2", use_math_verify=False)
+        assert answers.answers_match("x+1", "1+x", use_math_verify=True)
+        assert not answers.answers_match("x+1", "1+x", use_math_verify=False)  # symbolic: math-verify's job
         assert not answers.answers_match("9^{9^{9}}", "1", use_math_verify=True)  # screened: sympy would hang
     monkeypatch.setattr(answers, "_MV", False)  # as if not installed
-    assert not answers.answers_match(r"\sqrt{4}", "2", use_math_verify=True)
+    assert not answers.answers_match("x+1", "1+x", use_math_verify=True)
+    assert answers.answers_match(r"\sqrt{4}", "2", use_math_verify=True)  # the fallback reads k*sqrt(m) (issue 29)
     assert answers.answers_match("2", "2.0", use_math_verify=True)
 
 

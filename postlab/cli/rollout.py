@@ -17,6 +17,8 @@ def register(sub) -> None:
                        "`model` and append them to the JSONL file `out`; rerun the same command to resume.")
     p.add_argument("config", nargs="?", help="YAML config file (optional: defaults + overrides)")
     p.add_argument("overrides", nargs="*", help="overrides, e.g. model=runs/sft/final n_prompts=256 out=d.jsonl")
+    p.add_argument("--config-help", action="store_true", help="print every config key with its default, valid values "
+                   "and meaning (read from RolloutJobConfig), and exit")
     p.set_defaults(func=_run)
 
 
@@ -24,6 +26,11 @@ def _run(args) -> int:
     from postlab.config import load_config
     from postlab.rollout.offline import RolloutJobConfig, run_rollout_job
 
+    if args.config_help:
+        from postlab.confighelp import config_help
+
+        print(config_help(RolloutJobConfig), end="")
+        return 0
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # no YAML file: the first argument is an override
         config, overrides = None, [config, *overrides]

@@ -23,6 +23,9 @@ def register(sub) -> None:
         sp.add_argument("config", nargs="?", help="YAML config file (optional: defaults + overrides)")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 run.max_steps=100")
         sp.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint")
+        sp.add_argument("--config-help", action="store_true",
+                        help=f"print every config key of the {stage} trainer with its default, valid values and meaning "
+                             "(read from the config classes), and exit")
         sp.set_defaults(func=_run, trainer=(module, cls, fn))
 
 
@@ -30,6 +33,11 @@ def _run(args) -> int:
     from postlab.config import ConfigError, load_config
 
     module_name, cls_name, fn_name = args.trainer
+    if getattr(args, "config_help", False):
+        from postlab.confighelp import config_help
+
+        print(config_help(getattr(importlib.import_module(module_name), cls_name)), end="")
+        return 0
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # no YAML file: the first argument is an override
         config, overrides = None, [config, *overrides]

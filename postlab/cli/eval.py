@@ -30,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", choices=["local", "vllm"], default="local",
                    help="who samples: postlab's engine (default) or vLLM (pip install 'postlab[vllm]', GPU)")
-    p.add_argument("--out", help="write the results as JSON to this file")
+    p.add_argument("--out", help="write the full results (every metric, sample dialogues) as JSON to this file")
+    p.add_argument("--json", action="store_true", help="print the full results as JSON instead of the summary table")
     p.set_defaults(func=_run)
 
 
@@ -51,10 +52,30 @@ def _run(args) -> int:
                                       backend=args.backend)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    console.print(results_table(results, title=f"eval {args.checkpoint}"))
+    if args.json:  # the full record, machine-readable, alone on stdout
+        print(json.dumps([{k: v for k, v in r.items() if k != "examples"} for r in results], indent=2))
+    else:
+        console.print(results_table(results, title=f"eval {args.checkpoint}"))
+        console.print(summary_table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
-        console.print(f"wrote {args.out}")
-    else:
-        print(json.dumps([{k: v for k, v in r.items() if k != "examples"} for r in results], indent=2))
+        console.print(f"wrote the full results to {args.out}")
+    elif not args.json:
+        console.print("full results: --json (print) or --out FILE (write)")
     return 0
+
+
+def summary_table(results: list[dict]):
+    """One row per split: success with its 95% CI, pass@k, truncated answers and generated tokens."""
+    from rich.table import Table
+
+    table = Table(title="summary")
+    for col in ("split", "success [95% CI]", "pass@k", "truncated", "tokens"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for r in results:
+        ci = r.get("ci") or (float("nan"), float("nan"))
+        pk = f"{r['pass_at_k']:.3f} (k={r['k']})" if "pass_at_k" in r else "-"
+        trunc = r.get("truncated_fraction")
+        table.add_row(str(r.get("split", "?")), f"{r.get('success_rate', float('nan')):.3f} [{ci[0]:.3f}, {ci[1]:.3f}]",
+                      pk, "-" if trunc is None else f"{trunc:.1%}", str(r.get("generated_tokens", "-")))
+    return table

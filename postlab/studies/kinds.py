@@ -285,7 +285,7 @@ def eval_stage_options(ctx) -> tuple[dict, dict | None, dict | None]:
             raise ConfigError(f"stages.{ctx.stage.name}.drift: a mapping or false, got {drift!r}")
         fields = [f.name for f in dataclasses.fields(DriftOptions)]
         _check_keys(ctx, "drift", drift, fields)
-        drift = {"max_new_tokens": opts.get("max_new_tokens", 64), "split": (spec.get("splits") or ["id"])[0], **drift}
+        drift = {"max_new_tokens": opts.get("max_new_tokens", 64), "split": _eval_splits(spec)[0], **drift}
         try:
             DriftOptions(**drift)
         except ValueError as e:
@@ -296,6 +296,13 @@ def eval_stage_options(ctx) -> tuple[dict, dict | None, dict | None]:
 
 
 SAMPLED_KEYS = ("samples", "temperature", "k")
+
+
+def _eval_splits(spec: dict) -> list[str]:
+    """An eval stage's splits: its `splits`, or every split of its environment."""
+    from postlab.envs import make
+
+    return list(spec.get("splits") or make(spec["env"]).splits)
 
 
 def _report_split(split: str, r: dict) -> None:
@@ -310,13 +317,12 @@ def _report_split(split: str, r: dict) -> None:
 def run_eval(ctx) -> dict:
     """Evaluate the input model (its final checkpoint, or every saved point along training) on `splits`:
     greedy, and with `sampled` also sampled (``SPLIT@sampled``); with a recorded start, its drift from it."""
-    from postlab.envs import make
     from postlab.eval.evaluate import evaluate
     from postlab.models.io import load_model, load_tokenizer, pick_device
 
     spec = ctx.spec
     src = ctx.inputs[0] if ctx.inputs else {}
-    splits = spec.get("splits") or list(make(spec["env"]).splits)
+    splits = _eval_splits(spec)
     opts, sampled, drift_opts = eval_stage_options(ctx)
     device = pick_device(opts.pop("device", "auto"))
     final_path = ctx.input_checkpoint(0)

@@ -708,13 +708,40 @@ def _figure_section(md: list, h: list, fig_dir: Path, title: str, stem: str, png
                  f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(name)}</figcaption></figure>")
 
 
+def probe_tables(run: dict) -> list[dict]:
+    """One table per `rl-probe` stage and seed: every probed setting, its training success against the
+    frozen checkpoint on the same problems, the gain with its CI, and which setting was chosen (or skip)."""
+    out = []
+    for stage, info in run.get("stages", {}).items():
+        if info.get("kind") != "rl-probe":
+            continue
+        for seed in sorted(run["results"], key=int):
+            res = run["results"][seed].get(stage)
+            if not res or not res.get("probes"):
+                continue
+            rows = []
+            for p in res["probes"]:
+                setting = ", ".join(f"{k}={v}" for k, v in p["setting"].items())
+                lo, hi = p["gain_ci"]
+                rows.append([setting, p["sequences_per_step"], f"{100 * p['on_policy_success']:.1f}%",
+                             f"{100 * p['frozen_success']:.1f}%", f"{100 * p['gain']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+                             f"{100 * p['frozen_groups_solved']:.0f}%", "chosen" if p["setting"] == res.get("chosen") else ""])
+            choice = "skip RL" if res.get("skip") else "chosen"
+            out.append({"title": f"RL budget probe {stage}, seed {seed}: {res['steps']} steps per setting, last "
+                                 f"{res['window']} compared ({choice}: {res.get('reason', '')})",
+                        "header": ["setting", "sequences/step", "training success", "frozen, same problems",
+                                   "gain (points) [95% CI]", "groups with a success (frozen)", ""],
+                        "rows": rows})
+    return out
+
+
 def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Write report.html (self-contained) and report.md (+ PNGs in report_files/) into the run dir."""
     run = load_run(root)
     out = Path(out_dir or root)
     out.mkdir(parents=True, exist_ok=True)
     tables, deltas, fs = final_tables(run), delta_tables(run), findings(run)
-    diags = diagnostics_tables(run) + dynamics_tables(run)
+    diags = diagnostics_tables(run) + dynamics_tables(run) + probe_tables(run)
     comp = compute_table(run)
     figs, diag_figs = plot_curves(run), plot_diagnostics(run)
     study = run["study"]

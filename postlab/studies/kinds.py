@@ -30,7 +30,7 @@ from postlab.naming import Registry
 from postlab.progress import console
 from postlab.seeds import corpus_generator_seed, expert_seed
 from postlab.studies.compute import count_params, cumulative_tokens, flops
-from postlab.studies.probe import apply_choice, probe_config, probe_options, run_probes, settings
+from postlab.studies.probe import apply_choice, probe_config, probe_options, run_probes, settings, training_gain
 
 
 # ----------------------------------------------------------------------------- data adapters
@@ -229,10 +229,17 @@ def run_rl(ctx) -> dict:
         return {"checkpoint": os.path.relpath(start, ctx.path), "checkpoints": [], "steps": 0,
                 "skipped": probe.get("reason"), "start": os.path.relpath(start, ctx.path),
                 "compute": {"params": count_params(start), "tokens_trained": 0, "tokens_generated": 0}}
-    final = train_rl(rl_stage_config(ctx), resume=_resume(ctx))
+    cfg = rl_stage_config(ctx)
+    final = train_rl(cfg, resume=_resume(ctx))
     result = trainer_result(ctx, final)
-    if probe is not None:
+    if probe is not None:  # the probe's test once more on the real run: did training success rise?
         result["probe_choice"] = probe.get("chosen")
+        window = min(int(probe.get("window") or 1), cfg.run.max_steps)
+        gain = training_gain(cfg, ctx.run_dir, window)
+        result["training_gain"] = {k: v for k, v in gain.items() if not k.startswith("tokens_")}
+        console.print(f"{ctx.stage.name}: training success {gain['on_policy_success']:.3f} vs frozen start "
+                      f"{gain['frozen_success']:.3f} on the last {window} steps' hands: gain {gain['gain']:+.3f} "
+                      f"[{gain['gain_ci'][0]:+.3f}, {gain['gain_ci'][1]:+.3f}]", highlight=False)
     return result
 
 

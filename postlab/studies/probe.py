@@ -111,6 +111,24 @@ def _frozen_success(cfg, steps: list[int]) -> tuple[list[float], float]:
     return per_step, solved / groups
 
 
+def training_gain(cfg, run_dir: Path, window: int) -> dict:
+    """On-policy training success of the last `window` steps of the RL run in `run_dir` (config `cfg`)
+    against the frozen start (`cfg.model.path`) on the same problems and sampling seeds: the gain
+    with a 95% CI over those steps (paired step by step), the fraction of groups the frozen model
+    solves at least once, and the run's token totals."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    on_policy = {int(r["step"]): float(r["success"]) for r in rows if "success" in r and "time_training" in r}
+    steps = max(on_policy)
+    last = list(range(steps - window, steps))  # 0-based step indices; logged as step + 1
+    frozen, groups_solved = _frozen_success(cfg, last)
+    ci = mean_ci([on_policy[i + 1] - f for i, f in zip(last, frozen)])
+    final = max((r for r in rows if "tokens_trained_total" in r), key=lambda r: r["step"])
+    return {"on_policy_success": sum(on_policy[i + 1] for i in last) / window, "frozen_success": sum(frozen) / window,
+            "gain": ci["mean"], "gain_ci": [ci["ci_low"], ci["ci_high"]], "window": window,
+            "frozen_groups_solved": groups_solved, "success_by_step": [on_policy[k] for k in sorted(on_policy)],
+            "tokens_trained": int(final["tokens_trained_total"]), "tokens_generated": int(final["tokens_generated_total"])}
+
+
 def run_probes(path: Path, rl_data: dict, opts: dict) -> dict:
     """Run every probe of the grid under `path`; the probes, the chosen setting (or skip) and their tokens."""
     from postlab.trainers.rl import train_rl
@@ -128,18 +146,8 @@ def run_probes(path: Path, rl_data: dict, opts: dict) -> dict:
             cfg = probe_config(rl_data, setting, steps, out / "run")
             console.print(f"probe {n + 1}: {setting}", highlight=False)
             train_rl(cfg)
-            rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-            on_policy = {int(r["step"]): float(r["success"]) for r in rows if "success" in r and "time_training" in r}
-            last = list(range(steps - window, steps))  # 0-based step indices; logged as step + 1
-            frozen, groups_solved = _frozen_success(cfg, last)
-            ci = mean_ci([on_policy[i + 1] - f for i, f in zip(last, frozen)])
-            final = max((r for r in rows if "tokens_trained_total" in r), key=lambda r: r["step"])
             probe = {"setting": setting, "sequences_per_step": cfg.batch.sequences_per_step,
-                     "on_policy_success": sum(on_policy[i + 1] for i in last) / window,
-                     "frozen_success": sum(frozen) / window, "gain": ci["mean"], "gain_ci": [ci["ci_low"], ci["ci_high"]],
-                     "frozen_groups_solved": groups_solved, "success_by_step": [on_policy[k] for k in sorted(on_policy)],
-                     "tokens_trained": int(final["tokens_trained_total"]),
-                     "tokens_generated": int(final["tokens_generated_total"])}
+                     **training_gain(cfg, out / "run", window)}
             for sub in ("checkpoints", "final"):  # the probe's model is not used again; its metrics are kept
                 shutil.rmtree(out / "run" / sub, ignore_errors=True)
             done.write_text(json.dumps(probe, indent=2))

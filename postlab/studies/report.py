@@ -732,6 +732,18 @@ def probe_tables(run: dict) -> list[dict]:
                         "header": ["setting", "sequences/step", "training success", "frozen, same problems",
                                    "gain (points) [95% CI]", "groups with a success (frozen)", ""],
                         "rows": rows})
+    rows = []  # the rl stages fed by a probe: the same test on the real run
+    for stage in run.get("stages", {}):
+        for seed in sorted(run["results"], key=int):
+            g = (run["results"][seed].get(stage) or {}).get("training_gain")
+            if g:
+                lo, hi = g["gain_ci"]
+                rows.append([stage, seed, g["window"], f"{100 * g['on_policy_success']:.1f}%",
+                             f"{100 * g['frozen_success']:.1f}%", f"{100 * g['gain']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"])
+    if rows:
+        out.append({"title": "RL training success vs the frozen start on the same problems (last steps of each run)",
+                    "header": ["stage", "seed", "steps compared", "training success", "frozen, same problems",
+                               "gain (points) [95% CI]"], "rows": rows})
     return out
 
 

@@ -191,13 +191,16 @@ def test_probe_with_a_frozen_lr_gains_exactly_nothing_and_the_rl_stage_takes_the
     assert sampled["n_samples"] == 3 and sampled["k"] == 2 and len(sampled["per_problem"]) == 4
     assert point["results"]["id"]["decoding"] == "greedy"
     assert point["drift"]["n_problems"] == 3 and len(point["drift"]["kl_per_problem"]) == 3
+    gain = res["rl"]["training_gain"]  # the probe's test on the real run: its last window (1 step) vs frozen
+    assert gain["window"] == 1 and len(gain["success_by_step"]) == 2
     if best["setting"]["optim.lr"] == 1.0e-30:
-        assert point["drift"]["kl"] == 0.0
+        assert point["drift"]["kl"] == 0.0 and gain["gain"] == 0.0
     from postlab.studies.report import build_report
 
     md = build_report(runner.root)[1].read_text()
     assert "RL budget probe probe, seed 0" in md and "optim.lr=1e-30, batch.prompts_per_step=2" in md
     assert md.count("| chosen |") == 1
+    assert "RL training success vs the frozen start on the same problems" in md
 
 
 def test_probe_gate_skips_rl_where_no_group_ever_succeeds(tmp_path):

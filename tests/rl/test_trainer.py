@@ -249,3 +249,24 @@ def test_a_renamed_key_says_its_new_name():
 
     with pytest.raises(ConfigError, match="'batch.ppo_epochs' was renamed to 'updates_per_batch'"):
         load_config(RLConfig, overrides=["model.path=x", "batch.ppo_epochs=4"])
+
+
+def test_periodic_eval_reports_sampled_pass_at_1_and_pass_at_n_beside_greedy(sft_checkpoint, tmp_path):
+    """env.eval_samples = 4: every eval row has greedy success, sampled pass@1 and pass@4, and they
+    equal `evaluate` run by hand on the final model (the same problems and sampling seed)."""
+    from postlab.eval.evaluate import evaluate
+    from postlab.models.io import load_model, load_tokenizer
+    from postlab.trainers.rl import RLEnvConfig
+
+    cfg = _cfg(sft_checkpoint, tmp_path / "run", env=RLEnvConfig(name="toy", eval_episodes=8, eval_samples=4))
+    final = train_rl_quiet(cfg)
+    row = [r for r in _rows(tmp_path / "run") if r.get("kind") == "eval"][-1]
+    assert {"eval_id_success", "eval_id_pass1", "eval_id_pass4"} <= set(row)
+    model, tok = load_model(str(final)).eval(), load_tokenizer(str(final))
+    by_hand = evaluate(model, tok, "toy", "id", n_episodes=8, decoding="sampled", n_samples=4, k=4,
+                       max_turns=1, max_new_tokens=4)
+    assert row["eval_id_pass1"] == pytest.approx(by_hand["success_rate"])
+    assert row["eval_id_pass4"] == pytest.approx(by_hand["pass_at_k"])
+    assert row["eval_id_pass1"] <= row["eval_id_pass4"]
+    with pytest.raises(ConfigError, match="eval_samples"):
+        _cfg(sft_checkpoint, tmp_path / "bad", env=RLEnvConfig(name="toy", eval_samples=-1))

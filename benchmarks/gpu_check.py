@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompts", type=int, default=8, help="GRPO prompts per step")
     ap.add_argument("--samples", type=int, default=8, help="GRPO samples per prompt")
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--lengths", default=None,
+                    help="completion lengths to compare, comma-separated (default: --max-new-tokens; "
+                         "benchmarks/rl_step.py's comparison: 16,128,512): GRPO local vs TRL and the engine vs "
+                         "model.generate at each")
+    ap.add_argument("--no-generate-compare", action="store_true", help="skip the engine vs model.generate runs")
     ap.add_argument("--precision", choices=("autocast", "bf16", "fp32"), default="autocast",
                     help="autocast: float32 weights + bf16 autocast (what TRL's bf16=True does); bf16: bf16 weights")
     ap.add_argument("--gradient-checkpointing", action="store_true")
@@ -82,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("sft_steps", "rl_steps", "sequences", "micro", "prompts", "max_new_tokens"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    try:
+        args.lengths = [int(t) for t in args.lengths.split(",")] if args.lengths else [args.max_new_tokens]
+    except ValueError:
+        ap.error(f"--lengths: comma-separated integers, got {args.lengths!r}")
+    if min(args.lengths) < 1:
+        ap.error("--lengths must all be >= 1")
     if args.samples < 2:
         ap.error("--samples must be >= 2 (GRPO's group baseline)")
     if args.micro > min(args.sequences, args.prompts * args.samples):
@@ -181,6 +192,10 @@ def _rates(rows: list[dict]) -> dict:
     out = {"steps": len(rows), "steps_per_s": len(timed) / seconds, "tokens_per_s": tokens / seconds}
     if any("gen_tokens_per_s" in r for r in timed):
         out["generated_tokens_per_s"] = statistics.median(r["gen_tokens_per_s"] for r in timed)
+    if all("time_training" in r for r in timed):  # RL: the update's trained tokens/s (compare with SFT's tokens/s)
+        out["update_tokens_per_s"] = sum(r["tokens_trained"] for r in timed) / sum(r["time_training"] for r in timed)
+        out["generation_s"] = statistics.median(r["time_generation"] for r in timed)
+        out["update_s"] = statistics.median(r["time_training"] for r in timed)
     return out
 
 
@@ -204,7 +219,7 @@ def run_grpo(path: Path, args, work: Path, backend: str) -> dict:
     from postlab.rollout.backends import RolloutConfig
     from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig, train_rl
 
-    out = work / f"grpo-{backend}"
+    out = work / f"grpo-{backend}-{args.max_new_tokens}"
     cfg = RLConfig(model=model_config(path, args), env=RLEnvConfig(name="math", split="ood", style="paper",
                                                                      eval_splits=()),
                    batch=RLBatchConfig(args.prompts, args.samples, args.micro, 1),
@@ -248,7 +263,7 @@ def run_trl(path: Path, args, work: Path) -> dict:
         def on_step_end(self, *a, **k):
             self.times.append(time.perf_counter() - self.t)
 
-    cfg = GRPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.prompts * args.samples,
+    cfg = GRPOConfig(output_dir=str(work / f"trl-{args.max_new_tokens}"), per_device_train_batch_size=args.prompts * args.samples,
                      num_generations=args.samples, max_completion_length=args.max_new_tokens, temperature=1.0,
                      learning_rate=1e-6, lr_scheduler_type="constant", beta=0.0, num_iterations=1,
                      gradient_accumulation_steps=1, max_steps=args.rl_steps, use_vllm=False,
@@ -269,20 +284,74 @@ def run_trl(path: Path, args, work: Path) -> dict:
             "generated_tokens_per_s_upper_bound": tokens * len(timed) / sum(timed), **_cuda_peak()}
 
 
+def run_generation(path: Path, args) -> dict:
+    """Generated tokens/s: postlab's engine vs `model.generate`, same model, prompts, samples and length."""
+    import torch
+
+    import postlab.envs.math  # noqa: F401  (registers the env)
+    from postlab.envs import make
+    from postlab.models.io import load_model, load_tokenizer
+    from postlab.rollout.engine import SamplingParams, generate, hf_generate
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = "bfloat16" if args.precision == "bf16" else "float32"
+    model, tok = load_model(str(path), dtype=dtype, device=device).eval(), load_tokenizer(str(path))
+    env = make("math", split="ood", style="paper")
+    texts = [tok.apply_chat_template(env.reset(seed=i).messages, tokenize=False, add_generation_prompt=True)
+             for i in range(args.prompts)]
+    prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, n=args.samples, temperature=1.0, seed=0)
+    out = {}
+    for name, fn in (("engine", generate), ("model.generate", hf_generate)):
+        fn(model, tok, prompts, params)  # warm-up
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        res = fn(model, tok, prompts, params)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out[f"{name}_tokens_per_s"] = sum(len(c.token_ids) for c in res) / (time.perf_counter() - t)
+    out["ratio"] = out["engine_tokens_per_s"] / out["model.generate_tokens_per_s"]
+    del model
+    return out
+
+
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in open(run / "metrics.jsonl")]
 
 
-def table(results: dict) -> str:
-    lines = ["| run | steps/s | tokens/s | peak GPU memory (GiB) |", "|---|---|---|---|"]
+def table(results: dict, device: str = "") -> str:
+    lines = [f"| run ({device}) | steps/s | tokens/s | peak GPU memory (GiB) |", "|---|---|---|---|"]
     for name, r in results.items():
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error']} | | |")
+            continue
+        if "ratio" in r:  # a generation comparison
+            lines.append(f"| {name} | | {r['engine_tokens_per_s']:,.0f} vs {r['model.generate_tokens_per_s']:,.0f} "
+                         f"({r['ratio']:.2f}x) | |")
             continue
         tokens = r.get("tokens_per_s", r.get("generated_tokens_per_s_upper_bound"))
         peak = r.get("peak_allocated_gib")
         lines.append(f"| {name} | {r['steps_per_s']:.3f} | {tokens:,.0f} | "
                      + (f"{peak:.1f} (device used {r['device_used_gib']:.1f})" if peak is not None else "n/a") + " |")
+    return "\n".join(lines)
+
+
+def comparisons(results: dict, lengths: list[int], device: str) -> str:
+    """The ratios benchmarks/rl_step.py prints on CPU: GRPO step vs TRL, engine vs model.generate, RL update vs SFT."""
+    lines = [f"| new tokens ({device}) | GRPO s/step postlab (generation + update) | TRL s/step | ratio | "
+             f"engine vs model.generate | RL update tokens/s / SFT tokens/s |", "|---|---|---|---|---|---|"]
+    sft = results.get("postlab SFT", {})
+    for T in lengths:
+        ours, trl = results.get(f"postlab GRPO (local engine, {T} tokens)", {}), results.get(f"TRL GRPOTrainer ({T} tokens)", {})
+        gen = results.get(f"generation ({T} tokens): engine vs model.generate", {})
+        s_ours = 1 / ours["steps_per_s"] if "steps_per_s" in ours else None
+        s_trl = 1 / trl["steps_per_s"] if "steps_per_s" in trl else None
+        cell = f"{s_ours:.3f} ({ours['generation_s']:.3f} + {ours['update_s']:.3f})" if s_ours else "-"
+        lines.append(f"| {T} | {cell} | " + (f"{s_trl:.3f} | {s_trl / s_ours:.2f}x" if s_trl and s_ours else "- | -")
+                     + (f" | {gen['ratio']:.2f}x" if "ratio" in gen else " | -")
+                     + (f" | {ours['update_tokens_per_s'] / sft['tokens_per_s']:.0%} |"
+                        if "update_tokens_per_s" in ours and "tokens_per_s" in sft else " | - |"))
     return "\n".join(lines)
 
 
@@ -306,27 +375,36 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, dict] = {}
         runs = [("postlab SFT", lambda: run_sft(path, args, work))]
         backends = args.backends.split(",")
-        if "local" in backends:
-            runs.append(("postlab GRPO (local engine)", lambda: run_grpo(path, args, work, "local")))
-        if "vllm" in backends:
-            if importlib.util.find_spec("vllm") is not None:
-                runs.append(("postlab GRPO (vLLM)", lambda: run_grpo(path, args, work, "vllm")))
-            else:
-                print("gpu_check: vLLM is not installed; skipping the vLLM GRPO run (pip install 'postlab[vllm]')")
-        if not args.no_trl:
-            if importlib.util.find_spec("trl") is not None:
-                runs.append(("TRL GRPOTrainer", lambda: run_trl(path, args, work)))
-            else:
-                print("gpu_check: trl is not installed; skipping TRL's GRPOTrainer (pip install trl)")
+        use_vllm, use_trl = "vllm" in backends, not args.no_trl
+        if use_vllm and importlib.util.find_spec("vllm") is None:
+            print("gpu_check: vLLM is not installed; skipping the vLLM GRPO run (pip install 'postlab[vllm]')")
+            use_vllm = False
+        if use_trl and importlib.util.find_spec("trl") is None:
+            print("gpu_check: trl is not installed; skipping TRL's GRPOTrainer (pip install trl)")
+            use_trl = False
+
+        def at(T, fn):  # run fn with --max-new-tokens T
+            return lambda: fn(argparse.Namespace(**{**vars(args), "max_new_tokens": T}))
+
+        for T in args.lengths:
+            if not args.no_generate_compare:
+                runs.append((f"generation ({T} tokens): engine vs model.generate", at(T, lambda a: run_generation(path, a))))
+            if "local" in backends:
+                runs.append((f"postlab GRPO (local engine, {T} tokens)", at(T, lambda a: run_grpo(path, a, work, "local"))))
+            if use_vllm:
+                runs.append((f"postlab GRPO (vLLM, {T} tokens)", at(T, lambda a: run_grpo(path, a, work, "vllm"))))
+            if use_trl:
+                runs.append((f"TRL GRPOTrainer ({T} tokens)", at(T, lambda a: run_trl(path, a, work))))
         for name, fn in runs:
             try:
                 results[name] = fn()
             except Exception as e:  # noqa: BLE001 - one failed run must not hide the others' numbers
                 results[name] = {"error": f"{type(e).__name__}: {e}"}
-            print(f"{name}: {json.dumps(results[name])}", flush=True)
+            print(f"[{device}] {name}: {json.dumps(results[name])}", flush=True)
         (work / "gpu_check.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                          "device": device, "results": results}, indent=1))
-        print("\n" + table(results))
+        print("\n" + table(results, device))
+        print("\n" + comparisons(results, args.lengths, device))
         if args.out:
             print(f"\nresults: {work / 'gpu_check.json'}")
     return 1 if any("error" in r for r in results.values()) else 0

@@ -78,7 +78,8 @@ class Completion:
 
 def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Temperature, top-k and top-p applied to [B, V] logits (masked entries become -inf)."""
-    logits = logits / params.temperature
+    if params.temperature != 1.0:  # x / 1.0 == x exactly: skip a [B, V] pass per decode step
+        logits = logits / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

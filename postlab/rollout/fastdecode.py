@@ -67,19 +67,36 @@ class StaticQwenLlamaDecoder:
             bias = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
             self.fused.append((torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), bias,
                                torch.cat([m.gate_proj.weight, m.up_proj.weight])))
+        # cos/sin of positions 0..n-1 ([n, head_dim]), filled on first use; False: call rotary_emb every time
+        rope_type = getattr(self.inner.rotary_emb, "rope_type", "default")
+        self.rope = None if rope_type in ("default", "linear", "llama3") else False
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
+        self.bias: torch.Tensor | None = None  # [B, max_len] additive key mask (0 / -inf) for decode steps
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
-        """mask: bool [B, 1, T, end], True = may attend."""
+    def _rotary(self, h: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's rotary cos/sin at `pos` [B, T], looked up in a table of positions 0.. computed by
+        `rotary_emb` itself once per decoder (element-wise the same values as calling it every step)."""
+        if self.rope is False:  # a rotary embedding whose frequencies depend on the sequence (dynamic NTK, ...)
+            return self.inner.rotary_emb(h, pos)
+        # a row's positions never pass its cache slots (max_len), so decode steps need no check (no device sync)
+        need = int(pos.max()) + 1 if pos.shape[1] > 1 or self.rope is None else 0
+        if self.rope is None or self.rope[0].shape[0] < need:
+            n = max(need, self.max_len)
+            cos, sin = self.inner.rotary_emb(h, torch.arange(n, device=h.device)[None])
+            self.rope = (cos[0], sin[0])
+        return self.rope[0][pos], self.rope[1][pos]
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, start: int, mask: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+        """mask: bool [B, 1, T, end], True = may attend (prefill, T > 1); bias: its additive form
+        [B, 1, 1, end] (0 / -inf) for one decode token (T = 1)."""
         B, T = ids.shape
         H, KV, D = self.heads, self.kv_heads, self.head_dim
         h = self.inner.embed_tokens(ids)
-        cos, sin = self.inner.rotary_emb(h, pos)
+        cos, sin = self._rotary(h, pos)
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
         end = start + T
-        # additive mask, built once for all layers (SDPA would convert a bool mask in every layer)
-        bias = torch.zeros(mask.shape, dtype=h.dtype, device=h.device).masked_fill_(~mask, float("-inf"))
         for i, layer in enumerate(self.inner.layers):
             w_qkv, b_qkv, w_gu = self.fused[i]
             qkv = F.linear(layer.input_layernorm(h), w_qkv, b_qkv)
@@ -119,7 +136,7 @@ class StaticQwenLlamaDecoder:
         mask = causal[None] & key_mask[:, None, :]
         # padding queries attend to themselves only, so no softmax row is empty (NaN)
         mask |= torch.eye(W, dtype=torch.bool, device=ids.device)[None]
-        logits = self._forward(ids, pos, 0, mask[:, None])
+        logits = self._forward(ids, pos, 0, mask=mask[:, None])
         self.select(rows)
         return logits.index_select(0, rows)
 
@@ -133,16 +150,25 @@ class StaticQwenLlamaDecoder:
         causal = torch.ones(S, S, dtype=torch.bool, device=ids.device).tril()
         new = (causal[None] & valid[:, None, :]) | torch.eye(S, dtype=torch.bool, device=ids.device)[None]
         mask = torch.cat([self.key_mask[:, None, :start].expand(B, S, start), new], dim=-1)
-        return self._forward(ids, pos, start, mask[:, None])
+        logits = self._forward(ids, pos, start, mask=mask[:, None])
+        self._sync_bias()
+        return logits
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep (or repeat) cache rows: drops finished sequences from the batch."""
         self.k = [k.index_select(0, rows) for k in self.k]
         self.v = [v.index_select(0, rows) for v in self.v]
         self.key_mask = self.key_mask.index_select(0, rows)
+        self._sync_bias()
+
+    def _sync_bias(self) -> None:
+        """The additive form of key_mask, built once per prefill/extend/select instead of every decode step
+        (slots from the first decode slot on are all True, so it stays valid while tokens are appended)."""
+        self.bias = torch.zeros(self.key_mask.shape, dtype=self.k[0].dtype, device=self.key_mask.device)
+        self.bias.masked_fill_(~self.key_mask, float("-inf"))
 
     def step(self, tokens, pos, index):
-        return self._forward(tokens[:, None], pos[:, None], index, self.key_mask[:, None, None, :index + 1])
+        return self._forward(tokens[:, None], pos[:, None], index, bias=self.bias[:, None, None, :index + 1])
 
 
 class HFDecoder:

@@ -36,7 +36,7 @@ def _command(name: str, tmp: Path) -> list[str]:
         # scripts/gpu_check.sh's runs at --tiny size on the CPU
         "gpu_check.py": ["--allow-cpu", "--tiny", "--precision", "fp32", "--backends", "local", "--no-trl",
                          "--sft-steps", "1", "--rl-steps", "1", "--sequences", "2", "--micro", "2", "--prompts", "1",
-                         "--samples", "2", "--max-new-tokens", "3", "--out", str(tmp / "gpu_check")],
+                         "--samples", "2", "--max-new-tokens", "3", "--lengths", "3", "--out", str(tmp / "gpu_check")],
     }[name]
     return [sys.executable, str(BENCH / name), *args]
 
@@ -92,3 +92,5 @@ def test_gpu_check_on_cpu(runs):
     finished(runs, "gpu_check.py")
     res = json.loads((runs[0] / "gpu_check" / "gpu_check.json").read_text())
     assert not any("error" in r for r in res["results"].values()), res["results"]
+    assert res["results"]["generation (3 tokens): engine vs model.generate"]["ratio"] > 0
+    assert res["results"]["postlab GRPO (local engine, 3 tokens)"]["update_tokens_per_s"] > 0

@@ -141,22 +141,30 @@ def _final(res: dict, split: str) -> float | None:
     return _final_metric(res, split)[0]
 
 
-def _matched_metric(res: dict | None, split: str, flops: float | None, kl: float | None = None
-                    ) -> tuple[float | None, list | None]:
+def _matched_metric(res: dict | None, split: str, flops: float | None) -> tuple[float | None, list | None]:
     """`_metric` at the evaluated point whose training compute is nearest `flops` (the other
-    model's final compute): "at matched compute"; or, with `kl`, the point whose KL to the start
-    is nearest `kl` (the other model's final KL): "at matched drift". The final point when both are None."""
+    model's final compute): "at matched compute". The final point when `flops` is None."""
     pts = (res or {}).get("points") or []
-    if kl is not None:
-        pts = [p for p in pts if p.get("drift")]
-        if not pts:
-            return None, None
-        p = min(pts, key=lambda p: (abs(p["drift"]["kl"] - kl), -p.get("step", 0)))
-        return _point_metric(p, split)
     if not pts or flops is None:
         return _final_metric(res, split)
     p = min(pts, key=lambda p: (abs(p.get("flops", 0.0) - flops), -p.get("step", 0)))
     return _point_metric(p, split)
+
+
+# "matched KL" needs a point that moved about as far: within this factor of the other model's KL
+KL_MATCH_FACTOR = 2.0
+
+
+def _kl_matched_point(res: dict | None, kl: float | None) -> dict | None:
+    """The evaluated point of `res` whose KL to the start is nearest `kl`, if it lies within
+    KL_MATCH_FACTOR of it (both near 0 count as matched); None otherwise: a comparison "at matched
+    KL" with a point that moved 8x as far would be the confound it exists to remove."""
+    pts = [p for p in (res or {}).get("points") or [] if p.get("drift")]
+    if kl is None or not pts:
+        return None
+    p = min(pts, key=lambda p: (abs(p["drift"]["kl"] - kl), -p.get("step", 0)))
+    lo, hi = sorted((max(kl, 0.0), max(p["drift"]["kl"], 0.0)))
+    return p if hi <= KL_MATCH_FACTOR * lo or hi < 1e-3 else None
 
 
 def _final_flops(res: dict | None) -> float | None:
@@ -267,7 +275,8 @@ def _side_b(run: dict, seed: str, a: str, b: str, split: str, match: str | None)
     res_a = run["results"][seed].get(a)
     if match == "kl":
         kl = _final_metric(res_a, "drift:kl")[0]
-        return _matched_metric(run["results"][seed].get(b), split, None, kl) if kl is not None else (None, None)
+        point = _kl_matched_point(run["results"][seed].get(b), kl)
+        return _point_metric(point, split) if point is not None else (None, None)
     flops = _final_flops(res_a) if match == "compute" else None
     return _matched_metric(run["results"][seed].get(b), split, flops)
 
@@ -376,15 +385,40 @@ def findings(run: dict) -> list[dict]:
         if pairs[0]:
             c = paired_difference_ci(*pairs)
             ci = (c["ci_low"], c["ci_high"])
+        matched = _kl_matches(run, m) if m.get("match_kl") else None
         if not per_seed:
             verdict, agree = "not run", 0
+            if matched:
+                verdict = (f"not comparable: no point of {m['diff'][1][0]} within {KL_MATCH_FACTOR:g}x of "
+                           f"{m['diff'][0][0]}'s KL")
         else:
             agree = sum(map(_expected(expect), per_seed))
             verdict = _verdict(mean, ci, expect, agree, len(per_seed))
         signed = "value" not in m
+        measured = _fmt(mean, sd, len(per_seed), signed=signed)
+        if matched:  # which points were compared: KL of a's final point, and b's nearest point
+            measured += " (KL " + "; ".join(
+                f"{x['a_kl']:.2f} vs {x['b_kl']:.2f} at step {x['b_step']}" if x["b_kl"] is not None else "n/a"
+                for x in matched) + ")"
         out.append({"claim": f["claim"], "paper": str(f.get("paper", "")), "expect": expect,
-                    "measured": _fmt(mean, sd, len(per_seed), signed=signed), "mean": mean, "seeds": len(per_seed),
-                    "ci": ci, "seeds_agree": agree, "reproduced": verdict})
+                    "measured": measured, "mean": mean, "seeds": len(per_seed),
+                    "ci": ci, "seeds_agree": agree, "reproduced": verdict, "matched_kl": matched})
+    return out
+
+
+def _kl_matches(run: dict, m: dict) -> list[dict]:
+    """Per seed of a `match_kl` finding: a's final KL, and b's nearest evaluated point (its step and KL,
+    whether or not it lies within KL_MATCH_FACTOR)."""
+    (a, _), (b, _) = m["diff"]
+    out = []
+    for seed in sorted(run["results"], key=int):
+        kl = _final_metric(run["results"][seed].get(a), "drift:kl")[0]
+        pts = [p for p in (run["results"][seed].get(b) or {}).get("points") or [] if p.get("drift")]
+        if kl is None or not pts:
+            continue
+        p = min(pts, key=lambda p: (abs(p["drift"]["kl"] - kl), -p.get("step", 0)))
+        within = _kl_matched_point(run["results"][seed].get(b), kl) is not None
+        out.append({"seed": seed, "a_kl": kl, "b_kl": p["drift"]["kl"], "b_step": p.get("step"), "within": within})
     return out
 
 

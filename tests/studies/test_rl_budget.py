@@ -77,6 +77,14 @@ def test_findings_at_matched_kl_compare_with_the_point_that_moved_as_far():
     assert by["final"]["mean"] == pytest.approx(0.5 - 1.0)
     assert by["kl"]["mean"] == pytest.approx(0.5 - 0.25) and by["kl"]["reproduced"] == "yes"
     assert by["drift"]["mean"] == pytest.approx(0.45 - 0.5)
+    assert "KL 0.45 vs 0.50 at step 10" in by["kl"]["measured"]
+    # SFT's nearest point moved 7x as far (2.47 vs 0.33): no comparison at matched KL, and it says so
+    far = {"points": [_point(100, 2.47, [1, 0, 0, 0] * 8), _point(200, 2.68, [1, 1, 0, 0] * 8)]}
+    rl_small = {"points": [_point(10, 0.33, [1, 1, 0, 0] * 8)]}
+    run["results"] = {str(s): {"rl": rl_small, "sft": far} for s in range(2)}
+    by = {f["claim"]: f for f in findings(run)}
+    assert by["kl"]["reproduced"].startswith("not comparable: no point of sft within 2x of rl's KL")
+    assert "KL 0.33 vs 2.47 at step 100" in by["kl"]["measured"] and by["final"]["reproduced"] != "not run"
 
 
 def test_report_check_accepts_sampled_splits_and_drift_keys_and_rejects_typos():

@@ -234,7 +234,7 @@ def final_tables(run: dict) -> list[dict]:
             for col, split in cols.items():
                 xs = values(run, stage, split)
                 # percent by default; `percent: false` for tables of other quantities (KL in nats, distances)
-                cells.append(_fmt(*_mean_std(xs), len(xs), pct=t.get("percent", True)))
+                cells.append(_fmt(*_mean_std(xs), len(xs)) if t.get("percent", True) else _fmt_number(xs))
             rows.append([label, *cells])
         # a column no row has a value for (a diagnostic of another answer style) is left out, and
         # so is a table whose stages this preset does not run (e.g. navigation in the demo)

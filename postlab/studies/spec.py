@@ -21,11 +21,13 @@ Schema (configs/studies/NAME.yaml)::
       demo3: {extends: demo, seeds: 3}   # demo's layer, then this one
     report: {...}                # tables, curves and paper findings (see postlab.studies.report)
 
-Stage fields: ``kind`` (pretrain | sft | rl | eval, or ``module:function`` for a custom kind),
+Stage fields: ``kind`` (pretrain | sft | rl | rl-probe | eval | ..., or ``module:function`` for a custom kind),
 ``after`` (a stage name or list; the first one is the model input), ``enabled`` (false drops the
 stage and every stage that depends on it), ``env``, ``env_args``, ``style``, ``split``, ``splits``,
 ``data``, ``config`` (the trainer's config overrides), ``eval`` (evaluation options),
-``points`` (eval: ``final`` or ``all`` checkpoints along training), ``max_turns``, ``shared``
+``points`` (eval: ``final`` or ``all`` checkpoints along training), ``sampled`` (eval: also N samples
+per problem, split ``SPLIT@sampled``), ``drift`` (eval: KL to the start's options, or false),
+``probe`` (rl-probe: steps, window, grid), ``max_turns``, ``shared``
 (true: run once with the first seed and reuse the result for every seed, as the papers start every
 seed from one pre-trained model; only for stages whose inputs are shared too).
 """

@@ -386,11 +386,9 @@ def _drift_reference(ctx, start: Path, drift_opts: dict, opts: dict, device):
     from postlab.models.io import load_model, load_tokenizer
 
     o = DriftOptions(**drift_opts)
-    start_model = load_model(str(start), device=device)
-    ref = DriftReference(start_model, load_tokenizer(str(start)),
-                         lambda: _env(ctx.spec, split=o.split, max_turns=opts.get("max_turns")), o)
-    del start_model
-    return ref
+    start_model = load_model(str(start), device=device)  # only its samples and parameters are kept
+    return DriftReference(start_model, load_tokenizer(str(start)),
+                          lambda: _env(ctx.spec, split=o.split, max_turns=opts.get("max_turns")), o)
 
 
 # ----------------------------------------------------------------------------- validation

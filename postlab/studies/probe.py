@@ -93,8 +93,23 @@ def probe_config(rl_data: dict, setting: dict, steps: int, out_dir: Path):
     return load_config(RLConfig, base=data)
 
 
-def _frozen_success(cfg, steps: list[int]) -> tuple[list[float], float]:
-    """(frozen success per step, fraction of groups with at least one success) on the probe's problems."""
+def _replay_key(cfg, steps: list[int]) -> str:
+    """What the frozen replay depends on: the start, the env, the problems (batch shape, run seed, steps)
+    and the sampling. Settings that differ only in training knobs (lr, ...) share one replay."""
+    import dataclasses
+
+    return json.dumps({"model": dataclasses.asdict(cfg.model), "env": dataclasses.asdict(cfg.env),
+                       "prompts": cfg.batch.prompts_per_step, "samples": cfg.batch.samples_per_prompt,
+                       "sampling": dataclasses.asdict(cfg.sampling), "seed": cfg.run.seed, "steps": steps},
+                      sort_keys=True, default=str)
+
+
+def _frozen_success(cfg, steps: list[int], cache: dict | None = None) -> tuple[list[float], float]:
+    """(frozen success per step, fraction of groups with at least one success) on the probe's problems;
+    `cache` keeps replays for probes that play the same problems with the same seeds."""
+    key = _replay_key(cfg, steps)
+    if cache is not None and key in cache:
+        return cache[key]
     from postlab.models.io import load_model, load_tokenizer
     from postlab.trainers.rl import play_step
 
@@ -108,10 +123,12 @@ def _frozen_success(cfg, steps: list[int]) -> tuple[list[float], float]:
         for g in range(0, len(eps), G):
             groups += 1
             solved += any(e.success for e in eps[g:g + G])
+    if cache is not None:
+        cache[key] = (per_step, solved / groups)
     return per_step, solved / groups
 
 
-def training_gain(cfg, run_dir: Path, window: int) -> dict:
+def training_gain(cfg, run_dir: Path, window: int, cache: dict | None = None) -> dict:
     """On-policy training success of the last `window` steps of the RL run in `run_dir` (config `cfg`)
     against the frozen start (`cfg.model.path`) on the same problems and sampling seeds: the gain
     with a 95% CI over those steps (paired step by step), the fraction of groups the frozen model
@@ -120,7 +137,7 @@ def training_gain(cfg, run_dir: Path, window: int) -> dict:
     on_policy = {int(r["step"]): float(r["success"]) for r in rows if "success" in r and "time_training" in r}
     steps = max(on_policy)
     last = list(range(steps - window, steps))  # 0-based step indices; logged as step + 1
-    frozen, groups_solved = _frozen_success(cfg, last)
+    frozen, groups_solved = _frozen_success(cfg, last, cache)
     ci = mean_ci([on_policy[i + 1] - f for i, f in zip(last, frozen)])
     final = max((r for r in rows if "tokens_trained_total" in r), key=lambda r: r["step"])
     return {"on_policy_success": sum(on_policy[i + 1] for i in last) / window, "frozen_success": sum(frozen) / window,
@@ -135,6 +152,7 @@ def run_probes(path: Path, rl_data: dict, opts: dict) -> dict:
 
     steps, window = opts["steps"], opts["window"]
     probes, tokens_trained, tokens_generated = [], 0, 0
+    replays: dict = {}  # frozen replays shared by settings that play the same problems (an lr grid: one)
     for n, setting in enumerate(settings(opts["grid"])):
         out = path / f"probe-{n}"
         done = out / "probe.json"
@@ -147,7 +165,7 @@ def run_probes(path: Path, rl_data: dict, opts: dict) -> dict:
             console.print(f"probe {n + 1}: {setting}", highlight=False)
             train_rl(cfg)
             probe = {"setting": setting, "sequences_per_step": cfg.batch.sequences_per_step,
-                     **training_gain(cfg, out / "run", window)}
+                     **training_gain(cfg, out / "run", window, replays)}
             for sub in ("checkpoints", "final"):  # the probe's model is not used again; its metrics are kept
                 shutil.rmtree(out / "run" / sub, ignore_errors=True)
             done.write_text(json.dumps(probe, indent=2))

@@ -155,16 +155,25 @@ def _matched_metric(res: dict | None, split: str, flops: float | None) -> tuple[
 KL_MATCH_FACTOR = 2.0
 
 
-def _kl_matched_point(res: dict | None, kl: float | None) -> dict | None:
-    """The evaluated point of `res` whose KL to the start is nearest `kl`, if it lies within
-    KL_MATCH_FACTOR of it (both near 0 count as matched); None otherwise: a comparison "at matched
-    KL" with a point that moved 8x as far would be the confound it exists to remove."""
+def _nearest_kl_point(res: dict | None, kl: float | None) -> dict | None:
+    """The evaluated point of `res` whose KL to the start is nearest `kl` (None without drift records)."""
     pts = [p for p in (res or {}).get("points") or [] if p.get("drift")]
     if kl is None or not pts:
         return None
-    p = min(pts, key=lambda p: (abs(p["drift"]["kl"] - kl), -p.get("step", 0)))
-    lo, hi = sorted((max(kl, 0.0), max(p["drift"]["kl"], 0.0)))
-    return p if hi <= KL_MATCH_FACTOR * lo or hi < 1e-3 else None
+    return min(pts, key=lambda p: (abs(p["drift"]["kl"] - kl), -p.get("step", 0)))
+
+
+def _within_kl_factor(kl: float, point: dict) -> bool:
+    """Whether `point` moved about as far as `kl`: within KL_MATCH_FACTOR (both near 0 count as matched)."""
+    lo, hi = sorted((max(kl, 0.0), max(point["drift"]["kl"], 0.0)))
+    return hi <= KL_MATCH_FACTOR * lo or hi < 1e-3
+
+
+def _kl_matched_point(res: dict | None, kl: float | None) -> dict | None:
+    """`_nearest_kl_point`, if it lies within KL_MATCH_FACTOR of `kl`; None otherwise: a comparison "at
+    matched KL" with a point that moved 8x as far would be the confound it exists to remove."""
+    p = _nearest_kl_point(res, kl)
+    return p if p is not None and _within_kl_factor(kl, p) else None
 
 
 def _final_flops(res: dict | None) -> float | None:
@@ -413,12 +422,10 @@ def _kl_matches(run: dict, m: dict) -> list[dict]:
     out = []
     for seed in sorted(run["results"], key=int):
         kl = _final_metric(run["results"][seed].get(a), "drift:kl")[0]
-        pts = [p for p in (run["results"][seed].get(b) or {}).get("points") or [] if p.get("drift")]
-        if kl is None or not pts:
-            continue
-        p = min(pts, key=lambda p: (abs(p["drift"]["kl"] - kl), -p.get("step", 0)))
-        within = _kl_matched_point(run["results"][seed].get(b), kl) is not None
-        out.append({"seed": seed, "a_kl": kl, "b_kl": p["drift"]["kl"], "b_step": p.get("step"), "within": within})
+        p = _nearest_kl_point(run["results"][seed].get(b), kl)
+        if p is not None:
+            out.append({"seed": seed, "a_kl": kl, "b_kl": p["drift"]["kl"], "b_step": p.get("step"),
+                        "within": _within_kl_factor(kl, p)})
     return out
 
 

@@ -93,7 +93,7 @@ class Reference:
     """The LoRA policy with its adapters off: the frozen initial policy, without a second copy of the weights.
 
     Called like a Hugging Face causal LM by `models.forward.token_outputs` and
-    `rl_batch.packed_outputs`: the full forward (`ref(input_ids=..., ...)`) or, for packed rows,
+    `rl_batch.packed_outputs`: the full forward (`ref(input_ids=..., ...)`) or, for padded rows,
     `ref.model(...)` then `ref.lm_head(...)`. Every call runs with no grad, in eval mode (as a loaded
     reference would), with the adapters disabled, and restores the policy's mode afterwards."""
 

@@ -367,7 +367,7 @@ def _update(cfg, spec, model, head, ref_model, optimizer, objective, hparams, ag
     batches, start = [], 0
     for group in micro_sets:
         per = {k: v[start:start + len(group)] for k, v in extras.items()}
-        batches.append(rb.pack_shared_prefix(group, per, with_values=head is not None, device=device))
+        batches.append(rb.pack_for_update(group, per, model, with_values=head is not None, device=device))
         start += len(group)
     if ref_model is not None:
         with torch.no_grad(), distributed.gathered(ref_model):
@@ -420,7 +420,7 @@ def _turn_values(model, head, micro_sets, device) -> list[list[float]]:
     """V(s_k) for every turn k of every episode (read at the turn's last context token)."""
     out = []
     for group in micro_sets:
-        batch = rb.pack_shared_prefix(group, {}, with_values=True, device=device)
+        batch = rb.pack_for_update(group, {}, model, with_values=True, device=device)
         hidden = rb.packed_outputs(model, batch, want_hidden=True).hidden[0]
         per_target = head(hidden[batch.extras["value_index"]]).tolist()
         cursor = 0

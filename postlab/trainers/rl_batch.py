@@ -60,6 +60,57 @@ def pack_episodes(episodes: Sequence[Episode], per_token: dict[str, list[torch.T
     return batch.to(device)
 
 
+def prompt_groups(episodes: Sequence[Episode]) -> list[list[int]]:
+    """Runs of consecutive episodes that start from the same prompt (the G samples of one seed)."""
+    groups: list[list[int]] = []
+    for i, e in enumerate(episodes):
+        first = e.turns[0].start
+        if groups and episodes[groups[-1][0]].input_ids[:first] == e.input_ids[:first] \
+                and episodes[groups[-1][0]].turns[0].start == first:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def shared_prefix_pays(episodes: Sequence[Episode], model) -> bool:
+    """Whether `pack_shared_prefix` costs fewer FLOPs than one row per episode for `model`.
+
+    Sharing a group's prompt saves (G - 1) prompt forwards, but the shared row attends through a
+    dense L x L mask (no causal skipping), while separate rows run sdpa's causal kernel
+    (`models.forward`, sum n^2 / 2). Short answers after a long prompt favour sharing (about 2x
+    on single-turn GeneralPoints); long multi-turn episodes do not (the shared rows were 1.6x
+    slower on 512 VIter-5 episodes, docs/benchmarks.md). Per layer: each token costs its
+    projections and MLP, each attended pair 4 * hidden multiply-adds (scores and values)."""
+    from postlab.models.forward import padded_path_blocked
+
+    c = model.config
+    h = c.hidden_size
+    kv = c.num_key_value_heads * (getattr(c, "head_dim", None) or h // c.num_attention_heads)
+    per_token = h * (2 * h + 2 * kv) + 3 * h * c.intermediate_size
+    per_pair = 4 * h
+    lengths = [len(e.input_ids) for e in episodes]
+    if padded_path_blocked(model):  # one packed row with a block-diagonal mask: dense over the row
+        full = sum(lengths) * per_token + sum(lengths) ** 2 * per_pair
+    else:
+        full = sum(n * per_token + n * n / 2 * per_pair for n in lengths)
+    shared = 0.0
+    for g in prompt_groups(episodes):
+        first = episodes[g[0]].turns[0].start
+        row = first + sum(lengths[i] - first for i in g)
+        shared += row * per_token + row * row * per_pair
+    return shared < full
+
+
+def pack_for_update(episodes: Sequence[Episode], per_token: dict[str, list[torch.Tensor]], model,
+                    with_values: bool = False, device="cpu") -> PackedBatch:
+    """`pack_shared_prefix` where sharing the prompt is cheaper for `model`, else `pack_episodes`
+    (same log-probs and gradients either way: tests/rl/test_episodes.py)."""
+    if shared_prefix_pays(episodes, model):
+        return pack_shared_prefix(episodes, per_token, with_values, device)
+    return pack_episodes(episodes, per_token, with_values, device)
+
+
 def pack_shared_prefix(episodes: Sequence[Episode], per_token: dict[str, list[torch.Tensor]],
                        with_values: bool = False, device="cpu") -> PackedBatch:
     """Pack a micro-batch so each group's common prompt is computed once.
@@ -71,14 +122,7 @@ def pack_shared_prefix(episodes: Sequence[Episode], per_token: dict[str, list[to
     packing the full sequences (tests/rl), but the prompt tokens - most of the tokens of a
     short-answer RL batch - go through the model once per group instead of G times.
     """
-    groups: list[list[int]] = []
-    for i, e in enumerate(episodes):  # consecutive episodes with the same prompt form a group
-        first = e.turns[0].start
-        if groups and episodes[groups[-1][0]].input_ids[:first] == e.input_ids[:first] \
-                and episodes[groups[-1][0]].turns[0].start == first:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
+    groups = prompt_groups(episodes)
     ids, pos, tgt_idx, targets, seq_idx, segments = [], [], [], [], [], []  # (start, end, prefix_start, prefix_len)
     value_index: list[int] = []
     for g in groups:

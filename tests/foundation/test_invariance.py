@@ -114,9 +114,19 @@ def test_data_parallel_sharding_equivalence(char_tokenizer):
             assert_same(grads(model, seqs, 8, "nll", mode), dp, f"data parallel {mode}")
 
 
-def test_row_layout_matches_single_packed_row(char_tokenizer, monkeypatch):
-    """Long packed batches run as several rows (forward.ROW_TOKENS): same log-probs and gradients
-    as one packed row and as each sequence on its own."""
+def test_length_chunks_by_hand():
+    from postlab.models.forward import length_chunks
+
+    # longest first; a chunk ends below 80% of its longest row or past the padded-token budget
+    assert length_chunks([10, 50, 45, 41, 39, 8, 9], slack=0.2, max_tokens=1000) == [[1, 2, 3], [4], [0, 6, 5]]
+    assert length_chunks([10, 10, 10, 10], slack=0.2, max_tokens=25) == [[0, 1], [2, 3]]
+    assert length_chunks([30], slack=0.2, max_tokens=10) == [[0]]  # one row always fits
+
+
+def test_padded_layout_matches_single_packed_row(char_tokenizer, monkeypatch):
+    """Batches of several sequences run as length-sorted padded rows, one sequence per row, with
+    sdpa's causal kernel (forward.length_chunks): same log-probs, entropies, hidden states and
+    gradients as one packed row with a block-diagonal mask and as each sequence on its own."""
     from postlab.data.batching import pack
     from postlab.models import forward
 
@@ -125,16 +135,17 @@ def test_row_layout_matches_single_packed_row(char_tokenizer, monkeypatch):
             for n in torch.randint(5, 40, (24,), generator=g).tolist()]
     model = make_model(char_tokenizer)
     batch = pack(seqs)
-    monkeypatch.setattr(forward, "ROW_TOKENS", 64)
-    row, col, n_rows = forward.row_layout(batch.seq_lengths.tolist(), forward.row_width(batch))
-    assert n_rows > 1 and batch.num_tokens > 2 * forward.row_width(batch)
-    rows = forward.token_outputs(model, batch, want_entropy=True)
-    g_rows = torch.autograd.grad(rows.logp.sum(), list(model.parameters()))
-    monkeypatch.setattr(forward, "ROW_TOKENS", 10**9)
-    single = forward.token_outputs(model, batch, want_entropy=True)
+    monkeypatch.setattr(forward, "CHUNK_TOKENS", 128)  # several model calls, as on a long batch
+    assert any(len(c) > 1 for c in forward.length_chunks(batch.seq_lengths.tolist()))  # rows padded together
+    assert len(forward.length_chunks(batch.seq_lengths.tolist())) > 3
+    padded = forward.token_outputs(model, batch, want_entropy=True, want_hidden=True)
+    g_padded = torch.autograd.grad(padded.logp.sum(), list(model.parameters()))
+    monkeypatch.setattr(forward, "padded_path_blocked", lambda m: True)
+    single = forward.token_outputs(model, batch, want_entropy=True, want_hidden=True)
     g_single = torch.autograd.grad(single.logp.sum(), list(model.parameters()))
     alone = torch.cat([forward.token_outputs(model, pack([s])).logp for s in seqs])
-    torch.testing.assert_close(rows.logp, single.logp, atol=1e-10, rtol=0)
-    torch.testing.assert_close(rows.logp, alone, atol=1e-10, rtol=0)
-    torch.testing.assert_close(rows.entropy, single.entropy, atol=1e-10, rtol=0)
-    assert_same(g_rows, g_single, "row layout gradients")
+    torch.testing.assert_close(padded.logp, single.logp, atol=1e-10, rtol=0)
+    torch.testing.assert_close(padded.logp, alone, atol=1e-10, rtol=0)
+    torch.testing.assert_close(padded.entropy, single.entropy, atol=1e-10, rtol=0)
+    torch.testing.assert_close(padded.hidden, single.hidden, atol=1e-5, rtol=0)
+    assert_same(g_padded, g_single, "padded layout gradients")

@@ -67,6 +67,38 @@ def test_shared_prefix_packing_equals_plain_packing(nano, tok):
     assert max((x - y).abs().max().item() for x, y in zip(ga, gb)) < 1e-4
 
 
+def test_pack_for_update_shares_the_prompt_only_where_it_pays(nano):
+    """Short answers after a long prompt: one shared row per group. Long answers after a short prompt:
+    one padded row per episode (a shared row attends densely over the whole group)."""
+    from postlab.rollout.episodes import Episode, Turn
+    from postlab.trainers import rl_batch as rb
+
+    def episodes(prompt: int, answer: int) -> list:
+        out = []
+        for seed in range(2):
+            for k in range(4):
+                ids = [5 + seed] * prompt + [7 + k] * answer
+                turn = Turn(start=prompt, token_ids=[7 + k] * answer, logprobs=[-1.0] * answer, text="",
+                            finish_reason="length")
+                out.append(Episode(seed=seed, messages=[], input_ids=ids, loss_mask=[0] * prompt + [1] * answer,
+                                   logprobs=[0.0] * prompt + [-1.0] * answer, turns=[turn]))
+        return out
+
+    short = episodes(prompt=200, answer=4)
+    long = episodes(prompt=4, answer=200)
+    assert rb.shared_prefix_pays(short, nano) and not rb.shared_prefix_pays(long, nano)
+    adv = lambda eps: {"advantages": [torch.ones(len(e.target_turns())) for e in eps]}  # noqa: E731
+    assert "attention_mask" in rb.pack_for_update(short, adv(short), nano).extras
+    assert "attention_mask" not in rb.pack_for_update(long, adv(long), nano).extras
+    # by hand for nano (hidden 64, MLP 192, 4 heads of 16, 2 kv heads): 64 * (128 + 64) + 3 * 64 * 192 =
+    # 49,152 per token and 256 per attended pair. Prompt 100, answers 100: a shared row of 500 tokens
+    # costs 500 * 49152 + 500^2 * 256 = 88.6M per group, four rows of 200 cost 4 * (200 * 49152 +
+    # 200^2 / 2 * 256) = 59.8M: fewer tokens, but the dense attention loses
+    even = episodes(prompt=100, answer=100)
+    assert not rb.shared_prefix_pays(even, nano)
+    assert rb.shared_prefix_pays(episodes(prompt=150, answer=50), nano)  # 350: 48.6M vs 59.8M
+
+
 def _episode_view(eps):
     return [(e.input_ids, e.loss_mask, [t.finish_reason for t in e.turns], e.success) for e in eps]
 

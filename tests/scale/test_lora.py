@@ -98,7 +98,7 @@ def test_reference_is_the_adapter_disabled_policy_kl_zero_at_step_0(base_dir, tm
     import postlab.envs.toy  # noqa: F401
     from postlab.models import lora
     from postlab.data.records import encode_all
-    from postlab.models.forward import row_width, token_outputs
+    from postlab.models.forward import token_outputs
     from postlab.trainers.common import pack_micro_batches
     from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig, train_rl
     from postlab.trainers.sft import load_reference
@@ -110,7 +110,7 @@ def test_reference_is_the_adapter_disabled_policy_kl_zero_at_step_0(base_dir, tm
     ref = load_reference(cfg.model, "cpu", "test", policy=policy)
     assert isinstance(ref, lora.Reference)
     batch = pack_micro_batches(encode_all(trainer.tokenizer, RECORDS * 3), 120)[0]
-    assert batch.num_tokens > 2 * row_width(batch)  # the packed-row path: ref.model, then ref.lm_head
+    assert batch.num_seqs > 1  # the padded-row path: ref.model, then ref.lm_head
     with torch.no_grad():
         base_logp = token_outputs(load_reference(dataclasses.replace(cfg.model, lora=None), "cpu", "t"), batch).logp
         torch.testing.assert_close(token_outputs(ref, batch).logp, base_logp, atol=1e-6, rtol=0)

@@ -15,13 +15,25 @@ Life of an episode::
 
 `env.expert()` gives the demonstration for the current episode (the text an expert would
 answer at this point), which is what SFT trains on.
+
+`make` takes a registered name or an import path of an Env subclass outside postlab
+('package.module:ClassName' or 'path/to/file.py:ClassName'; docs/envs.md, "Bring your own
+environment").
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable
+import hashlib
+import importlib
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from typing import Any, Protocol, TypeGuard, runtime_checkable
+
+from postlab.naming import Registry
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str, optional "train": bool}
 
@@ -42,7 +54,14 @@ class StepResult:
 
 
 class Env:
-    """Base class. Subclasses set `name`, `splits`, and implement `reset`, `step`, `expert`."""
+    """Base class of every environment; the whole protocol is declared here.
+
+    Required: `splits` (the first is the in-distribution one), `reset(seed)`, `step(text)`,
+    `expert()`. Optional: `styles`, `diagnostics`, `base_corpus` (lab-scale pre-training), `clone`
+    (when copying shares state it must not), and the single-answer verifier methods of
+    `SingleAnswerEnv` below (`check_answer`, `expert_answer`; test with `is_single_answer`).
+    `name` is set by `register_env`, or is the import path for an unregistered class (`env_class`).
+    """
 
     name: str = ""
     splits: tuple[str, ...] = ("id",)
@@ -93,25 +112,184 @@ def reject_unknown_options(env_name: str, cls: type, kwargs: dict) -> None:
         raise ValueError(f"{env_name}: unknown option(s) {', '.join(sorted(kwargs))}; valid: {', '.join(valid)}")
 
 
-ENV_REGISTRY: dict[str, Callable[..., Env]] = {}
+# ----------------------------------------------------------------------------- single-answer envs
+
+# The optional part of the protocol, as a list so that errors can name what an env lacks.
+SINGLE_ANSWER_METHODS = ("check_answer", "expert_answer")
+
+
+@runtime_checkable
+class SingleAnswerEnv(Protocol):
+    """An env whose episode asks for one final answer that a verifier judges on its own.
+
+    Trainers and wrappers that verify answers themselves need it: RASFT and RFT judge each
+    rollout's extracted answer, the unary-feedback wrapper (DRIFT) retries wrong answers. An Env
+    subclass opts in by defining both methods; nothing needs registering. Test with
+    `is_single_answer`, not with hasattr/getattr, so that the protocol lives here only.
+    """
+
+    def check_answer(self, answer: str) -> bool:
+        """Whether `answer` (a final answer, already extracted from the model's text) is correct."""
+        ...
+
+    def expert_answer(self) -> str:
+        """The current episode's correct final answer (after `reset`)."""
+        ...
+
+
+def missing_single_answer_methods(env: Any) -> list[str]:
+    """The `SINGLE_ANSWER_METHODS` that an env (instance or class) does not define, in order."""
+    return [m for m in SINGLE_ANSWER_METHODS if not callable(getattr(env, m, None))]
+
+
+def is_single_answer(env: Any) -> TypeGuard[SingleAnswerEnv]:
+    """Whether an env (instance or class) implements `SingleAnswerEnv`."""
+    return not missing_single_answer_methods(env)
+
+
+def single_answer_envs() -> list[str]:
+    """The registered environments that implement `SingleAnswerEnv` (for error messages)."""
+    return sorted(n for n, cls in ENV_REGISTRY.items() if is_single_answer(cls))
+
+
+# ----------------------------------------------------------------------------- registry and lookup
+
+ENV_REGISTRY: Registry = Registry("environment")
+
+IMPORT_FORMS = ("'package.module:ClassName' (importable: installed, or its folder on PYTHONPATH) or "
+                "'path/to/file.py:ClassName'")
 
 
 def register_env(name: str):
+    """Class decorator: register an Env subclass under `name` (and set its `name`).
+
+    A name registered by another class is an error, as in every postlab registry: a plugin that
+    reuses 'math' would otherwise silently replace the built-in for every later `make`. The same
+    definition registering again is allowed and replaces the entry: a class with the same module
+    and qualified name is the same source re-executed (`importlib.reload`, a notebook cell run
+    twice, a factory function that builds the class per call), never a clash between two authors.
+    """
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"register_env: invalid environment name {name!r}; a name is a non-empty string without "
+                         "':' (that form is an import path, 'package.module:ClassName')")
+
     def wrap(cls):
-        ENV_REGISTRY[name] = cls
+        if not (isinstance(cls, type) and issubclass(cls, Env)):
+            raise TypeError(f"register_env({name!r}): {cls!r} is not a subclass of postlab.envs.Env")
+        old = ENV_REGISTRY.get(name)
+        if old is not None and _qualified(old) == _qualified(cls):
+            ENV_REGISTRY[name] = cls
+        else:
+            ENV_REGISTRY.add(name, cls, owner=_qualified(old) if old is not None else "")
         cls.name = name
         return cls
 
     return wrap
 
 
-def make(name: str, **kwargs: Any) -> Env:
-    import postlab.envs  # noqa: F401 - populates the registry
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
+
+def is_import_path(name: str) -> bool:
+    """Whether an env name is an import path ('module:Class' or 'file.py:Class'), not a registry name.
+    Registry names never contain ':' (`register_env` refuses them), so the two cannot collide."""
+    return isinstance(name, str) and ":" in name
+
+
+def env_class(name: str) -> type[Env]:
+    """The Env subclass an env name stands for: a registered name, or an import path (`IMPORT_FORMS`).
+
+    Every place that resolves an env name goes through here (`make` included), so a custom env
+    works wherever a built-in one does: `postlab train rl`, `postlab eval`, study stages. An
+    imported class need not be registered; one that sets no `name` of its own is given the import
+    path as its name (as `register_env` names a registered one), which logs and errors then show.
+    A problem is a ValueError that names the key, the module and what is valid.
+
+    The registry is complete here: importing this module ran the package's __init__ first, which
+    registers every built-in environment.
+    """
+    if is_import_path(name):
+        return _import_env_class(name)
     if name not in ENV_REGISTRY:
         import difflib
 
-        close = difflib.get_close_matches(name, list(ENV_REGISTRY), n=1)
+        close = difflib.get_close_matches(str(name), list(ENV_REGISTRY), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown environment {name!r}; valid: {', '.join(sorted(ENV_REGISTRY))}.{hint}")
-    return ENV_REGISTRY[name](**kwargs)
+        raise ValueError(f"unknown environment {name!r}; valid: {', '.join(sorted(ENV_REGISTRY))}.{hint} "
+                         f"A custom environment: {IMPORT_FORMS}")
+    return ENV_REGISTRY[name]
+
+
+def make(name: str, **kwargs: Any) -> Env:
+    """Build the environment `name` (a registered name or an import path; see `env_class`)."""
+    return env_class(name)(**kwargs)
+
+
+def _import_env_class(key: str) -> type[Env]:
+    # rpartition: a Windows drive letter ('C:/envs/my.py:MyEnv') keeps its colon in the module part
+    module, _, attr = key.rpartition(":")
+    if not module or not attr.isidentifier():
+        raise ValueError(f"environment {key!r}: expected {IMPORT_FORMS}")
+    mod = _load_file(key, module) if _is_file(module) else _load_module(key, module)
+    if not hasattr(mod, attr):
+        import difflib
+
+        envs = sorted(n for n, v in vars(mod).items() if isinstance(v, type) and issubclass(v, Env) and v is not Env)
+        close = difflib.get_close_matches(attr, envs, n=1)
+        raise ValueError(f"environment {key!r}: module {module!r} has no attribute {attr!r}; Env subclasses there: "
+                         f"{', '.join(envs) or 'none'}." + (f" Did you mean '{close[0]}'?" if close else ""))
+    cls = getattr(mod, attr)
+    if not (isinstance(cls, type) and issubclass(cls, Env)):
+        raise ValueError(f"environment {key!r}: {module}:{attr} is {cls!r}, not a subclass of postlab.envs.Env "
+                         "(an environment is a class deriving from Env with reset, step and expert; docs/envs.md)")
+    if cls is Env:
+        raise ValueError(f"environment {key!r}: {module}:{attr} is postlab's base class Env itself, not a task; "
+                         "name your subclass of it")
+    if not vars(cls).get("name"):  # its own name, not one inherited from a registered parent
+        cls.name = key
+    return cls
+
+
+def _is_file(module: str) -> bool:
+    return module.endswith(".py") or "/" in module or "\\" in module
+
+
+def _load_module(key: str, module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        # the module itself (or its package) is missing, vs. a dependency that it imports
+        if e.name is not None and (module == e.name or module.startswith(e.name + ".")):
+            raise ValueError(f"environment {key!r}: no module named {module!r} (is it installed, or its folder on "
+                             f"PYTHONPATH? A file can be named directly: 'path/to/file.py:ClassName')") from None
+        raise ValueError(f"environment {key!r}: importing module {module!r} failed: {e}") from None
+    except ImportError as e:
+        raise ValueError(f"environment {key!r}: importing module {module!r} failed: {e}") from None
+
+
+def _load_file(key: str, module: str):
+    """Import a Python file by path, once per resolved path (a second lookup returns the same module,
+    so the class stays one object and `register_env` calls in the file run once)."""
+    path = Path(module).expanduser().resolve()
+    if path.suffix != ".py" or not path.is_file():
+        raise ValueError(f"environment {key!r}: no Python file {str(path)!r}"
+                         f"{'' if path.suffix == '.py' else ' (a file path must end in .py)'}; "
+                         f"expected {IMPORT_FORMS}")
+    # a stable module name per file: stable for pickling and for `__module__` in error messages
+    mod_name = f"postlab_env_file_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}_" \
+               f"{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod  # before executing: dataclasses and pickling look the module up
+    try:
+        spec.loader.exec_module(mod)
+    except ImportError as e:
+        del sys.modules[mod_name]
+        raise ValueError(f"environment {key!r}: importing file {str(path)!r} failed: {e}") from None
+    except BaseException:
+        del sys.modules[mod_name]  # the file's own bug: its traceback is what the author needs
+        raise
+    return mod

@@ -22,7 +22,8 @@ GeneralPoints (its formula is the answer).
 
 from __future__ import annotations
 
-from postlab.envs.base import ENV_REGISTRY, Env, Observation, StepResult, make, register_env
+from postlab.envs.base import (ENV_REGISTRY, Env, Observation, StepResult, is_import_path, make,
+                               missing_single_answer_methods, register_env, single_answer_envs)
 
 FEEDBACK = "Incorrect. Please think again."
 FORMAT_PENALTY = -0.1
@@ -57,7 +58,7 @@ class UnaryFeedback(Env):
         if max_attempts is None:
             max_attempts = 5 if max_turns is None else min(5, max_turns)
         if isinstance(env, str):
-            if env == "unary-feedback" or env not in ENV_REGISTRY and env not in _lazy_names():
+            if env == "unary-feedback" or not is_import_path(env) and env not in _lazy_names():
                 raise ValueError(f"unary-feedback: unknown inner env {env!r}; valid: "
                                  f"{', '.join(n for n in sorted(_lazy_names()) if n != 'unary-feedback')}")
             kw = dict(env_kwargs)
@@ -68,9 +69,11 @@ class UnaryFeedback(Env):
             env = make(env, **kw)
         elif env_kwargs:
             raise ValueError(f"unary-feedback: env is already built; unexpected arguments {sorted(env_kwargs)}")
-        for need in ("check_answer", "expert_answer"):
-            if not callable(getattr(env, need, None)):
-                raise ValueError(f"unary-feedback: inner env {env.name!r} has no {need}(); it cannot be wrapped")
+        missing = missing_single_answer_methods(env)
+        if missing:
+            raise ValueError(f"unary-feedback: inner env {env.name!r} has no {missing[0]}(); it cannot be wrapped "
+                             "(it needs check_answer and expert_answer, as these have: "
+                             f"{', '.join(single_answer_envs())})")
         if max_attempts < 1:
             raise ValueError(f"unary-feedback: max_attempts must be >= 1, got {max_attempts}")
         self.inner = env
@@ -144,6 +147,4 @@ class UnaryFeedback(Env):
 
 
 def _lazy_names() -> set[str]:
-    import postlab.envs  # noqa: F401 - populates the registry
-
-    return set(ENV_REGISTRY)
+    return set(ENV_REGISTRY)  # complete: importing this module ran postlab.envs's __init__ first

@@ -107,7 +107,7 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
     """Play `n_episodes` evaluation problems of `env`/`split` (see the module doc); a JSON-ready dict.
 
     `backend` (e.g. a `VLLMBackend` serving the same weights) samples instead of the local engine."""
-    from postlab.envs import ENV_REGISTRY, make
+    from postlab.envs.base import env_class, make
 
     if decoding not in ("greedy", "sampled"):
         raise ValueError(f"decoding: {decoding!r}; valid: 'greedy', 'sampled'")
@@ -150,7 +150,7 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
             final.update(last or ["unspecified"])
     result["failure_reasons"] = dict(final.most_common())
     result["attempt_failure_reasons"] = dict(attempts.most_common())
-    result.update(first_attempt_diagnostics(by_problem, getattr(ENV_REGISTRY.get(env), "diagnostics", ())))
+    result.update(first_attempt_diagnostics(by_problem, env_class(env).diagnostics))
     # answers cut at max_new_tokens fail for a reason no verifier names: count them separately
     result["truncated_fraction"] = sum(e.truncated for e in episodes) / len(episodes)
     result["mean_reward"] = sum(e.reward for e in episodes) / len(episodes)

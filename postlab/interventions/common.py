@@ -112,14 +112,12 @@ def load_checkpoint(path, what: str, dtype: str = "float32", device="cpu", attn_
 
 def env_splits(env: str, splits: Sequence[str] | None) -> list[str]:
     """The requested splits, or the environment's first split (its in-distribution one)."""
-    from postlab.envs import ENV_REGISTRY, make
+    from postlab.envs.base import env_class
 
-    if env not in ENV_REGISTRY:
-        try:
-            make(env)
-        except ValueError as e:  # names the valid environments with a did-you-mean hint
-            raise InterventionError(f"--env: {e}") from None
-    valid = ENV_REGISTRY[env].splits
+    try:
+        valid = env_class(env).splits  # a registered name or an import path ('mypkg.myenv:MyEnv')
+    except ValueError as e:  # names the valid environments with a did-you-mean hint
+        raise InterventionError(f"--env: {e}") from None
     chosen = list(splits) if splits else [valid[0]]
     bad = [s for s in chosen if s not in valid]
     if bad:

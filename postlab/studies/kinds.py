@@ -37,7 +37,7 @@ from postlab.studies.probe import apply_choice, probe_config, probe_options, run
 
 
 def _env(spec: dict, split: str | None = None, max_turns: int | None = None):
-    from postlab.envs import ENV_REGISTRY, make
+    from postlab.envs.base import env_class
 
     kwargs = dict(spec.get("env_args") or {})
     turns = max_turns if max_turns is not None else spec.get("max_turns")
@@ -45,9 +45,9 @@ def _env(spec: dict, split: str | None = None, max_turns: int | None = None):
         kwargs["max_turns"] = turns
     # A stage without a split (e.g. base pre-training) uses the env's first split: split names
     # are per environment (biographies has no 'id').
-    cls = ENV_REGISTRY.get(spec["env"])
-    split = split or spec.get("split") or (cls.splits[0] if cls is not None and cls.splits else "id")
-    return make(spec["env"], split=split, style=spec.get("style", "compact"), **kwargs)
+    cls = env_class(spec["env"])  # a registered name or an import path ('mypkg.myenv:MyEnv')
+    split = split or spec.get("split") or (cls.splits[0] if cls.splits else "id")
+    return cls(split=split, style=spec.get("style", "compact"), **kwargs)
 
 
 def base_corpus_records(spec: dict, n: int, seed: int) -> list[dict]:

@@ -187,16 +187,25 @@ def _report_references(report: dict):
             yield where, [s for s in stages if s is not None], [s for s in splits if s is not None]
 
 
+def _env_class_or_none(name: str):
+    """The class of env `name` (a registered name or an import path), or None where it does not
+    resolve: the stage's own validation then names the problem with the stage it belongs to."""
+    from postlab.envs.base import env_class
+
+    try:
+        return env_class(name)
+    except ValueError:
+        return None
+
+
 def check_report_references(data: dict, presets: dict, source) -> None:
     """Every stage, split and diagnostic the `report` section names exists in the study (in its
     stages or any preset's). The report drops what no run produced, so a typo there would
     otherwise surface as a silently missing column after the whole study ran."""
-    from postlab.envs import ENV_REGISTRY
-
     stage_names = set(data.get("stages") or {}) | {n for layer in presets.values() if isinstance(layer, dict)
                                                    for n in (layer.get("stages") or {})}
     envs = _strings_at(data, "env") | _strings_at(presets, "env")
-    classes = [ENV_REGISTRY.get(e) for e in envs]
+    classes = [_env_class_or_none(e) for e in envs]
     # a wrapper (no splits of its own) or a custom env: its splits are not known here
     splits = None if any(c is None or not c.splits for c in classes) else {s for c in classes for s in c.splits}
     # an env not registered here (a custom one) may record diagnostics this check cannot know

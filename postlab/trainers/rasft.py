@@ -79,8 +79,6 @@ from postlab.trainers.rasft_routing import (ROUTES, RASFTRoutingConfig, Router, 
 from postlab.trainers.sft import BatchConfig, DataOrder, load_policy, load_reference
 from postlab.verifiers.answers import extract_answer
 
-VERIFIER_METHODS = ("check_answer", "expert_answer")
-
 
 @dataclasses.dataclass
 class RASFTDataConfig:
@@ -162,12 +160,11 @@ def make_env(env_cfg, split: str | None = None):
 
 def require_verifier(env, name: str, what: str) -> None:
     """`what` verifies answers with the environment: it needs check_answer(answer) and expert_answer()."""
-    missing = [m for m in VERIFIER_METHODS if not callable(getattr(env, m, None))]
-    if missing:
-        from postlab.envs import ENV_REGISTRY
+    from postlab.envs.base import missing_single_answer_methods, single_answer_envs
 
-        able = sorted(n for n, cls in ENV_REGISTRY.items()
-                      if all(callable(getattr(cls, m, None)) for m in VERIFIER_METHODS))
+    missing = missing_single_answer_methods(env)  # the protocol is postlab.envs.base.SingleAnswerEnv
+    if missing:
+        able = single_answer_envs()
         raise ConfigError(f"env.name={name!r}: the environment has no {' and no '.join(f'{m}()' for m in missing)}; "
                           f"{what} checks answers with the environment's verifier (check_answer) against its expert "
                           f"answer (expert_answer), so it needs an environment that has both: {', '.join(able)}")

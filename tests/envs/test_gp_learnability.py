@@ -13,7 +13,7 @@ from postlab.envs import make
 from postlab.models import load_model, load_tokenizer
 from postlab.eval.evaluate import evaluate
 from postlab.seeds import eval_seed
-from postlab.studies.kinds import expert_records
+from postlab.studies.stage_common import expert_records
 from postlab.trainers.sft import SFTConfig, train_sft
 
 N_EVAL = 200

@@ -122,7 +122,8 @@ def test_registries_reject_a_duplicate_name():
     """A plugin registering an existing name must fail, not silently replace the built-in."""
     from postlab.objectives import register_objective
     from postlab.objectives.algorithms import AlgorithmSpec, get_algorithm, register_algorithm
-    from postlab.studies.kinds import STAGE_KINDS, StageKind, register_stage_kind
+    from postlab.studies.kinds import STAGE_KINDS
+    from postlab.studies.stage_common import StageKind, register_stage_kind
 
     with pytest.raises(ValueError, match="objective 'nll' is already registered"):
         register_objective("nll")(lambda inp: (inp.logp, {}))

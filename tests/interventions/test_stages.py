@@ -13,8 +13,8 @@ import toy_env  # noqa: E402,F401 - registers toy-copy
 
 from postlab.config import ConfigError  # noqa: E402
 from postlab.studies import StudyRunner, resolve  # noqa: E402
-from postlab.studies.kinds import DIAGNOSTIC_SUMMARY_KEYS  # noqa: E402
 from postlab.studies.report import build_report, diagnostics_tables, load_run  # noqa: E402
+from postlab.studies.stages_interventions import DIAGNOSTIC_SUMMARY_KEYS  # noqa: E402
 
 RUN = {"tensorboard": False, "progress": False, "device": "cpu"}
 

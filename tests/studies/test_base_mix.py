@@ -2,7 +2,7 @@
 
 import pytest
 
-from postlab.studies.kinds import base_corpus_records, base_mix_records
+from postlab.studies.stage_common import base_corpus_records, base_mix_records
 
 SPEC = {"env": "generalpoints", "style": "compact"}
 

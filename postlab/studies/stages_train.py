@@ -1,0 +1,184 @@
+"""The training stage kinds: pretrain (base corpus -> tiny model from scratch), sft (expert
+demonstrations), rl (postlab.trainers.rl on the environment) and rl-probe (short RL runs over a
+grid that choose an rl stage's budget on training problems; postlab.studies.probe).
+
+Each builds its trainer's config from the stage's `config` with what the study owns filled in
+(`trainer_overrides`: run directory, seed, input checkpoint) and resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+
+from postlab.config import ConfigError
+from postlab.progress import console
+from postlab.seeds import corpus_generator_seed
+from postlab.studies.compute import count_params
+from postlab.studies.probe import apply_choice, probe_config, probe_options, run_probes, settings, training_gain
+from postlab.studies.stage_common import (StageKind, base_corpus_records, base_mix_records, check_keys, check_splits,
+                                          expert_records, fill_stage_env, register_stage_kind, resume_dir, stage_error,
+                                          trainer_config, trainer_overrides, trainer_result)
+
+
+# ----------------------------------------------------------------------------- the RL config of a stage
+
+
+def rl_stage_data(ctx) -> dict:
+    """An `rl` (or `rl-probe`) stage's RL config mapping: the stage's `config` with what the study owns
+    (input checkpoint, run directory, seed), the stage's environment unless its config sets its own,
+    and, for an rl stage fed by a probe (``after: [START, PROBE]``), the probe's chosen setting."""
+    data = trainer_overrides(ctx, ctx.input_checkpoint(0))
+    fill_stage_env(ctx, data)
+    probe = _probe_input(ctx)
+    if probe is not None:
+        apply_choice(data, probe)
+    return data
+
+
+def _probe_input(ctx) -> dict | None:
+    """The result of the stage's `rl-probe` input (``after: [START, PROBE]``), or None without one."""
+    kinds = [ctx.study.stages[name].kind for name in ctx.stage.after]
+    if "rl-probe" not in kinds:
+        return None
+    if ctx.stage.kind != "rl" or kinds[1:] != ["rl-probe"] or len(kinds) != 2:
+        raise ConfigError(f"stages.{ctx.stage.name}.after: an rl stage takes a probe as [START, PROBE] (the probe "
+                          f"run from START); got {ctx.stage.after}")
+    probe_start = ctx.study.stages[ctx.stage.after[1]].after[:1]
+    if probe_start != ctx.stage.after[:1]:
+        raise ConfigError(f"stages.{ctx.stage.name}.after: the probe {ctx.stage.after[1]!r} ran from {probe_start}, "
+                          f"not from {ctx.stage.after[0]!r}; a budget is chosen for the checkpoint RL starts from")
+    return ctx.inputs[1] if len(ctx.inputs) > 1 else {}
+
+
+def rl_stage_config(ctx):
+    """The validated RLConfig of an `rl` stage (`rl_stage_data`)."""
+    from postlab.config import load_config
+    from postlab.trainers.rl import RLConfig
+
+    return load_config(RLConfig, base=rl_stage_data(ctx))
+
+
+# ----------------------------------------------------------------------------- the kinds
+
+
+def run_pretrain(ctx) -> dict:
+    """Pre-train a tiny model from scratch on the environment's base corpus (lab scale)."""
+    from postlab.trainers.sft import SFTConfig, train_sft
+
+    data = ctx.spec.get("data") or {}
+    records = base_corpus_records(ctx.spec, int(data.get("n", 10_000)),
+                                  seed=int(data.get("seed", 0)) + corpus_generator_seed(ctx.seed, "pretrain"))
+    cfg = trainer_config(ctx, SFTConfig, None)
+    final = train_sft(cfg, records, resume=resume_dir(ctx))
+    return trainer_result(ctx, final)
+
+
+def validate_pretrain(ctx) -> None:
+    from postlab.trainers.sft import SFTConfig
+
+    check_keys(ctx, "data", ctx.spec.get("data"), ("n", "seed"))
+    check_splits(ctx, [None])
+    try:
+        trainer_config(ctx, SFTConfig, None)
+    except ConfigError as e:
+        raise stage_error(ctx, e) from None
+
+
+def run_sft(ctx) -> dict:
+    """SFT from the input checkpoint on expert demonstrations of `split` (default id)."""
+    from postlab.trainers.sft import SFTConfig, train_sft
+
+    data = ctx.spec.get("data") or {}
+    split = ctx.spec.get("split", "id")
+    records = []
+    for sp in split if isinstance(split, list) else [split]:  # a list mixes several splits
+        records += expert_records(ctx.spec, sp, int(data.get("n", 1000)), seed=ctx.seed)
+    records += base_mix_records(ctx.spec, len(records), data.get("base_mix", 0.0), seed=ctx.seed)
+    if isinstance(split, list) or data.get("base_mix"):
+        import random
+
+        random.Random(ctx.seed).shuffle(records)
+    holdout = int(data.get("eval_holdout", 0))
+    train, heldout = (records[holdout:], records[:holdout]) if holdout else (records, None)
+    cfg = trainer_config(ctx, SFTConfig, ctx.input_checkpoint(0))
+    final = train_sft(cfg, train, heldout, resume=resume_dir(ctx))
+    return trainer_result(ctx, final)
+
+
+def validate_sft(ctx) -> None:
+    from postlab.trainers.sft import SFTConfig
+
+    data = ctx.spec.get("data") or {}
+    check_keys(ctx, "data", data, ("n", "eval_holdout", "base_mix"))
+    if not 0.0 <= float(data.get("base_mix") or 0.0) < 1.0:
+        raise ConfigError(f"stages.{ctx.stage.name}.data.base_mix must be in [0, 1), got {data['base_mix']}")
+    split = ctx.spec.get("split", "id")
+    check_splits(ctx, split if isinstance(split, list) else [split])
+    try:
+        trainer_config(ctx, SFTConfig, ctx.input_checkpoint(0))
+    except ConfigError as e:
+        raise stage_error(ctx, e) from None
+
+
+def run_rl(ctx) -> dict:
+    """RL from the input checkpoint on the environment (postlab.trainers.rl). Fed by a probe that found no
+    signal (the gate), it trains nothing: its result is the start checkpoint, marked skipped."""
+    from postlab.trainers.rl import train_rl
+
+    probe = _probe_input(ctx)
+    if probe is not None and probe.get("skip"):
+        console.print(f"[yellow]{ctx.stage.name}: RL skipped: {probe.get('reason')}[/yellow]")
+        start = ctx.input_checkpoint(0)
+        return {"checkpoint": os.path.relpath(start, ctx.path), "checkpoints": [], "steps": 0,
+                "skipped": probe.get("reason"), "start": os.path.relpath(start, ctx.path),
+                "compute": {"params": count_params(start), "tokens_trained": 0, "tokens_generated": 0}}
+    cfg = rl_stage_config(ctx)
+    final = train_rl(cfg, resume=resume_dir(ctx))
+    result = trainer_result(ctx, final)
+    if probe is not None:  # the probe's test once more on the real run: did training success rise?
+        result["probe_choice"] = probe.get("chosen")
+        window = min(int(probe.get("window") or 1), cfg.run.max_steps)
+        gain = training_gain(cfg, ctx.run_dir, window)
+        result["training_gain"] = {k: v for k, v in gain.items() if not k.startswith("tokens_")}
+        console.print(f"{ctx.stage.name}: training success {gain['on_policy_success']:.3f} vs frozen start "
+                      f"{gain['frozen_success']:.3f} on the last {window} steps' hands: gain {gain['gain']:+.3f} "
+                      f"[{gain['gain_ci'][0]:+.3f}, {gain['gain_ci'][1]:+.3f}]", highlight=False)
+    return result
+
+
+def validate_rl(ctx) -> None:
+    from postlab.trainers.envsection import validate_env
+
+    try:
+        validate_env(rl_stage_config(ctx).env)
+    except ConfigError as e:
+        raise stage_error(ctx, e) from None
+
+
+def run_rl_probe(ctx) -> dict:
+    """Short RL probes over a grid from the input checkpoint, on training problems only (postlab.studies.probe)."""
+    opts = probe_options(ctx.spec.get("probe"), f"stages.{ctx.stage.name}.probe")
+    result = run_probes(ctx.path, rl_stage_data(ctx), opts)
+    result["compute"] = {"params": count_params(ctx.input_checkpoint(0)), "tokens_trained": result["tokens_trained"],
+                         "tokens_generated": result["tokens_generated"]}
+    return result
+
+
+def validate_rl_probe(ctx) -> None:
+    from postlab.trainers.envsection import validate_env
+
+    opts = probe_options(ctx.spec.get("probe"), f"stages.{ctx.stage.name}.probe")
+    data = rl_stage_data(ctx)
+    for setting in settings(opts["grid"]):
+        try:
+            validate_env(probe_config(data, setting, opts["steps"], ctx.run_dir).env)
+        except ConfigError as e:
+            raise ConfigError(f"stages.{ctx.stage.name} (rl-probe), setting {setting}: {e}") from None
+
+
+register_stage_kind(StageKind("pretrain", run_pretrain, validate_pretrain, "base corpus -> tiny model from scratch"))
+register_stage_kind(StageKind("sft", run_sft, validate_sft, "SFT on expert demonstrations of `split`"))
+register_stage_kind(StageKind("rl", run_rl, validate_rl, "RL on the environment (postlab.trainers.rl)"))
+register_stage_kind(StageKind("rl-probe", run_rl_probe, validate_rl_probe,
+                              "short RL probes over a grid on training problems; an rl stage after [START, PROBE] "
+                              "takes the setting whose training success rose most (postlab.studies.probe)"))

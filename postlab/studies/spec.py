@@ -19,7 +19,7 @@ Schema (configs/studies/NAME.yaml)::
       demo:  {stages: {base: {config: {run: {max_steps: 100}}}}}
       tiny:  {seeds: 3}
       demo3: {extends: demo, seeds: 3}   # demo's layer, then this one
-    report: {...}                # tables, curves and paper findings (see postlab.studies.report)
+    report: {...}                # tables, curves and paper findings (see postlab.studies.report_schema)
 
 Stage fields: ``kind`` (pretrain | sft | rl | rl-probe | eval | ..., or ``module:function`` for a custom kind),
 ``after`` (a stage name or list; the first one is the model input), ``enabled`` (false drops the
@@ -40,10 +40,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from postlab.config import ConfigError, _deep_merge, _suggest, apply_override, parse_override, read_yaml
-from postlab.eval.drift import DRIFT_KEYS
-
+from postlab.config import ConfigError, apply_override, deep_merge, parse_override, read_yaml, suggest
 from postlab.studies.kinds import STAGE_KINDS
+from postlab.studies.report_schema import check_report_references
 
 BUILTIN_KINDS = tuple(STAGE_KINDS)
 STAGE_FIELDS = ("kind", "after", "enabled", "env", "env_args", "style", "split", "splits", "data", "config", "eval",
@@ -86,7 +85,7 @@ def find_study_file(name: str) -> Path:
         return cand
     known = sorted(f.stem for f in STUDY_DIR.glob("*.yaml")) if STUDY_DIR.exists() else []
     raise ConfigError(f"unknown study {name!r}: no {cand}. Known studies: {', '.join(known) or 'none'}."
-                      f"{_suggest(name, known)} (or pass a path to a YAML file)")
+                      f"{suggest(name, known)} (or pass a path to a YAML file)")
 
 
 def _preset_layers(presets: dict, preset: str, path: Path) -> list[dict]:
@@ -98,7 +97,7 @@ def _preset_layers(presets: dict, preset: str, path: Path) -> list[dict]:
             raise ConfigError(f"{path}: presets extend each other in a cycle: {' -> '.join(chain + [name])}")
         if name not in presets:
             raise ConfigError(f"{path}: preset {chain[-1]!r} extends {name!r}, which this study does not define; "
-                              f"defined: {', '.join(presets)}.{_suggest(name, list(presets))}")
+                              f"defined: {', '.join(presets)}.{suggest(name, list(presets))}")
         layer = presets[name] or {}
         if not isinstance(layer, dict):
             raise ConfigError(f"{path}: preset {name!r} must be a mapping of overrides, got {type(layer).__name__}")
@@ -113,16 +112,16 @@ def load_study(name: str, preset: str | None = None, overrides: list[str] | None
     data = read_yaml(path)
     for key in data:
         if key not in TOP_FIELDS:
-            raise ConfigError(f"{path}: unknown top-level key {key!r}.{_suggest(key, list(TOP_FIELDS))} "
+            raise ConfigError(f"{path}: unknown top-level key {key!r}.{suggest(key, list(TOP_FIELDS))} "
                               f"Valid: {', '.join(TOP_FIELDS)}")
     presets = data.pop("presets", None) or {}
     check_report_references(data, presets, path)
     if preset is not None:
         if preset not in presets:
             raise ConfigError(f"{path}: unknown preset {preset!r}; this study defines: {', '.join(presets) or 'none'}."
-                              f"{_suggest(preset, list(presets))}")
+                              f"{suggest(preset, list(presets))}")
         for layer in _preset_layers(presets, preset, path):
-            data = _deep_merge(data, layer)
+            data = deep_merge(data, layer)
     for text in overrides or []:
         key, value = parse_override(text)
         check_override_stage(data, key, text)
@@ -139,103 +138,8 @@ def check_override_stage(data: dict, key: list[str], text: str) -> None:
     if key[2] == "kind":  # a new stage, on purpose
         return
     names = [str(n) for n in stages]
-    raise ConfigError(f"override {text!r}: the study has no stage {key[1]!r}.{_suggest(key[1], names)} "
+    raise ConfigError(f"override {text!r}: the study has no stage {key[1]!r}.{suggest(key[1], names)} "
                       f"Stages: {', '.join(names)} (to add a stage, set stages.{key[1]}.kind first)")
-
-
-def _strings_at(tree, key: str) -> set[str]:
-    """Every string value stored under `key` anywhere in a nested YAML tree."""
-    if isinstance(tree, dict):
-        return set().union(*([{v} if k == key and isinstance(v, str) else _strings_at(v, key) for k, v in tree.items()]
-                             or [set()]))
-    if isinstance(tree, list):
-        return set().union(*[_strings_at(v, key) for v in tree] or [set()])
-    return set()
-
-
-def _report_references(report: dict):
-    """(where, stage names, split references) of every item in a study's `report` section."""
-    def as_list(x):
-        return [] if x is None else list(x.values()) if isinstance(x, dict) else [x] if isinstance(x, str) else list(x)
-
-    for section in ("tables", "deltas", "curves", "findings", "diagnostics"):
-        for i, item in enumerate((report or {}).get(section) or []):
-            if not isinstance(item, dict):
-                continue
-            where = f"report.{section}[{i}]" + (f" ({item.get('title') or item.get('claim')})"
-                                                if item.get("title") or item.get("claim") else "")
-            stages, splits = [], []
-            if section == "tables":
-                stages, splits = as_list(item.get("rows")), as_list(item.get("splits"))
-            elif section == "deltas":
-                stages = [item.get("baseline")] + [s for c in as_list(item.get("columns")) for s in as_list(c)]
-                splits = as_list(item.get("rows"))
-            elif section == "curves":
-                stages, splits = [item.get("baseline")] + as_list(item.get("series")), as_list(item.get("splits"))
-            elif section == "diagnostics":  # rows: STAGE or STAGE:base; columns are summary keys
-                stages = [str(s).split(":", 1)[0] for s in as_list(item.get("rows"))]
-            else:
-                m = item.get("metric") or {}
-                if "value" in m:
-                    stages, splits = [m["value"][0]], [m["value"][1]]
-                elif "diff" in m:
-                    stages, splits = [a for a, _ in m["diff"]], [b for _, b in m["diff"]]
-                elif "delta" in m:
-                    stages, splits = list(m["delta"]), [m.get("split")]
-                elif "gain_diff" in m:
-                    stages, splits = [s for pair in m["gain_diff"] for s in pair], [m.get("split")]
-            yield where, [s for s in stages if s is not None], [s for s in splits if s is not None]
-
-
-def _env_class_or_none(name: str):
-    """The class of env `name` (a registered name or an import path), or None where it does not
-    resolve: the stage's own validation then names the problem with the stage it belongs to."""
-    from postlab.envs.base import env_class
-
-    try:
-        return env_class(name)
-    except ValueError:
-        return None
-
-
-def check_report_references(data: dict, presets: dict, source) -> None:
-    """Every stage, split and diagnostic the `report` section names exists in the study (in its
-    stages or any preset's). The report drops what no run produced, so a typo there would
-    otherwise surface as a silently missing column after the whole study ran."""
-    stage_names = set(data.get("stages") or {}) | {n for layer in presets.values() if isinstance(layer, dict)
-                                                   for n in (layer.get("stages") or {})}
-    envs = _strings_at(data, "env") | _strings_at(presets, "env")
-    classes = [_env_class_or_none(e) for e in envs]
-    # a wrapper (no splits of its own) or a custom env: its splits are not known here
-    splits = None if any(c is None or not c.splits for c in classes) else {s for c in classes for s in c.splits}
-    # an env not registered here (a custom one) may record diagnostics this check cannot know
-    diagnostics = None if None in classes else {d for c in classes for d in c.diagnostics}
-    for where, stages, refs in _report_references(data.get("report")):
-        for st in stages:
-            if st not in stage_names:
-                raise ConfigError(f"{source}: {where}: unknown stage {st!r}.{_suggest(str(st), sorted(stage_names))} "
-                                  f"Stages: {', '.join(sorted(stage_names))}")
-        for ref in refs:
-            name, _, diag = str(ref).partition(":")
-            if name == "drift":  # a point's drift from its start (postlab.eval.drift.DRIFT_KEYS)
-                if diag not in DRIFT_KEYS:
-                    raise ConfigError(f"{source}: {where}: {ref!r}: unknown drift key {diag!r}.{_suggest(diag, list(DRIFT_KEYS))}"
-                                      f" Valid: {', '.join('drift:' + k for k in DRIFT_KEYS)}")
-                continue
-            name, at, mode = name.partition("@")
-            if at and mode != "sampled":
-                raise ConfigError(f"{source}: {where}: {ref!r}: unknown decoding {mode!r}; valid: SPLIT or SPLIT@sampled")
-            if diag.startswith("pass@") and not (at and diag[len("pass@"):].isdigit()):
-                raise ConfigError(f"{source}: {where}: {ref!r}: pass@K needs a sampled split and an integer K, "
-                                  f"e.g. {name}@sampled:pass@8")
-            if splits is not None and name not in splits:
-                raise ConfigError(f"{source}: {where}: unknown split {name!r} in {ref!r}.{_suggest(name, sorted(splits))} "
-                                  f"Splits: {', '.join(sorted(splits))}")
-            key = diag.partition("=")[0]
-            if "=" in diag and diagnostics is not None and key not in diagnostics:
-                raise ConfigError(f"{source}: {where}: {ref!r} names diagnostic {key!r}, which no env of this study "
-                                  f"records.{_suggest(key, sorted(diagnostics))} Diagnostics: "
-                                  f"{', '.join(sorted(diagnostics)) or 'none'} (SPLIT:KEY=CATEGORY)")
 
 
 def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds: int | None = None,
@@ -266,18 +170,18 @@ def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds
             raise ConfigError(f"{source}: stages.{sname}.kind is missing; valid: {', '.join(BUILTIN_KINDS)} or module:function")
         if kind not in BUILTIN_KINDS and ":" not in str(kind):
             raise ConfigError(f"{source}: stages.{sname}.kind: unknown kind {kind!r}; valid: {', '.join(BUILTIN_KINDS)} "
-                              f"or module:function.{_suggest(str(kind), list(BUILTIN_KINDS))}")
+                              f"or module:function.{suggest(str(kind), list(BUILTIN_KINDS))}")
         # a probe probes the RL its rl stage will run: it takes the `rl` defaults (then its own)
         kind_defaults = [defaults.get(k) or {} for k in (("rl", "rl-probe") if kind == "rl-probe" else (kind,))]
         merged = copy.deepcopy(defaults.get("*") or {})
         for layer in kind_defaults:
-            merged = _deep_merge(merged, copy.deepcopy(layer))
-        merged = _deep_merge(merged, st)
+            merged = deep_merge(merged, copy.deepcopy(layer))
+        merged = deep_merge(merged, st)
         if "env" not in merged and data.get("env"):
             merged["env"] = data["env"]
         for key in merged:
             if key not in STAGE_FIELDS:
-                raise ConfigError(f"{source}: stages.{sname}: unknown field {key!r}.{_suggest(key, list(STAGE_FIELDS))} "
+                raise ConfigError(f"{source}: stages.{sname}: unknown field {key!r}.{suggest(key, list(STAGE_FIELDS))} "
                                   f"Valid: {', '.join(STAGE_FIELDS)}")
         after = merged.get("after") or []
         merged["after"] = [after] if isinstance(after, str) else list(after)
@@ -287,7 +191,7 @@ def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds
     for sname, st in stages.items():
         for dep in st["after"]:
             if dep not in stages:
-                raise ConfigError(f"{source}: stages.{sname}.after: unknown stage {dep!r}.{_suggest(dep, list(stages))}")
+                raise ConfigError(f"{source}: stages.{sname}.after: unknown stage {dep!r}.{suggest(dep, list(stages))}")
         if not isinstance(st.get("shared", False), bool):
             raise ConfigError(f"{source}: stages.{sname}.shared must be true or false, got {st['shared']!r}")
         if st.get("shared"):

@@ -8,7 +8,7 @@ from postlab.envs import make
 from postlab.eval.evaluate import evaluate, results_table
 from postlab.objectives.returns import episode_return
 from postlab.rollout.episodes import Episode, Turn
-from postlab.studies.report import _metric
+from postlab.studies.report_data import split_metric
 from postlab.trainers.rl import _import_reward_fn
 from postlab.trainers.rl_batch import episode_rewards
 
@@ -72,9 +72,9 @@ def test_evaluate_adds_multiturn_fields(monkeypatch):
     assert per["correction_rate"] == [None, 1, 0, 0]
     assert r["success_rate"] == pytest.approx(0.5) and r["success_by_turn"][2] == pytest.approx(0.5)  # unchanged keys
     # reports read them as SPLIT:KEY, per problem for paired CIs
-    assert _metric({"id": r}, "id:multi@5") == (pytest.approx(0.5), per["multi@5"])
-    assert _metric({"id": r}, "id:correction_rate")[1] == [None, 1, 0, 0]
-    assert _metric({"id": r}, "id:multi@9") == (None, None)
+    assert split_metric({"id": r}, "id:multi@5") == (pytest.approx(0.5), per["multi@5"])
+    assert split_metric({"id": r}, "id:correction_rate")[1] == [None, 1, 0, 0]
+    assert split_metric({"id": r}, "id:multi@9") == (None, None)
     # the eval table shows them
     from rich.console import Console
 

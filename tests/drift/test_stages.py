@@ -7,7 +7,7 @@ import pytest
 from postlab.config import ConfigError
 from postlab.data.trajectories import read_trajectories
 from postlab.studies import StudyRunner, resolve
-from postlab.studies.report import load_run, values
+from postlab.studies.report_data import load_run, values
 
 RUN = {"tensorboard": False, "progress": False, "device": "cpu"}
 STUDY = {

@@ -13,7 +13,9 @@ import toy_env  # noqa: E402,F401 - registers toy-copy
 
 from postlab.config import ConfigError  # noqa: E402
 from postlab.studies import StudyRunner, resolve  # noqa: E402
-from postlab.studies.report import build_report, diagnostics_tables, load_run  # noqa: E402
+from postlab.studies.report import build_report  # noqa: E402
+from postlab.studies.report_data import load_run  # noqa: E402
+from postlab.studies.report_tables import diagnostics_tables  # noqa: E402
 from postlab.studies.stages_interventions import DIAGNOSTIC_SUMMARY_KEYS  # noqa: E402
 
 RUN = {"tensorboard": False, "progress": False, "device": "cpu"}
@@ -122,7 +124,8 @@ def test_report_rl_gain_columns_and_gain_difference_findings(tmp_path):
     """A delta column [stage, baseline] has its own baseline (each SFT amount's RL gain), and a
     `gain_diff` finding compares two gains with a paired CI over the shared problems."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "studies"))
-    from postlab.studies.report import delta_tables, findings
+    from postlab.studies.report_stats import findings
+    from postlab.studies.report_tables import delta_tables
 
     def train(after, gain):
         return {"kind": "fake_stages:train", "after": after, "data": {"steps": 1, "gain": gain}}

@@ -9,7 +9,9 @@ import pytest
 
 from postlab.cli.main import main
 from postlab.studies import StudyRunner, resolve
-from postlab.studies.report import _metric, _verdict, build_report, findings, load_run
+from postlab.studies.report import build_report
+from postlab.studies.report_data import load_run, split_metric
+from postlab.studies.report_stats import _verdict, findings
 
 STUDY = {
     "name": "fixture", "description": "a small fixture study", "paper": "Chu et al. 2025",
@@ -174,19 +176,65 @@ def test_runinfo_environment_is_json_ready():
     assert isinstance(cpu_model("/nonexistent/cpuinfo"), (str, type(None)))  # falls back to platform.processor()
 
 
-def test_tables_of_stages_a_preset_does_not_run_are_left_out(run_dir):
-    from postlab.studies.report import delta_tables, final_tables
+def test_tables_of_stages_a_preset_does_not_run_say_so(run_dir, tmp_path):
+    """A row, column or table this preset does not run is left out with a note naming it, never silently."""
+    from postlab.studies.report_tables import delta_tables, final_tables
 
     run = load_run(run_dir)
     rep = run["study"]["report"]
     rep["tables"].append({"title": "navigation", "rows": {"warm-up": "eval-nav"}, "splits": {"ID": "id"}})
+    rep["tables"][0]["rows"]["nav RL"] = "eval-nav-rl"
     rep["deltas"].append({"title": "nav change", "baseline": "eval-nav", "columns": {"RL": "eval-nav-rl"},
                           "rows": {"nav OOD": "ood"}})
-    assert [t["title"] for t in final_tables(run)] == ["final success"]
-    assert [t["title"] for t in delta_tables(run)] == ["OOD change from the warm-up"]
-    # a column that no row has a value for (another answer style's diagnostic) is left out
+    tables = {t["title"]: t for t in final_tables(run)}
+    assert [r[0] for r in tables["final success"]["rows"]] == ["warm-up", "SFT", "RL"]
+    assert tables["final success"]["notes"] == ["not run in this preset: nav RL (eval-nav-rl)"]
+    assert tables["navigation"]["rows"] == [] and tables["navigation"]["notes"] == [
+        "not run in this preset: warm-up (eval-nav)"]
+    deltas = {t["title"]: t for t in delta_tables(run)}
+    assert deltas["nav change"]["rows"] == [] and "RL (eval-nav-rl), RL (eval-nav)" in deltas["nav change"]["notes"][0]
+    # a column that no row has a value for (another answer style's diagnostic) is left out, with a note
     rep["tables"][0]["splits"]["OOD: values read"] = "ood:values_read=stated"
-    assert final_tables(run)[0]["header"] == ["", "ID", "OOD"]
+    first = final_tables(run)[0]
+    assert first["header"] == ["", "ID", "OOD"]
+    assert "no value in this run: OOD: values read (ood:values_read=stated)" in first["notes"]
+    # the written report lists the tables it could not show and shows the notes under the others
+    study = json.loads((run_dir / "study.json").read_text())
+    study["study"]["report"] = rep
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "study.json").write_text(json.dumps(study))
+    _, md_path = build_report(copy)
+    md = md_path.read_text()
+    assert "## Not run in this preset" in md and "- navigation: not run in this preset: warm-up (eval-nav)" in md
+    assert "Note: not run in this preset: nav RL (eval-nav-rl)" in md
+
+
+def test_a_row_that_reads_a_split_its_stage_cannot_have_is_an_error():
+    """A row whose stage ran but is no eval stage, or whose env has no such split, fails naming the row,
+    the stage and what exists, instead of showing an empty row or column."""
+    from postlab.config import ConfigError
+    from postlab.studies.report_tables import final_tables
+
+    point = {"step": 1, "flops": 1.0, "results": {"id": {"success_rate": 0.5}, "ood": {"success_rate": 0.25}}}
+    run = {"stages": {"rl": {"kind": "rl"}, "eval-rl": {"kind": "eval"}},
+           "results": {"0": {"rl": {"checkpoint": "run/final", "steps": 3},
+                             "eval-rl": {"env": "toy", "splits": ["id", "ood"], "points": [point]}}},
+           "study": {"report": {"tables": [{"title": "T", "rows": {"RL": "eval-rl"}, "splits": {"ID": "id"}}]}}}
+    assert final_tables(run)[0]["rows"] == [["RL", "50.0%"]]
+    tables = run["study"]["report"]["tables"]
+    tables[0]["splits"]["OOD"] = "odd"
+    with pytest.raises(ConfigError) as e:
+        final_tables(run)
+    for words in ("report.tables[0] (T), row 'RL'", "stage 'eval-rl' (toy) has no split 'odd'", "id, ood"):
+        assert words in str(e.value)
+    tables[0]["splits"] = {"ID": "id"}
+    tables[0]["rows"]["RL (trainer)"] = "rl"
+    with pytest.raises(ConfigError, match=r"row 'RL \(trainer\)': stage 'rl' has no evaluated points \(a rl stage\)"):
+        final_tables(run)
+    run["study"]["report"] = {"findings": [{"claim": "C", "metric": {"value": ["eval-rl", "odd"]}}]}
+    with pytest.raises(ConfigError, match=r"report.findings\[0\] \(C\): stage 'eval-rl' \(toy\) has no split 'odd'"):
+        findings(run)
 
 
 def _browser():
@@ -264,11 +312,11 @@ def test_metric_reads_success_or_a_diagnostic_fraction():
     results = {"ood-rule": {"success_rate": 0.1, "per_problem": [0.0, 1.0],
                             "diagnostics": {"face_rule": {"stated": 0.5, "other": 0.5}},
                             "diagnostics_per_problem": {"face_rule": [["stated"], ["other"], [None]]}}}
-    assert _metric(results, "ood-rule") == (0.1, [0.0, 1.0])
-    assert _metric(results, "ood-rule:face_rule=other") == (0.5, [0.0, 1.0, None])
-    assert _metric(results, "ood-rule:face_rule=neither") == (0.0, [0.0, 0.0, None])  # no answer fell in it
-    assert _metric(results, "ood-rule:nothing=x") == (None, None)
-    assert _metric(results, "id") == (None, None)
+    assert split_metric(results, "ood-rule") == (0.1, [0.0, 1.0])
+    assert split_metric(results, "ood-rule:face_rule=other") == (0.5, [0.0, 1.0, None])
+    assert split_metric(results, "ood-rule:face_rule=neither") == (0.0, [0.0, 0.0, None])  # no answer fell in it
+    assert split_metric(results, "ood-rule:nothing=x") == (None, None)
+    assert split_metric(results, "id") == (None, None)
 
 
 def test_dynamics_reads_quarters_of_a_training_stages_metrics(tmp_path):
@@ -277,7 +325,8 @@ def test_dynamics_reads_quarters_of_a_training_stages_metrics(tmp_path):
 
     import pytest
 
-    from postlab.studies.report import dynamics_tables, dynamics_values
+    from postlab.studies.report_data import dynamics_values
+    from postlab.studies.report_tables import dynamics_tables
 
     for seed, offset in (("0", 0.0), ("1", 1.0)):
         d = tmp_path / f"seed_{seed}" / "rl-abc" / "run"

@@ -13,7 +13,8 @@ import toy_env  # noqa: E402,F401 - registers toy-copy
 
 from postlab.envs.base import Env, Observation, StepResult, register_env  # noqa: E402
 from postlab.studies import StudyRunner, resolve  # noqa: E402
-from postlab.studies.report import _metric, findings  # noqa: E402
+from postlab.studies.report_data import split_metric  # noqa: E402
+from postlab.studies.report_stats import findings  # noqa: E402
 
 RUN = {"tensorboard": False, "progress": False, "device": "cpu"}
 
@@ -47,12 +48,12 @@ def test_pass_at_k_from_a_sampled_split_is_the_unbiased_estimator():
     results = {"id@sampled": {"decoding": "sampled", "n_samples": 4, "success_rate": 5 / 12,
                               "per_problem": [0.25, 0.0, 1.0]},
                "id": {"decoding": "greedy", "n_samples": 1, "success_rate": 1 / 3, "per_problem": [0, 0, 1]}}
-    value, per_problem = _metric(results, "id@sampled:pass@2")
+    value, per_problem = split_metric(results, "id@sampled:pass@2")
     assert per_problem == pytest.approx([0.5, 0.0, 1.0]) and value == pytest.approx(0.5)
-    assert _metric(results, "id@sampled:pass@1")[0] == pytest.approx(5 / 12)  # pass@1 = mean success
-    assert _metric(results, "id@sampled")[0] == pytest.approx(5 / 12)
-    assert _metric(results, "id@sampled:pass@5") == (None, None)  # k > n: no unbiased estimate
-    assert _metric(results, "id:pass@2") == (None, None)  # greedy has one answer per problem
+    assert split_metric(results, "id@sampled:pass@1")[0] == pytest.approx(5 / 12)  # pass@1 = mean success
+    assert split_metric(results, "id@sampled")[0] == pytest.approx(5 / 12)
+    assert split_metric(results, "id@sampled:pass@5") == (None, None)  # k > n: no unbiased estimate
+    assert split_metric(results, "id:pass@2") == (None, None)  # greedy has one answer per problem
 
 
 def _point(step, kl, per_problem):
@@ -95,7 +96,7 @@ def test_report_check_accepts_sampled_splits_and_drift_keys_and_rejects_typos():
             "base": {"kind": "pretrain"}, "ev": {"kind": "eval", "after": "base"}},
             "report": {"tables": [{"rows": {"x": "ev"}, "splits": {"c": ref}}]}}
 
-    from postlab.studies.spec import check_report_references
+    from postlab.studies.report_schema import check_report_references
 
     for ok in ("id@sampled", "ood@sampled:pass@4", "drift:kl", "drift:param_distance_rel"):
         check_report_references(study(ok), {}, "s")

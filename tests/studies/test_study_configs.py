@@ -68,6 +68,24 @@ _REPORTED = {"name": "t", "env": "toy",
      ["unknown stage 'eval-nope'"]),
     ({"curves": [{"baseline": "eval-base", "series": {"x": "eval-more"}, "splits": ["iid"]}]},
      ["report.curves[0]", "unknown split 'iid'"]),
+    # the dynamics section is checked like the others: its stages, their kind, and KEY@WINDOW columns
+    ({"dynamics": [{"title": "D", "rows": {"pre": "bsae"}, "columns": {"e": "entropy@last"}}]},
+     ["report.dynamics[0] (D), row 'pre'", "unknown stage 'bsae'", "Stages: base, eval-base, eval-more"]),
+    ({"dynamics": [{"rows": {"pre": "base"}, "columns": {"e": "entropy@middle"}}]},
+     ["report.dynamics[0]", "'entropy@middle'", "first, last, all, end"]),
+    ({"dynamics": [{"rows": {"ev": "eval-base"}, "columns": {"e": "entropy@last"}}]},
+     ["report.dynamics[0], row 'ev'", "stage 'eval-base' has kind eval", "pretrain, sft, rl"]),
+    # the schema: sections, item keys, finding metrics, kinds a section reads
+    ({"tabels": []}, ["report.tabels: unknown section", "Did you mean 'tables'"]),
+    ({"tables": [{"rows": {"b": "eval-base"}, "splts": ["id"]}]}, ["report.tables[0]", "unknown key 'splts'", "splits"]),
+    ({"tables": [{"title": "T", "rows": {"b": "base"}, "splits": ["id"]}]},
+     ["report.tables[0] (T), row 'b'", "stage 'base' has kind pretrain", "stages of kind eval"]),
+    ({"findings": [{"claim": "C", "metric": {"delta": ["eval-base", "eval-more"]}}]},
+     ["report.findings[0] (C)", "metric.delta must be [STAGE, BASELINE] with split: SPLIT"]),
+    ({"findings": [{"claim": "C", "metric": {"value": ["eval-base", "id"]}, "expect": "postive"}]},
+     ["report.findings[0] (C)", "expect: 'postive'", "positive, negative or a number"]),
+    ({"diagnostics": [{"rows": {"b": "eval-base"}, "columns": {"e": "id:entropy"}}]},
+     ["report.diagnostics[0]", "'id:entropy'", "entropy_mean"]),
 ])
 def test_a_typo_in_the_report_section_fails_when_the_study_loads(report, words, tmp_path):
     """The report leaves out what no run produced, so these would otherwise be silently empty columns."""
@@ -86,7 +104,8 @@ def test_the_report_may_name_stages_of_other_presets_and_env_diagnostics(tmp_pat
 
     path = tmp_path / "t.yaml"
     report = {"tables": [{"rows": {"m": "eval-more", "b": "eval-base"}, "splits": ["id", "ood"]}],
-              "findings": [{"claim": "C", "metric": {"value": ["eval-base", "id"]}}]}
+              "findings": [{"claim": "C", "metric": {"value": ["eval-base", "id"]}}],
+              "dynamics": [{"rows": {"pre-training": "base"}, "columns": {"loss, last ¼": "loss@last"}}]}
     path.write_text(yaml.safe_dump({**_REPORTED, "env": "generalpoints", "report": {
         **report, "tables": [{"rows": {"b": "eval-base"}, "splits": ["id", "ood-rule:face_rule=other"]}]}}))
     load_study(str(path))  # eval-more exists only in a preset; face_rule is GeneralPoints' diagnostic

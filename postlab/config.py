@@ -23,7 +23,7 @@ class ConfigError(ValueError):
     """A configuration problem a user can fix; the message says which key and how."""
 
 
-def _suggest(name: str, valid: list[str]) -> str:
+def suggest(name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     return f" Did you mean '{close[0]}'?" if close else ""
 
@@ -42,14 +42,14 @@ def finite_float(text: str) -> float:
     return value
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
+        return " | ".join(type_name(a) for a in get_args(tp))
     if origin is not None:
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(tp))}]"
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in get_args(tp))}]"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -69,7 +69,7 @@ def _coerce(value: Any, tp: Any, key: str, finite: bool = True) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            hint = _suggest(str(value), [str(c) for c in choices]) if isinstance(value, str) else ""
+            hint = suggest(str(value), [str(c) for c in choices]) if isinstance(value, str) else ""
             raise ConfigError(f"{key}: invalid value {value!r}; valid values: {', '.join(map(repr, choices))}.{hint}")
         return value
     if origin in (Union, types.UnionType):
@@ -86,7 +86,7 @@ def _coerce(value: Any, tp: Any, key: str, finite: bool = True) -> Any:
                 errors.append(str(e))
         if len(errors) == 1:  # `X | None`: X's own message names the inner key (e.g. model.lora.r)
             raise ConfigError(errors[0])
-        raise ConfigError(f"{key}: value {value!r} is not a valid {_type_name(tp)}")
+        raise ConfigError(f"{key}: value {value!r} is not a valid {type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
@@ -129,7 +129,7 @@ def _coerce(value: Any, tp: Any, key: str, finite: bool = True) -> Any:
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
 
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
@@ -144,10 +144,10 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
                               f"'{(prefix + '.') if prefix else ''}{renamed}'")
         if name not in fields:
             raise ConfigError(
-                f"unknown config key '{key}'.{_suggest(name, list(fields))} "
+                f"unknown config key '{key}'.{suggest(name, list(fields))} "
                 f"Valid keys{' under ' + prefix if prefix else ''}: {', '.join(fields)}"
             )
-        default = _section_default(fields[name], hints[name])
+        default = section_default(fields[name], hints[name])
         if isinstance(value, dict) and default is not None:
             # a section given in part keeps the trainer's own defaults for the rest (RFT's env is math,
             # DRIFT's optim is constant after 10% warm-up with weight decay 0.1), not the section class's
@@ -155,7 +155,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
             for group in getattr(type(default), "ONE_OF", ()):  # setting one of them drops the default's others
                 if set(group) & set(value):
                     base.update({k: None for k in group})
-            value = _deep_merge(base, value)
+            value = deep_merge(base, value)
         kwargs[name] = _coerce(value, hints[name], key, finite=name not in getattr(cls, NONFINITE_ATTR, ()))
     try:
         return cls(**kwargs)
@@ -165,7 +165,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
         raise
 
 
-def _section_default(field: dataclasses.Field, hint) -> Any:
+def section_default(field: dataclasses.Field, hint) -> Any:
     """The default instance of a nested config section (a dataclass field with a default factory), or None."""
     if not (dataclasses.is_dataclass(hint) and field.default_factory is not dataclasses.MISSING):
         return None
@@ -217,18 +217,18 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     """Build `cls` from an optional YAML file, an optional dict and dotted overrides (in that order)."""
     data: dict = {}
     if base:
-        data = _deep_merge(data, base)
+        data = deep_merge(data, base)
     if path is not None:
-        data = _deep_merge(data, read_yaml(path))
+        data = deep_merge(data, read_yaml(path))
     for text in overrides or []:
         apply_override(data, *parse_override(text))
     return _build(cls, data)
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -313,7 +313,7 @@ class ModelConfig:
             from postlab.models.presets import PRESETS
 
             if self.preset not in PRESETS:
-                raise ConfigError(f"model.preset: unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}.{_suggest(self.preset, list(PRESETS))}")
+                raise ConfigError(f"model.preset: unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}.{suggest(self.preset, list(PRESETS))}")
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ import io
 import tokenize
 import typing
 
-from postlab.config import NONFINITE_ATTR, _section_default, _type_name
+from postlab.config import NONFINITE_ATTR, section_default, type_name
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -64,7 +64,7 @@ def _doc(cls: type) -> str:
 
 def _valid(tp, finite: bool) -> str:
     origin = typing.get_origin(tp)
-    text = _type_name(tp).replace("NoneType", "null").replace("Ellipsis", "...")
+    text = type_name(tp).replace("NoneType", "null").replace("Ellipsis", "...")
     if tp is float or (origin is not None and float in typing.get_args(tp)):
         text += ", finite" if finite else ", may be nan/inf"
     return text
@@ -84,7 +84,7 @@ def describe(cls: type, default=None, prefix: str = "") -> list[tuple[str, str, 
         elif f.default is not dataclasses.MISSING:
             value = f.default
         elif f.default_factory is not dataclasses.MISSING:
-            value = _section_default(f, tp) if dataclasses.is_dataclass(tp) else f.default_factory()
+            value = section_default(f, tp) if dataclasses.is_dataclass(tp) else f.default_factory()
         else:
             value = "(required)"
         if dataclasses.is_dataclass(tp):

@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from postlab.models.weights import is_sharded, tied_duplicates
+
 
 def world() -> tuple[int, int]:
     """(rank, world_size); (0, 1) without torch.distributed."""
@@ -145,14 +147,6 @@ def _fsdp():
     return FSDPModule, MixedPrecisionPolicy, fully_shard
 
 
-def is_sharded(model) -> bool:
-    """True when `model` is (the root of) an FSDP2-sharded module."""
-    if world()[1] == 1 or model is None:
-        return False
-    FSDPModule, _, _ = _fsdp()
-    return isinstance(model, FSDPModule)
-
-
 def _fsdp_modules(model) -> list:
     FSDPModule, _, _ = _fsdp()
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
@@ -233,21 +227,9 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    for name in _tied_duplicates(model):  # tied weights once, as transformers writes them (the LM head
+    for name in tied_duplicates(model):  # tied weights once, as transformers writes them (the LM head
         full.pop(name, None)              # tied to the embeddings is re-tied at load time)
     return full
-
-
-def _tied_duplicates(model) -> list[str]:
-    """Names of parameters that are the same tensor as an earlier-named one (tied weights)."""
-    first: dict[int, str] = {}
-    out = []
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            out.append(name)
-        else:
-            first[id(p)] = name
-    return out
 
 
 def full_state_dict_all_ranks(model) -> dict[str, torch.Tensor]:

@@ -227,9 +227,9 @@ class RunDir:
         from safetensors.torch import save as st_save
 
         from postlab import distributed
-        from postlab.models.io import _quiet_transformers, publish_directory, write_checksums
+        from postlab.models.io import publish_directory, quiet_transformers, write_checksums
 
-        _quiet_transformers()
+        quiet_transformers()
         out = self.path / "checkpoints" / f"step_{step:06d}"
         tmp = out.with_name(out.name + ".tmp")
         if self.rank == 0:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import random
 
+from postlab.data.files import DataError
+
 PREFIX = "synthetic:"
 
 
@@ -38,8 +40,6 @@ DATASETS = {"addition": addition, "reverse": reverse}
 
 def load_synthetic(source: str) -> list[dict]:
     """`synthetic:NAME/train` or `synthetic:NAME/eval` -> records."""
-    from postlab.data.records import DataError
-
     name, _, part = source[len(PREFIX):].partition("/")
     if name not in DATASETS or part not in ("train", "eval"):
         raise DataError(f"{source}: unknown synthetic data set; valid: "

@@ -63,7 +63,7 @@ def _binary_fact(rng: random.Random) -> str:
 
 def _random_expression(rng: random.Random, values: list[int]) -> tuple[Fraction, str]:
     """A random bracketed expression using each of `values` once, and its exact value."""
-    from postlab.envs.gp_solver import _join  # the solver's printer: same bracket conventions as answers
+    from postlab.envs.gp_solver import join_expression  # the solver's printer: same bracket conventions as answers
 
     items = [(Fraction(v), str(v), 3) for v in values]
     while len(items) > 1:
@@ -71,7 +71,7 @@ def _random_expression(rng: random.Random, values: list[int]) -> tuple[Fraction,
         a, b = items[i], items[j]
         op = rng.choice([op for op in "+-*/" if op != "/" or b[0] != 0])
         value = {"+": a[0] + b[0], "-": a[0] - b[0], "*": a[0] * b[0], "/": a[0] / b[0] if b[0] else 0}[op]
-        items = [x for n, x in enumerate(items) if n not in (i, j)] + [(value, *_join(a[1:], op, b[1:]))]
+        items = [x for n, x in enumerate(items) if n not in (i, j)] + [(value, *join_expression(a[1:], op, b[1:]))]
     return items[0][0], items[0][1]
 
 

@@ -88,7 +88,7 @@ def is_solvable(values, target: int = 24) -> bool:
     return _solvable_sorted(tuple(sorted(int(v) for v in values)), Fraction(target))
 
 
-def _join(a: tuple[str, int], op: str, b: tuple[str, int]) -> tuple[str, int]:
+def join_expression(a: tuple[str, int], op: str, b: tuple[str, int]) -> tuple[str, int]:
     """(text, prec) of a op b, with brackets only where precedence needs them."""
     ta, pa = a
     tb, pb = b
@@ -134,7 +134,7 @@ def _exprs(values: tuple[int, ...], target: Fraction) -> tuple[tuple[str, int], 
                     for b in _right_operands(a, op, target, rb):
                         for ea in _exprs(A, a):
                             for eb in _exprs(B, b):
-                                out.add(_join(ea, op, eb))
+                                out.add(join_expression(ea, op, eb))
     return tuple(out)
 
 

@@ -189,7 +189,7 @@ class MathJSONL(Env):
 
     @staticmethod
     def _load(path: Path) -> list[dict]:
-        from postlab.data.records import DataError, iter_file_rows
+        from postlab.data.files import DataError, iter_file_rows  # here: postlab.data's package loads torch
 
         items = []
         try:

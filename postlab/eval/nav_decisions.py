@@ -31,7 +31,7 @@ def probe(model, tokenizer, split: str = "id", routes: int = 24, max_new_tokens:
     from postlab.envs import make
     from postlab.seeds import eval_seed
     from postlab.rollout.engine import SamplingParams, generate
-    from postlab.rollout.episodes import _render
+    from postlab.rollout.episodes import render_chat
     from postlab.verifiers.navigation import score_action
 
     env = make("navigation", split=split, **(env_args or {}))
@@ -40,7 +40,7 @@ def probe(model, tokenizer, split: str = "id", routes: int = 24, max_new_tokens:
         env.reset(eval_seed(i))
         while not env.done:
             here = env.rail[env.index]
-            prompts.append(tokenizer(_render(tokenizer, env.messages, True), add_special_tokens=False)["input_ids"])
+            prompts.append(tokenizer(render_chat(tokenizer, env.messages, True), add_special_tokens=False)["input_ids"])
             decisions.append((decision_kind(here.action, env.index), here.action, env.city.is_intersection(here.pos)))
             env.step(env.expert())
     answers = generate(model, tokenizer, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))

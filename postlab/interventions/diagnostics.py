@@ -255,8 +255,8 @@ def gap_summary(calibration: Calibration, tokenizer, ckpt: TeacherForced, base: 
 # ----------------------------------------------------------------------------- the whole diagnosis
 
 
-def _validate(n: int, tau: float, top_positions: int, hessian_iters: int, hessian_tol: float, perturb_eps: float,
-              perturb_samples: int, micro_batch: int) -> None:
+def validate_diagnosis_options(n: int, tau: float, top_positions: int, hessian_iters: int, hessian_tol: float,
+                               perturb_eps: float, perturb_samples: int, micro_batch: int) -> None:
     checks = [(n >= 1, f"--n must be >= 1, got {n}"), (tau >= 0, f"--tau must be >= 0, got {tau}"),
               (top_positions >= 1, f"--top-positions must be >= 1, got {top_positions}"),
               (hessian_iters >= 0, f"--hessian-iters must be >= 0 (0 skips it), got {hessian_iters}"),
@@ -283,7 +283,8 @@ def diagnose(ckpt: str | Path, base: str | Path, env: str, splits: Sequence[str]
     from postlab.progress import StepProgress
     from postlab.seeds import eval_seed
 
-    _validate(n, tau, top_positions, hessian_iters, hessian_tol, perturb_eps, perturb_samples, micro_batch)
+    validate_diagnosis_options(n, tau, top_positions, hessian_iters, hessian_tol, perturb_eps, perturb_samples,
+                               micro_batch)
     splits = env_splits(env, splits)
     torch_device = pick_device(device)
     model = load_checkpoint(ckpt, "checkpoint", dtype, torch_device, attn_implementation="eager").eval()

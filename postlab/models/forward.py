@@ -14,6 +14,8 @@ import dataclasses
 
 import torch
 
+from postlab.models.weights import is_sharded
+
 AUTOCAST_ATTR = "postlab_autocast_dtype"  # set on the model object; never saved in config.json
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -74,8 +76,6 @@ def padded_path_blocked(model) -> bool:
     Also for an FSDP2-sharded model: the padded layout calls `model.model` and `model.lm_head`
     directly, which skips the root's all-gather (the root unit owns the embeddings and the head),
     so it runs the whole packed forward instead (same log-probs: tests/foundation/test_invariance)."""
-    from postlab.distributed import is_sharded
-
     return is_sharded(model) or getattr(model, "lm_head", None) is None or getattr(model, "model", None) is None \
         or getattr(model.config, "final_logit_softcapping", None) is not None
 

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import torch
 
-def _quiet_transformers() -> None:
+from postlab.models.errors import CheckpointError, DamagedFileError
+
+
+def quiet_transformers() -> None:
     """transformers' per-shard progress bars drown postlab's own progress output."""
     from transformers.utils import logging as hf_logging
 
@@ -28,23 +31,6 @@ def _quiet_transformers() -> None:
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read; the message says which file and what to do."""
-
-
-# What to do about a damaged file, wherever it is found.
-DAMAGED_ADVICE = ("restore the file from a copy; for a run's checkpoint, `--resume RUN_DIR` falls back to the "
-                  "previous good checkpoint automatically")
-
-
-class DamagedFileError(CheckpointError):
-    """One file of a checkpoint is missing or damaged: `file` and `problem` let callers compose their own message."""
-
-    def __init__(self, file: Path, problem: str, advice: str = DAMAGED_ADVICE):
-        self.file, self.problem = Path(file), problem
-        super().__init__(f"{file}: {problem}; {advice}")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -210,7 +196,7 @@ def load_model(path: str, dtype: str = "float32", attn_implementation: str = "sd
                trust_remote_code: bool = False, device: str | torch.device = "cpu"):
     from transformers import AutoModelForCausalLM
 
-    _quiet_transformers()
+    quiet_transformers()
     local = _local_dir(path)
     if local is not None:
         from postlab.models import lora
@@ -267,7 +253,7 @@ def save_pretrained_atomic(model, tokenizer, out: str | Path, extra_files: dict[
     final save) adds the merged model in merged/ when model.lora.save_merged asks for it."""
     from postlab.models import lora
 
-    _quiet_transformers()
+    quiet_transformers()
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():

@@ -36,6 +36,9 @@ from pathlib import Path
 import torch
 
 from postlab.config import ConfigError, LoRAConfig
+from postlab.models.errors import CheckpointError
+from postlab.models.forward import AUTOCAST_ATTR
+from postlab.models.weights import tied_duplicates
 
 ADAPTER = "default"  # peft's adapter name; saved directories drop it from the weight names
 ADAPTER_CONFIG = "adapter_config.json"
@@ -82,10 +85,6 @@ def is_lora(model) -> bool:
     return peft_model(model) is not None
 
 
-def trainable_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 # ----------------------------------------------------------------------------- the reference policy
 
 
@@ -115,8 +114,6 @@ class Reference:
 
     @property
     def postlab_autocast_dtype(self):  # forward.autocast reads it: the reference computes as the policy does
-        from postlab.models.forward import AUTOCAST_ATTR
-
         return getattr(self.policy, AUTOCAST_ATTR, None)
 
     def parameters(self):
@@ -174,8 +171,6 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     transformers and vLLM load). `model` is not modified; tied weights appear once."""
     from peft.tuners.lora import LoraLayer
 
-    from postlab.distributed import _tied_duplicates
-
     state = dict(model.state_dict())
     with torch.no_grad():
         for name, module in model.named_modules():
@@ -187,7 +182,7 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
             if f"{prefix}base_layer.bias" in state:
                 state[f"{prefix}bias"] = state.pop(f"{prefix}base_layer.bias")
     state = {k: v.detach() for k, v in state.items() if ".lora_" not in k}
-    for name in _tied_duplicates(model):
+    for name in tied_duplicates(model):
         state.pop(name, None)
     left = [k for k in state if ".base_layer." in k]
     if left:
@@ -200,8 +195,6 @@ def load_adapter(model, directory: str | Path) -> None:
     """Load a saved adapter (a checkpoint's) into the adapted `model`, for resume."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
-
-    from postlab.models.io import CheckpointError
 
     path = Path(directory) / ADAPTER_WEIGHTS
     if not path.exists():
@@ -222,8 +215,6 @@ def is_adapter_dir(path: Path) -> bool:
 def load_merged(directory: Path, load_base):
     """A Hugging Face model from an adapter directory: its base (adapter_config.json's
     base_model_name_or_path, loaded with `load_base(path)`) with the adapter merged in."""
-    from postlab.models.io import CheckpointError
-
     peft = require_peft()
     try:
         base_path = json.loads((directory / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from postlab.objectives.registry import LossInputs, per_sequence_mean, register_objective
-from postlab.objectives.sft import _weights
+from postlab.objectives.sft import per_token_weights
 
 
 def sequence_ratio(ref_logp: torch.Tensor, logp: torch.Tensor, seq_idx: torch.Tensor, num_seqs: int,
@@ -53,7 +53,7 @@ def rasft(inp: LossInputs, rho_min: float = 0.4, rho_max: float = 1.2, log_ratio
     rho_clipped = rho.clamp(rho_min, rho_max)
     # Same product order as `dft` with one more factor: with rho = 1 and A = 1 every extra
     # factor is an exact 1.0, so the result equals dft bit for bit.
-    loss = -inp.logp.detach().exp() * _weights(inp) * rho_clipped[inp.seq_idx] * inp.logp
+    loss = -inp.logp.detach().exp() * per_token_weights(inp) * rho_clipped[inp.seq_idx] * inp.logp
     metrics = {"rho_mean": rho.mean().item(),
                "rho_clipped_fraction": ((rho < rho_min) | (rho > rho_max)).to(rho.dtype).mean().item()}
     return loss, metrics

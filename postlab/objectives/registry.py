@@ -104,6 +104,6 @@ def register_objective(name: str, **meta):
 
 
 def get_objective(name: str) -> Objective:
-    import postlab.objectives  # noqa: F401 - populates the registry
-
+    # The registry is complete here: importing this module ran postlab.objectives's __init__ first,
+    # which imports (and so registers) every objective.
     return OBJECTIVES.lookup(name)

@@ -68,7 +68,8 @@ class Episode:
         return [k for k, t in enumerate(self.turns) for _ in t.token_ids]
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+def render_chat(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    """The chat-template text of a dialogue (roles and contents only), as the rollout engine encodes it."""
     clean = [{"role": m["role"], "content": m["content"]} for m in messages]
     return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=generation_prompt)
 
@@ -83,7 +84,7 @@ def _append(ep: Episode, tokenizer, text: str, mask: int) -> None:
 def start_episode(env: Env, tokenizer, seed: int) -> Episode:
     obs = env.reset(seed=seed)
     ep = Episode(seed=seed, messages=list(obs.messages), input_ids=[], loss_mask=[], logprobs=[])
-    ep._rendered = _render(tokenizer, ep.messages, True)
+    ep._rendered = render_chat(tokenizer, ep.messages, True)
     _append(ep, tokenizer, ep._rendered, 0)
     return ep
 
@@ -106,7 +107,7 @@ def _after_turn(ep: Episode, env: Env, tokenizer, completion, max_turns: int, st
         ep.done = True
         return
     ep.messages += list(res.feedback)
-    full = _render(tokenizer, ep.messages, True)
+    full = render_chat(tokenizer, ep.messages, True)
     if not full.startswith(ep._rendered):
         raise ValueError("the chat template is not prefix-stable after a model turn (it rewrites earlier text); "
                          "multi-turn episodes need a prefix-stable template")

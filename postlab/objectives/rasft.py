@@ -12,7 +12,7 @@ with weight A_i and response tokens t:
 pi_ref is the initial checkpoint, frozen; the clipped ratio damps sequences the policy has
 already drifted towards (rho < 1) and caps the boost of those it has drifted away from.
 A_i arrives as the record's per-sample weight (`seq_weights`): 1 for plain expert items,
-the group weights of `postlab.trainers.rasft_routing.group_weights` otherwise. The token
+the group weights of `postlab.trainers.rasft_groups.group_weights` otherwise. The token
 mean over the step (`token_mean`, the authors' choice) is `registry.aggregate`'s job.
 With rho = 1 and A = 1 the loss and its gradient are exactly `dft`'s.
 """

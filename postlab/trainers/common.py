@@ -33,14 +33,6 @@ def seed_everything(seed: int) -> None:
 # Re-exported: distributed set-up lives in postlab.distributed (one owner); these names stay importable here.
 world = distributed.world
 is_main = distributed.is_main
-barrier = distributed.barrier
-
-
-def all_reduce_sum(values: list[float], device="cpu") -> list[float]:
-    """Sum counts over data-parallel ranks (identity on one process)."""
-    if world()[1] == 1:
-        return values
-    return distributed.all_reduce_sum(values, device)
 
 
 def all_reduce_gradients(model) -> None:
@@ -136,7 +128,7 @@ def step_normalizer(micro_batches: Sequence[PackedBatch], constant: float = 1.0,
     """Global counts of one optimizer step: all micro-batches here, summed over ranks."""
     tokens = sum(b.num_targets for b in micro_batches)
     seqs = sum(b.num_seqs for b in micro_batches)
-    tokens, seqs = all_reduce_sum([float(tokens), float(seqs)], device)
+    tokens, seqs = distributed.all_reduce_sum([float(tokens), float(seqs)], device)
     return Normalizer(tokens=tokens, seqs=seqs, constant=constant)
 
 
@@ -242,6 +234,20 @@ def optimizer_step(model, optimizer, grad_clip: float | None) -> float:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(grad_norm)
+
+
+def update_step(model, optimizer, micro_batches: Sequence[PackedBatch], objective: Objective, hparams: dict,
+                aggregation: str, grad_clip: float | None, norm: Normalizer | None = None, **accumulate) -> dict:
+    """The tail of every trainer's step: gradients of the step's micro-batches accumulated against the
+    step's global counts (`norm`, by default `step_normalizer` of the micro-batches), summed over
+    data-parallel ranks, clipped, one optimizer step. Returns the objective's metrics and `grad_norm`.
+    `accumulate` goes to `accumulate_gradients` (ref_model, pad_batch, ...)."""
+    if norm is None:
+        norm = step_normalizer(micro_batches, device=next(model.parameters()).device)
+    metrics = accumulate_gradients(model, micro_batches, objective, hparams, aggregation, norm, **accumulate)
+    all_reduce_gradients(model)  # sum over ranks (aggregate used global counts); FSDP2 sums its own
+    metrics["grad_norm"] = optimizer_step(model, optimizer, grad_clip)
+    return metrics
 
 
 def pack_micro_batches(seqs: Sequence[Encoded], micro_batch_sequences: int) -> list[PackedBatch]:

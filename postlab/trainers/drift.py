@@ -53,16 +53,13 @@ from postlab import distributed
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.data.records import DataError, encode_all
 from postlab.data.trajectories import read_trajectories, to_drift_records
-from postlab.models.io import pick_device
 from postlab.objectives.registry import get_objective
 from postlab.objectives.returns import (DEFAULT_BETA, DEFAULT_FORMAT_PENALTY, DEFAULT_GAMMA, DEFAULT_REPETITION_COEF,
                                         drift_weights, effective_sample_size, trajectory_return)
 from postlab.progress import console
-from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, broadcast_parameters,
-                                     count_parameters, make_optimizer, optimizer_step, pack_micro_batches,
-                                     shard_for_rank, step_normalizer)
+from postlab.trainers.common import count_parameters, pack_micro_batches, shard_for_rank, update_step
 from postlab.trainers.loop import Session, StepOutput, Trainer, fingerprint, open_run, run_loop
-from postlab.trainers.sft import BatchConfig, DataOrder, load_policy
+from postlab.trainers.setup import BatchConfig, DataOrder, setup_optimizer, setup_policy
 
 
 @dataclasses.dataclass
@@ -252,15 +249,13 @@ def validate_eval(ev: DRIFTEvalConfig) -> None:
 
 def setup_drift(cfg: DRIFTConfig, session: Session, data: DriftData, model_cfg: ModelConfig) -> tuple[Trainer, int]:
     """Policy, optimizer, encoded records and their order; returns (Trainer, number of optimizer steps)."""
-    rank, world_size = distributed.init_from_env()
-    device = pick_device(cfg.run.device)
     B = cfg.batch.sequences_per_step
+    world_size = distributed.init_from_env()[1]
     if B < world_size:
         raise ConfigError(f"batch.sequences_per_step ({B}) must be >= the number of data-parallel processes "
                           f"({world_size})")
-    model, tok = load_policy(model_cfg, session, device)
-    broadcast_parameters(model)
-    model = distributed.shard(model)
+    policy = setup_policy(model_cfg, cfg.run, session)
+    model, tok, device, rank = policy.model, policy.tokenizer, policy.device, policy.rank
     encoded = encode_all(tok, data.records, cfg.data.max_length)
     usable = [i for i, s in enumerate(encoded) if any(s.loss_mask)]
     if len(usable) < len(encoded):
@@ -274,8 +269,7 @@ def setup_drift(cfg: DRIFTConfig, session: Session, data: DriftData, model_cfg: 
     # (1/B) sum w_i l_i is weighted_nll under seq_mean_token_mean; the normalized reduction divides
     # by the step's mean weight, which `drift_normalized` takes as an argument
     objective = get_objective("weighted_nll" if cfg.reduction == "mean" else "drift_normalized")
-    optimizer = make_optimizer(model, cfg.optim)
-    state = session.restore(optimizer, model)
+    optimizer, state = setup_optimizer(model, cfg.optim, session)
     order = DataOrder(len(seqs), cfg.run.seed, cfg.data.shuffle, **state.get("data", {}))
     kept_groups = data.stats["kept prompts"]
     shares = ("success rate", "all-fail prompts", "kept prompts", "ESS / records")
@@ -290,10 +284,7 @@ def setup_drift(cfg: DRIFTConfig, session: Session, data: DriftData, model_cfg: 
         w = [s.weight for s in batch]  # the whole step's weights (every rank takes the same records)
         hparams = {"weight_mean": sum(w) / len(w)} if cfg.reduction == "normalized" else {}
         micro = pack_micro_batches(shard_for_rank(batch, rank, world_size), cfg.batch.micro_batch_sequences)
-        norm = step_normalizer(micro, device=device)
-        metrics = accumulate_gradients(model, micro, objective, hparams, "seq_mean_token_mean", norm)
-        all_reduce_gradients(model)  # sum over ranks (aggregate used global counts); FSDP2 sums its own
-        metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
+        metrics = update_step(model, optimizer, micro, objective, hparams, "seq_mean_token_mean", cfg.optim.grad_clip)
         ess = effective_sample_size(w)
         metrics.update(weight_mean=sum(w) / len(w), weight_max=max(w), ess=ess, ess_fraction=ess / len(w),
                        batch_success=sum(success[j] for j in picked) / len(picked), kept_groups=kept_groups,

@@ -57,6 +57,9 @@ class StepOutput:
     tokens_trained: int = 0
     tokens_generated: int = 0
     show: dict = dataclasses.field(default_factory=dict)  # shown in the progress line
+    # more metrics.jsonl rows of this step, (kind, metrics), e.g. RASFT's `refresh` rows; logged before
+    # the step's own row, at every step (log_every thins only the step rows)
+    rows: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -144,7 +147,7 @@ def open_run(cfg, trainer: str, resume: str | Path | None, data_fingerprint: str
         if holds_run(out) and not replacing:
             raise ConfigError(f"run.out_dir: {out} already holds a run; continue it with --resume {out}, or choose "
                               "another run.out_dir (nothing was changed)")
-        barrier()  # every rank has looked before rank 0 writes config.yaml
+        distributed.barrier()  # every rank has looked before rank 0 writes config.yaml
         run = RunDir(out, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb, rank=rank)  # locked: not in use
         if replacing:
             console.print(f"{out}: holds a run that failed before its first step; starting over in its place")
@@ -168,7 +171,7 @@ def open_run(cfg, trainer: str, resume: str | Path | None, data_fingerprint: str
                           "data: restore them, or start a new run in another run.out_dir")
     run = RunDir(path, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb, rank=rank)
     changes = config_changes(_with_defaults(type(cfg), run.read_config()), to_dict(cfg))
-    barrier()  # every rank has read the run's config before rank 0 rewrites it (record_resume)
+    distributed.barrier()  # every rank has read the run's config before rank 0 rewrites it (record_resume)
     refused = [c for c in changes if c[0] not in RESUMABLE_CHANGES]
     if refused:
         lines = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in refused[:8])
@@ -254,6 +257,8 @@ def run_loop(trainer: Trainer, cfg: RunConfig, session: Session) -> Path:
                        "tokens_generated_total": totals["tokens_generated"],
                        "tokens_per_s": (out.tokens_trained + out.tokens_generated) / elapsed, "step_time_s": elapsed}
             progress.advance(tokens=out.tokens_trained + out.tokens_generated, **out.show)
+            for kind, row in out.rows:
+                run.log(step, row, kind=kind)
             final = step == cfg.max_steps
             if step % max(cfg.log_every, 1) == 0 or final:
                 run.log(step, metrics)
@@ -290,7 +295,7 @@ def save_checkpoint(trainer: Trainer, run: RunDir, step: int, totals: dict, keep
         extra = _extra_files(trainer.save_extra) if trainer.save_extra is not None else None
         run.save_checkpoint(step, trainer.model, trainer.tokenizer, trainer.optimizer,
                             {**trainer.state(), "totals": dict(totals)}, keep, extra_files=extra)
-    barrier()
+    distributed.barrier()
 
 
 def save_final(trainer: Trainer, run: RunDir) -> Path:
@@ -304,7 +309,7 @@ def save_final(trainer: Trainer, run: RunDir) -> Path:
             with distributed.plain_class(trainer.model) as plain:
                 save_pretrained_atomic(plain, trainer.tokenizer, final, extra, state_dict=full)
         del full
-        barrier()
+        distributed.barrier()
         return final
     if world()[0] == 0:
         model = getattr(trainer.model, "module", trainer.model)
@@ -312,7 +317,7 @@ def save_final(trainer: Trainer, run: RunDir) -> Path:
         if trainer.save_extra is not None:
             extra = _extra_files(trainer.save_extra)
         save_pretrained_atomic(model, trainer.tokenizer, final, extra, final=True)  # LoRA: + merged/ if asked
-    barrier()
+    distributed.barrier()
     return final
 
 
@@ -323,7 +328,3 @@ def _extra_files(save_extra: Callable[[Path], None]) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         save_extra(Path(tmp))
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
-
-
-def barrier() -> None:
-    distributed.barrier()

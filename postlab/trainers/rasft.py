@@ -64,19 +64,18 @@ from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.data.batching import pack
 from postlab.data.records import DataError, Encoded, encode_record, load_records, record_kind
 from postlab.models.forward import token_outputs
-from postlab.models.io import pick_device
 from postlab.objectives.registry import get_objective, per_sequence_mean
 from postlab.progress import console
 from postlab.rollout.backends import RolloutConfig, backend_for_run
 from postlab.rollout.engine import SamplingParams, generate
 from postlab.seeds import sampling_seed
-from postlab.trainers.common import (TrainingError, accumulate_gradients, all_reduce_gradients, broadcast_parameters,
-                                     count_parameters, make_optimizer, optimizer_step, pack_micro_batches,
-                                     shard_for_rank, step_normalizer)
+from postlab.trainers.common import (TrainingError, count_parameters, pack_micro_batches, shard_for_rank,
+                                     update_step)
 from postlab.trainers.loop import Session, StepOutput, Trainer, fingerprint, open_run, run_loop
-from postlab.trainers.rasft_routing import (ROUTES, RASFTRoutingConfig, Router, calibration_sample, filter_group,
-                                            group_weights)
-from postlab.trainers.sft import BatchConfig, DataOrder, load_policy, load_reference
+from postlab.trainers.rasft_groups import filter_group, group_weights
+from postlab.trainers.rasft_routing import ROUTES, RASFTRoutingConfig, Router, calibration_sample
+from postlab.trainers.envsection import EnvConfig, evaluate_env, make_env, require_verifier, validate_env
+from postlab.trainers.setup import BatchConfig, DataOrder, setup_optimizer, setup_policy
 from postlab.verifiers.answers import extract_answer
 
 
@@ -89,19 +88,15 @@ class RASFTDataConfig:
 
 
 @dataclasses.dataclass
-class RASFTEnvConfig:
-    """The environment whose verifier judges rollouts (and that evaluation plays)."""
+class RASFTEnvConfig(EnvConfig):
+    """The env section (trainers.envsection) plus how to read an answer: the environment whose
+    verifier judges rollouts, and that evaluation plays. RASFT itself is single-turn; max_turns is
+    evaluation's attempts."""
 
     name: str = "math"  # needs check_answer(answer) and expert_answer(): math, generalpoints, biographies, ...
-    split: str = "id"  # the split the items were drawn from
-    style: str = "compact"
-    max_turns: int = 1  # evaluation's attempts; RASFT itself is single-turn
-    kwargs: dict = dataclasses.field(default_factory=dict)
     # "auto": the expert's final answer is what extract_answer finds (#### 44, \boxed{}, ...) when it finds
     # one in the first item, else the whole response (GeneralPoints' formula); or force one.
     answer: Literal["auto", "marker", "response"] = "auto"
-    eval_splits: tuple[str, ...] = ("id",)  # greedy success every run.eval_every steps and at the end; () = none
-    eval_episodes: int = 64
 
 
 @dataclasses.dataclass
@@ -145,39 +140,6 @@ class Item:
 
 
 # ----------------------------------------------------------------------------- environment and items
-
-
-def make_env(env_cfg, split: str | None = None):
-    """The environment of `env_cfg` (RASFTEnvConfig, or RFT's RLEnvConfig); a bad name/split/style/kwargs is a ConfigError."""
-    from postlab.envs import make
-
-    try:
-        return make(env_cfg.name, split=split or env_cfg.split, style=env_cfg.style, max_turns=env_cfg.max_turns,
-                    **env_cfg.kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"env: {e}") from None
-
-
-def require_verifier(env, name: str, what: str) -> None:
-    """`what` verifies answers with the environment: it needs check_answer(answer) and expert_answer()."""
-    from postlab.envs.base import missing_single_answer_methods, single_answer_envs
-
-    missing = missing_single_answer_methods(env)  # the protocol is postlab.envs.base.SingleAnswerEnv
-    if missing:
-        able = single_answer_envs()
-        raise ConfigError(f"env.name={name!r}: the environment has no {' and no '.join(f'{m}()' for m in missing)}; "
-                          f"{what} checks answers with the environment's verifier (check_answer) against its expert "
-                          f"answer (expert_answer), so it needs an environment that has both: {', '.join(able)}")
-
-
-def validate_env(env_cfg, what: str) -> None:
-    """Build the training env and every eval split's env once, and check the verifier, before anything loads."""
-    require_verifier(make_env(env_cfg), env_cfg.name, what)
-    for split in env_cfg.eval_splits:
-        try:
-            make_env(env_cfg, split)
-        except ConfigError as e:
-            raise ConfigError(f"env.eval_splits: {e}") from None
 
 
 def answer_extractor(mode: str, first_expert: str):
@@ -271,7 +233,7 @@ def train_rasft(cfg: RASFTConfig, train_records: list[dict] | None = None, resum
     if cfg.model.path is None:
         raise ConfigError("model.path: RASFT starts from a checkpoint (e.g. an SFT warm-up's RUN/final), which is "
                           "also its frozen reference pi_ref")
-    validate_env(cfg.env, "RASFT")
+    validate_env(cfg.env, verifier_for="RASFT")
     if train_records is None:
         if cfg.data.train is None:
             raise ConfigError("data.train: no training items given (a JSONL path or env:NAME/SPLIT/N)")
@@ -286,97 +248,87 @@ def train_rasft(cfg: RASFTConfig, train_records: list[dict] | None = None, resum
 # ----------------------------------------------------------------------------- set-up and step
 
 
-def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of) -> Trainer:
-    """Policy, frozen reference, optimizer, router (calibrated on a fresh run) and the step.
+class RoutedQueue:
+    """RASFT's data side: items routed by difficulty to expert samples or to rollouts, verified and
+    weighted, waiting in the ready queue for a training step.
 
-    Data parallel (torchrun): policy and reference are FSDP2-sharded. The routing is one global
-    decision, so every rank runs it identically: difficulty scoring and refresh rollouts see the
-    full weights (`distributed.gathered`) and the same seeds on every rank (replicated, not
-    split: they are a small part of a step at the published 35% rollout share). The training
-    step is split: each rank takes its share of the batch, and the token mean divides by the
-    step's global count, so the update equals one process's."""
-    rank, world_size = distributed.init_from_env()
-    device = pick_device(cfg.run.device)
-    model, tok = load_policy(cfg.model, session, device)
-    broadcast_parameters(model)
-    ref_model = load_reference(cfg.model, device, "RASFT (objective 'rasft')", policy=model)
-    model = distributed.shard(model)
-    ref_model = distributed.shard(ref_model)
-    objective = get_objective("rasft")
-    hparams = {"rho_min": cfg.rho_min, "rho_max": cfg.rho_max}
-    optimizer = make_optimizer(model, cfg.optim)
-    state = session.restore(optimizer, model)
-    rcfg, B, micro_n = cfg.routing, cfg.batch.sequences_per_step, cfg.batch.micro_batch_sequences
-    env = make_env(cfg.env)  # reset to an item's seed to verify its rollouts
-    router = Router(rcfg)
-    rng = random.Random(f"rasft/{cfg.run.seed}")  # calibration samples and refresh draws; checkpointed
-    order = DataOrder(len(items), cfg.run.seed, True, **state.get("data", {}))
-    # the ready queue: {"i": item, "w": weight} expert samples, plus "ids" (sampled tokens) for a correct rollout
-    ready: collections.deque = collections.deque(state.get("ready", []))
-    counts_at_refresh = dict(state.get("counts_at_refresh") or router.counts)
-    scored = [0]  # forward-only tokens of difficulty scoring in the current step
-    # vLLM: every rank its own engine with the same seed (refresh rollouts are replicated, like the routing)
-    backend, needs_push = backend_for_run(cfg.rollout, cfg.model, session, seed=cfg.run.seed)
-    stale = [needs_push]  # the engine's weights lag the policy's (an update since the last push)
+    Everything here is one global decision: every rank scores every item and samples the same
+    rollouts with the same seeds (replicated, not split: a small part of a step at the published
+    35% rollout share). `state()` holds the router, the queue (rollout token ids included), the
+    refresh RNG and the data position, so a resumed run continues bit-identically."""
+
+    def __init__(self, cfg: RASFTConfig, items: list[Item], answer_of, model, tok, device, backend,
+                 engine_stale: bool, state: dict):
+        self.cfg, self.rcfg, self.items, self.answer_of = cfg, cfg.routing, items, answer_of
+        self.model, self.tok, self.device, self.backend = model, tok, device, backend
+        self.engine_stale = engine_stale  # the engine's weights lag the policy's (an update since the last push)
+        self.env = make_env(cfg.env)  # reset to an item's seed to verify its rollouts
+        self.router = Router(self.rcfg)
+        self.rng = random.Random(f"rasft/{cfg.run.seed}")  # calibration samples and refresh draws; checkpointed
+        self.order = DataOrder(len(items), cfg.run.seed, True, **state.get("data", {}))
+        # {"i": item, "w": weight} expert samples, plus "ids" (sampled tokens) for a correct rollout
+        self.ready: collections.deque = collections.deque(state.get("ready", []))
+        self.counts_at_refresh = dict(state.get("counts_at_refresh") or self.router.counts)
+        self.tokens_scored = 0  # forward-only tokens of difficulty scoring in the current step
+        if state:
+            self.router.load_state_dict(state["router"])
+            self.rng.setstate(_rng_from_json(state["rng"]))
+        else:
+            self.calibrate()  # once, with the initial policy (calibrate_on_initial: the faithful default)
+
+    def state(self) -> dict:
+        return {"router": self.router.state_dict(), "ready": list(self.ready), "rng": _rng_to_json(self.rng),
+                "data": self.order.state(), "counts_at_refresh": dict(self.counts_at_refresh)}
 
     @torch.no_grad()
-    def difficulties(ids: list[int]) -> list[float]:
+    def difficulties(self, ids: list[int]) -> list[float]:
         """Mean cross-entropy of each item's expert response under the current policy."""
+        model, micro_n = self.model, self.cfg.batch.micro_batch_sequences
         was_training = model.training
         model.eval()
         out: list[float] = []
         with distributed.gathered(model):  # every rank scores every item: the routing is global
             for lo in range(0, len(ids), micro_n):
-                batch = pack([items[i].seq for i in ids[lo:lo + micro_n]]).to(device)
+                batch = pack([self.items[i].seq for i in ids[lo:lo + micro_n]]).to(self.device)
                 lp = token_outputs(model, batch).logp
                 out += (-per_sequence_mean(lp, batch.seq_idx, batch.num_seqs)).tolist()
-                scored[0] += batch.num_tokens
+                self.tokens_scored += batch.num_tokens
         model.train(was_training)
         return out
 
-    def calibrate() -> None:
-        ids = calibration_sample(len(items), rcfg, rng)
-        router.calibrate(difficulties(ids))
+    def calibrate(self) -> None:
+        ids = calibration_sample(len(self.items), self.rcfg, self.rng)
+        self.router.calibrate(self.difficulties(ids))
 
-    if state:
-        router.load_state_dict(state["router"])
-        rng.setstate(_rng_from_json(state["rng"]))
-    else:
-        calibrate()  # once, with the initial policy (calibrate_on_initial: the faithful default)
-    q = router.quantiles
-    console.print(f"RASFT: {count_parameters(model) / 1e6:.2f}M parameters, {len(items)} items, env={cfg.env.name}/"
-                  f"{cfg.env.split}, batch {B}, difficulty quantiles: easy <= {q.easy_floor:.3f}, window "
-                  f"[{q.window_start.low:.3f}, {q.window_start.high:.3f}] -> [{q.window_end.low:.3f}, "
-                  f"{q.window_end.high:.3f}], hard ceiling {q.hard_ceiling:.3f}; device={device}")
-    model.train()
+    def progress(self, step: int) -> float:
+        return step / self.cfg.run.max_steps
 
-    def progress(step: int) -> float:
-        return step / cfg.run.max_steps
-
-    def route_next_chunk(step: int) -> int:
-        ids = order.take(min(rcfg.route_chunk, len(items)))
-        routed = router.route_chunk(ids, difficulties(ids), progress(step))
-        ready.extend({"i": i, "w": 1.0} for i in routed.expert)
+    def route_next_chunk(self, step: int) -> int:
+        ids = self.order.take(min(self.rcfg.route_chunk, len(self.items)))
+        routed = self.router.route_chunk(ids, self.difficulties(ids), self.progress(step))
+        self.ready.extend({"i": i, "w": 1.0} for i in routed.expert)
         return len(ids)
 
-    def refresh(step: int) -> tuple[dict, int]:
+    def refresh(self, step: int) -> tuple[dict, int]:
         """Roll out / expert-route the pending items and probe the hard pool; returns (metrics, tokens generated)."""
-        if not rcfg.calibrate_on_initial:
-            calibrate()
+        router = self.router
+        if not self.rcfg.calibrate_on_initial:
+            self.calibrate()
         index = router.counts["refreshes"]  # the sampler's seed: one per refresh
-        plan = router.refresh(rng, step, progress(step), rescore=difficulties)
-        ready.extend({"i": i, "w": 1.0} for i in plan.expert)
-        m, generated = rollout_groups(plan.rollout, index)
+        plan = router.refresh(self.rng, step, self.progress(step), rescore=self.difficulties)
+        self.ready.extend({"i": i, "w": 1.0} for i in plan.expert)
+        m, generated = self.rollout_groups(plan.rollout, index)
         for name in ROUTES:  # items routed to each route since the previous refresh
-            m[f"route/{name}"] = router.counts[name] - counts_at_refresh.get(name, 0)
+            m[f"route/{name}"] = router.counts[name] - self.counts_at_refresh.get(name, 0)
         for name in ("pending_to_expert", "probed", "probe_to_expert", "probe_to_rollout"):
-            m[f"refresh/{name}"] = router.counts[name] - counts_at_refresh.get(name, 0)
-        counts_at_refresh.update(router.counts)
+            m[f"refresh/{name}"] = router.counts[name] - self.counts_at_refresh.get(name, 0)
+        self.counts_at_refresh.update(router.counts)
         m.update({"refresh/index": index, "refresh/hard_pool": len(router.hard_pool)})
         return m, generated
 
-    def rollout_groups(item_ids: list[int], index: int) -> tuple[dict, int]:
+    def rollout_groups(self, item_ids: list[int], index: int) -> tuple[dict, int]:
         """Sample, verify, filter and weight each rolled-out item's group; queue the results."""
+        rcfg, items, model = self.rcfg, self.items, self.model
         n = rcfg.samples_per_problem
         m = {"refresh/problems": len(item_ids), "refresh/samples": n * len(item_ids), "refresh/kept": 0,
              "refresh/correct": 0, "refresh/rollouts_queued": 0}
@@ -384,41 +336,41 @@ def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of
             return m, 0
         params = SamplingParams(max_new_tokens=rcfg.max_new_tokens, temperature=rcfg.temperature, top_p=rcfg.top_p,
                                 repetition_penalty=rcfg.repetition_penalty, n=n,
-                                seed=sampling_seed(cfg.run.seed, index))
+                                seed=sampling_seed(self.cfg.run.seed, index))
         prompts = [items[i].prompt_ids for i in item_ids]
-        if backend is not None:
-            if stale[0]:
-                backend.sync(model)
-                stale[0] = False
-            outs = generate(model, tok, prompts, params, backend=backend)
+        if self.backend is not None:
+            if self.engine_stale:
+                self.backend.sync(model)
+                self.engine_stale = False
+            outs = generate(model, self.tok, prompts, params, backend=self.backend)
         else:
             with distributed.gathered(model):  # the same samples on every rank (same weights, same seed)
-                outs = generate(model, tok, prompts, params)
+                outs = generate(model, self.tok, prompts, params)
         solved = kept = correct = 0
         dropped: collections.Counter = collections.Counter()
         fallbacks: collections.Counter = collections.Counter()
         expert_w, rollout_w = [], []
         for j, i in enumerate(item_ids):
             group = outs[j * n:(j + 1) * n]
-            env.reset(items[i].seed)
+            self.env.reset(items[i].seed)
             verdict: dict[str, bool] = {}  # text -> verified; dedupe keeps a text's first sample
             for c in group:
-                answer = answer_of(c.text)
-                ok = c.finish_reason == "stop" and answer is not None and bool(env.check_answer(answer))
+                answer = self.answer_of(c.text)
+                ok = c.finish_reason == "stop" and answer is not None and bool(self.env.check_answer(answer))
                 solved += ok
                 verdict.setdefault(c.text, ok)
             g = filter_group([c.text for c in group], items[i].expert, rcfg, is_correct=verdict.__getitem__,
-                             extract=answer_of)
+                             extract=self.answer_of)
             w = group_weights(g.k, g.K, rcfg)
             kept, correct = kept + g.K, correct + g.k
             dropped.update(g.dropped.values())
-            ready.append({"i": i, "w": w.expert})
+            self.ready.append({"i": i, "w": w.expert})
             expert_w.append(w.expert)
             if w.fallback is not None:
                 fallbacks[w.fallback] += 1
                 continue
             for s in g.correct:
-                ready.append({"i": i, "w": w.correct_rollout, "ids": list(group[s].token_ids)})
+                self.ready.append({"i": i, "w": w.correct_rollout, "ids": list(group[s].token_ids)})
                 rollout_w.append(w.correct_rollout)
         m.update({"refresh/solve_rate": solved / len(outs), "refresh/kept": kept, "refresh/correct": correct,
                   "refresh/rollouts_queued": len(rollout_w),
@@ -429,89 +381,95 @@ def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of
         m.update({f"refresh/fallback_{k}": v for k, v in sorted(fallbacks.items())})
         return m, sum(len(c.token_ids) for c in outs)
 
-    def fill(step: int) -> tuple[list[dict], int]:
+    def fill(self, step: int, batch_size: int) -> tuple[list[dict], int]:
         """Refresh when due, then route chunks until the queue holds a batch; (refresh metrics, tokens generated)."""
+        router = self.router
         refreshes, generated = [], 0
-        if (router.pending or router.hard_pool) and router.refresh_due(step, ready_queue_empty=not ready):
-            m, g = refresh(step)
+        if (router.pending or router.hard_pool) and router.refresh_due(step, ready_queue_empty=not self.ready):
+            m, g = self.refresh(step)
             refreshes.append(m)
             generated += g
         routed = 0
-        while len(ready) < B:
-            if routed >= len(items):  # a whole pass cannot fill a batch: every item waits in `pending`
+        while len(self.ready) < batch_size:
+            if routed >= len(self.items):  # a whole pass cannot fill a batch: every item waits in `pending`
                 if not router.pending:
                     raise TrainingError("RASFT routing produced no training sample in a whole pass over the data")
-                m, g = refresh(step)
+                m, g = self.refresh(step)
                 refreshes.append(m)
                 generated += g
                 routed = 0
                 continue
-            routed += route_next_chunk(step)
+            routed += self.route_next_chunk(step)
         return refreshes, generated
 
-    def sample(entry: dict) -> Encoded:
-        it = items[entry["i"]]
+    def sample(self, entry: dict) -> Encoded:
+        """A queue entry as a training sequence: the expert sample, or the prompt plus a correct rollout."""
+        it = self.items[entry["i"]]
         if "ids" not in entry:
             return Encoded(it.seq.input_ids, it.seq.loss_mask, entry["w"])
-        ids = (it.prompt_ids + entry["ids"])[:cfg.data.max_length]
-        mask = ([0] * len(it.prompt_ids) + [1] * len(entry["ids"]))[:cfg.data.max_length]
+        max_length = self.cfg.data.max_length
+        ids = (it.prompt_ids + entry["ids"])[:max_length]
+        mask = ([0] * len(it.prompt_ids) + [1] * len(entry["ids"]))[:max_length]
         return Encoded(ids, mask, entry["w"])
+
+
+def setup_rasft(cfg: RASFTConfig, session: Session, items: list[Item], answer_of) -> Trainer:
+    """Policy, frozen reference, optimizer, the routed queue (calibrated on a fresh run) and the step.
+
+    Data parallel (torchrun): policy and reference are FSDP2-sharded. The routing is one global
+    decision, so every rank runs it identically (`RoutedQueue`); the training step is split: each
+    rank takes its share of the batch, and the token mean divides by the step's global count, so
+    the update equals one process's."""
+    policy = setup_policy(cfg.model, cfg.run, session, reference="RASFT (objective 'rasft')")
+    model, tok, ref_model, device = policy.model, policy.tokenizer, policy.reference, policy.device
+    rank, world_size = policy.rank, policy.world_size
+    objective = get_objective("rasft")
+    hparams = {"rho_min": cfg.rho_min, "rho_max": cfg.rho_max}
+    optimizer, state = setup_optimizer(model, cfg.optim, session)
+    B, micro_n = cfg.batch.sequences_per_step, cfg.batch.micro_batch_sequences
+    # vLLM: every rank its own engine with the same seed (refresh rollouts are replicated, like the routing)
+    backend, needs_push = backend_for_run(cfg.rollout, cfg.model, session, seed=cfg.run.seed)
+    queue = RoutedQueue(cfg, items, answer_of, model, tok, device, backend, needs_push, state)
+    q = queue.router.quantiles
+    console.print(f"RASFT: {count_parameters(model) / 1e6:.2f}M parameters, {len(items)} items, env={cfg.env.name}/"
+                  f"{cfg.env.split}, batch {B}, difficulty quantiles: easy <= {q.easy_floor:.3f}, window "
+                  f"[{q.window_start.low:.3f}, {q.window_start.high:.3f}] -> [{q.window_end.low:.3f}, "
+                  f"{q.window_end.high:.3f}], hard ceiling {q.hard_ceiling:.3f}; device={device}")
+    model.train()
 
     def step(i: int) -> StepOutput:
         t0 = time.time()
-        scored[0] = 0
-        refreshes, generated = fill(i)
+        queue.tokens_scored = 0
+        refreshes, generated = queue.fill(i, B)
         t_route = time.time() - t0
-        batch = [ready.popleft() for _ in range(B)]
-        seqs = shard_for_rank([sample(e) for e in batch], rank, world_size)  # this rank's share of the step
+        batch = [queue.ready.popleft() for _ in range(B)]
+        seqs = shard_for_rank([queue.sample(e) for e in batch], rank, world_size)  # this rank's share of the step
         micro = pack_micro_batches(seqs, micro_n)
-        norm = step_normalizer(micro, device=device)
         # a rank without a sample of the step (batch < world size) joins sharded forwards with weight 0
-        m = accumulate_gradients(model, micro, objective, hparams, "token_mean", norm, ref_model=ref_model,
-                                 pad_batch=pack([sample(batch[0])]))
-        all_reduce_gradients(model)
-        m["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
-        stale[0] = True
+        m = update_step(model, optimizer, micro, objective, hparams, "token_mean", cfg.optim.grad_clip,
+                        ref_model=ref_model, pad_batch=pack([queue.sample(batch[0])]))
+        queue.engine_stale = True
         rollouts = sum("ids" in e for e in batch)
+        router = queue.router
         m.update({"batch_rollouts": rollouts, "batch_weight_mean": sum(e["w"] for e in batch) / B,
-                  "ready_queue": len(ready), "pending": len(router.pending), "hard_pool": len(router.hard_pool),
-                  "refreshes": router.counts["refreshes"], "epoch": order.epoch, "tokens_scored": scored[0],
+                  "ready_queue": len(queue.ready), "pending": len(router.pending), "hard_pool": len(router.hard_pool),
+                  "refreshes": router.counts["refreshes"], "epoch": queue.order.epoch,
+                  "tokens_scored": queue.tokens_scored,
                   "time_routing": t_route, "time_training": time.time() - t0 - t_route})
-        for r in refreshes:  # one row per refresh, with the step's ratio statistics (objective `rasft`)
-            session.run.log(i + 1, {**r, "rho_mean": m.get("rho_mean"),
-                                    "rho_clipped_fraction": m.get("rho_clipped_fraction")}, kind="refresh")
-        tokens = sum(mb.num_tokens for mb in micro)
-        return StepOutput(m, tokens_trained=tokens, tokens_generated=generated,
-                          show={"loss": m["loss"], "rollouts": rollouts})
+        # one `refresh` row per refresh, with the step's ratio statistics (objective `rasft`)
+        rows = [("refresh", {**r, "rho_mean": m.get("rho_mean"), "rho_clipped_fraction": m.get("rho_clipped_fraction")})
+                for r in refreshes]
+        return StepOutput(m, tokens_trained=sum(mb.num_tokens for mb in micro), tokens_generated=generated,
+                          show={"loss": m["loss"], "rollouts": rollouts}, rows=rows)
 
     def evaluate(i: int) -> dict:
-        return evaluate_env(model, tok, cfg.env, session, i, rcfg.max_new_tokens)
-
-    def trainer_state() -> dict:
-        return {"router": router.state_dict(), "ready": list(ready), "rng": _rng_to_json(rng), "data": order.state(),
-                "counts_at_refresh": dict(counts_at_refresh)}
+        return evaluate_env(model, tok, cfg.env, session.run, i, cfg.routing.max_new_tokens)
 
     return Trainer("rasft", model, tok, optimizer, cfg.optim, step=step,
-                   evaluate=evaluate if cfg.env.eval_splits else None, state=trainer_state,
+                   evaluate=evaluate if cfg.env.eval_splits else None, state=queue.state,
                    summary=lambda last: {"final loss": last.get("loss", float("nan")),
-                                         "refreshes": router.counts["refreshes"],
+                                         "refreshes": queue.router.counts["refreshes"],
                                          **{k: v for k, v in last.items() if k.startswith("eval_")}})
-
-
-def evaluate_env(model, tok, env_cfg, session: Session, step: int, max_new_tokens: int) -> dict:
-    """Greedy success on each of `env_cfg.eval_splits`, through the one evaluator (evaluation seed range)."""
-    from postlab.eval.evaluate import evaluate
-
-    out = {}
-    was_training = model.training
-    model.eval()
-    for split in env_cfg.eval_splits:
-        res = evaluate(model, tok, env_cfg.name, split, n_episodes=env_cfg.eval_episodes, max_turns=env_cfg.max_turns,
-                       style=env_cfg.style, env_args=env_cfg.kwargs, max_new_tokens=max_new_tokens)
-        out[f"eval_{split}_success"] = res["success_rate"]
-    model.train(was_training)
-    session.run.log(step, out, kind="eval")
-    return out
 
 
 def _rng_to_json(rng: random.Random) -> list:

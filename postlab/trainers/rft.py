@@ -33,20 +33,16 @@ from postlab import distributed
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.data.batching import pack
 from postlab.envs.base import make
-from postlab.models.io import pick_device
 from postlab.objectives.registry import get_objective
 from postlab.progress import console
 from postlab.rollout.backends import RolloutConfig, backend_for_run
 from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import run_episodes
 from postlab.seeds import rl_seed, sampling_seed
-from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, all_reduce_sum, broadcast_parameters,
-                                     count_parameters, make_optimizer, optimizer_step, pack_micro_batches,
-                                     prompts_per_rank, step_normalizer)
+from postlab.trainers.common import count_parameters, pack_micro_batches, prompts_per_rank, update_step
+from postlab.trainers.envsection import EnvConfig, evaluate_env, validate_env
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
-from postlab.trainers.rasft import evaluate_env, validate_env
-from postlab.trainers.rl import RLEnvConfig
-from postlab.trainers.sft import load_policy
+from postlab.trainers.setup import setup_optimizer, setup_policy
 
 
 @dataclasses.dataclass
@@ -67,9 +63,9 @@ class RFTSamplingConfig:
 @dataclasses.dataclass
 class RFTConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)  # model.path: the starting checkpoint
-    # the RL trainer's env section (name, split, style, max_turns, kwargs, eval splits); RFT needs an env
-    # with a verifier (check_answer, expert_answer), so its default is math
-    env: RLEnvConfig = dataclasses.field(default_factory=lambda: RLEnvConfig(name="math"))
+    # the env section (trainers.envsection); RFT needs an env with a verifier (check_answer,
+    # expert_answer), so its default is math
+    env: EnvConfig = dataclasses.field(default_factory=lambda: EnvConfig(name="math"))
     batch: RFTBatchConfig = dataclasses.field(default_factory=RFTBatchConfig)
     sampling: RFTSamplingConfig = dataclasses.field(default_factory=RFTSamplingConfig)
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=5e-5, schedule="constant"))
@@ -88,9 +84,6 @@ class RFTConfig:
                            repetition_penalty=s.repetition_penalty)
         except ValueError as e:
             raise ConfigError(f"sampling: {e}") from None
-        if self.env.max_turns < 1 or self.env.eval_episodes < 1:
-            raise ConfigError(f"env.max_turns ({self.env.max_turns}) and env.eval_episodes "
-                              f"({self.env.eval_episodes}) must be >= 1")
 
 
 def train_rft(cfg: RFTConfig, resume: str | Path | None = None) -> Path:
@@ -98,21 +91,17 @@ def train_rft(cfg: RFTConfig, resume: str | Path | None = None) -> Path:
     if cfg.model.path is None:
         raise ConfigError("model.path: RFT samples from a checkpoint that can already answer (e.g. an SFT warm-up's "
                           "RUN/final)")
-    validate_env(cfg.env, "RFT")
+    validate_env(cfg.env, verifier_for="RFT")
     session = open_run(cfg, "rft", resume)
     return run_loop(setup_rft(cfg, session), cfg.run, session)
 
 
 def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
-    rank, world_size = distributed.init_from_env()
-    local_prompts = prompts_per_rank(cfg.batch.prompts_per_step, world_size)  # before anything loads
-    device = pick_device(cfg.run.device)
-    model, tok = load_policy(cfg.model, session, device)
-    broadcast_parameters(model)
-    model = distributed.shard(model)
+    local_prompts = prompts_per_rank(cfg.batch.prompts_per_step, distributed.init_from_env()[1])  # before anything loads
+    policy = setup_policy(cfg.model, cfg.run, session)
+    model, tok, device, rank, world_size = policy.model, policy.tokenizer, policy.device, policy.rank, policy.world_size
     objective = get_objective("nll")
-    optimizer = make_optimizer(model, cfg.optim)
-    session.restore(optimizer, model)
+    optimizer, _ = setup_optimizer(model, cfg.optim, session)
     P, k = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
     backend, needs_push = backend_for_run(cfg.rollout, cfg.model, session, seed=cfg.run.seed + rank)
     if needs_push:  # a resumed LoRA run: the engine started from the base
@@ -145,24 +134,22 @@ def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
                 seen.add(key)
                 kept.append(e)
         generated = sum(len(t.token_ids) for e in episodes for t in e.turns)
-        solved, n_correct, n_kept, problems, truncated = all_reduce_sum(
+        solved, n_correct, n_kept, problems, truncated = distributed.all_reduce_sum(
             [float(sum(e.success for e in episodes)), float(len(correct)), float(len(kept)),
              float(len({e.seed for e in correct})), float(sum(e.truncated for e in episodes))], device)
         n_all = P * k
         m = {"solve_rate": solved / n_all, "correct": int(n_correct), "kept": int(n_kept),
              "problems_solved": problems / P, "truncation": truncated / n_all,
-             "completion_len": all_reduce_sum([float(generated)], device)[0] / n_all, "time_generation": t_gen}
+             "completion_len": distributed.all_reduce_sum([float(generated)], device)[0] / n_all,
+             "time_generation": t_gen}
         if not n_kept:  # the same decision on every rank (global counts)
             console.print(f"RFT step {i + 1}: no verified-correct answer among {n_all} samples; no update")
             return StepOutput({**m, "updated": 0}, tokens_trained=0, tokens_generated=generated,
                               show={"solve": m["solve_rate"]})
         micro = pack_micro_batches([e.encoded() for e in kept], cfg.batch.micro_batch_sequences)
-        norm = step_normalizer(micro, device=device)
         # a rank without a kept answer still joins a sharded model's forwards, with weight 0
         pad = pack([episodes[0].encoded()]) if episodes else None
-        m.update(accumulate_gradients(model, micro, objective, {}, "token_mean", norm, pad_batch=pad))
-        all_reduce_gradients(model)
-        m["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
+        m.update(update_step(model, optimizer, micro, objective, {}, "token_mean", cfg.optim.grad_clip, pad_batch=pad))
         if backend is not None:  # the next step samples from the updated policy
             backend.sync(model)
         m.update(updated=1, time_training=time.time() - t0 - t_gen)
@@ -170,7 +157,7 @@ def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
                           show={"loss": m["loss"], "solve": m["solve_rate"]})
 
     def evaluate(i: int) -> dict:
-        return evaluate_env(model, tok, cfg.env, session, i, s.max_new_tokens)
+        return evaluate_env(model, tok, cfg.env, session.run, i, s.max_new_tokens)
 
     return Trainer("rft", model, tok, optimizer, cfg.optim, step=step,
                    evaluate=evaluate if cfg.env.eval_splits else None,

@@ -33,7 +33,6 @@ import torch
 from postlab import distributed
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.envs.base import make
-from postlab.models.io import pick_device
 from postlab.objectives.advantages import normalize_turn_advantages, overlong_penalty, zero_std_groups
 from postlab.objectives.algorithms import AlgorithmSpec, get_algorithm
 from postlab.objectives.registry import AGGREGATION_MODES, get_objective
@@ -41,30 +40,17 @@ from postlab.progress import console
 from postlab.rollout.backends import RolloutConfig, backend_for_run
 from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import run_episodes
-from postlab.runs import RunDir
 from postlab.seeds import rl_seed, sampling_seed
 from postlab.trainers import rl_batch as rb
-from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, broadcast_parameters,
-                                     clip_gradients, make_optimizer, optimizer_step, prompts_per_rank,
+from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, clip_gradients, optimizer_step, prompts_per_rank,
                                      step_normalizer)
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.ppo_value import ValueHead, load_value_head, save_value_head, value_fn_for
-from postlab.trainers.sft import load_policy, load_reference
+from postlab.trainers.envsection import EnvConfig, evaluate_env, validate_env
+from postlab.trainers.setup import setup_optimizer, setup_policy
 
 
-@dataclasses.dataclass
-class RLEnvConfig:
-    name: str = "toy"  # any registered env: postlab.envs.make(name, split=, style=, max_turns=, **kwargs)
-    split: str = "id"  # training split
-    style: str = "compact"
-    max_turns: int = 1  # verify iterations: 1 = single-turn; Chu et al. use 5 (GeneralPoints)
-    kwargs: dict = dataclasses.field(default_factory=dict)
-    eval_splits: tuple[str, ...] = ("id",)  # evaluated greedily every run.eval_every steps and at the end
-    eval_episodes: int = 64
-    # > 0: also eval_samples samples per problem at eval_temperature (mean success = pass@1, and
-    # pass@eval_samples): greedy success cannot see RL sharpening a distribution it already ranks right
-    eval_samples: int = 0
-    eval_temperature: float = 1.0
+RLEnvConfig = EnvConfig  # the env section, one shape for RL, RFT and RASFT (trainers.envsection)
 
 
 @dataclasses.dataclass
@@ -75,8 +61,8 @@ class RLBatchConfig:
 
     prompts_per_step: int = 8  # distinct env seeds per step
     samples_per_prompt: int = 8  # G: episodes per seed (the group of GRPO/RLOO/DAPO/GSPO)
-    # sequences packed into one forward/backward (accumulation = ceil(sequences_per_step / micro)). Small by
-    # default: a packed row attends through an L x L block-diagonal mask, so long packs cost O(L^2).
+    # episodes in one forward/backward (accumulation = ceil(sequences_per_step / micro)); it bounds the
+    # activations held at once (episodes run as padded causal rows: speed within ~10% from 8 to 64)
     micro_batch_sequences: int = 8
     # mu: optimizer steps on each rollout batch, for every algorithm (ratios vs the stored sampler
     # log-probs); Chu et al.'s PPO uses 4. (Formerly `ppo_epochs`.)
@@ -148,13 +134,8 @@ class RLConfig:
         if self.overlong_buffer >= self.sampling.max_new_tokens:
             raise ConfigError(f"overlong_buffer ({self.overlong_buffer}) must be < sampling.max_new_tokens "
                               f"({self.sampling.max_new_tokens})")
-        if self.env.max_turns < 1 or not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ConfigError("env.max_turns must be >= 1 and gamma, lam in [0, 1]")
-        if self.env.eval_episodes < 1:
-            raise ConfigError(f"env.eval_episodes must be >= 1, got {self.env.eval_episodes}")
-        if self.env.eval_samples < 0 or not (self.env.eval_temperature > 0 and self.env.eval_temperature < float("inf")):
-            raise ConfigError(f"env.eval_samples must be >= 0 (got {self.env.eval_samples}) and env.eval_temperature "
-                              f"a finite number > 0 (got {self.env.eval_temperature})")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ConfigError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}")
 
     @property
     def spec(self) -> AlgorithmSpec:
@@ -176,16 +157,6 @@ def _import_reward_fn(spec: str | None):
         raise ConfigError(f"reward_fn: cannot import {spec!r} ({e}); expected 'package.module:function'") from None
 
 
-def validate_env(env: RLEnvConfig) -> None:
-    """Build the training env and every eval split's env once, before any model loads or any step runs:
-    a bad env.name, env.split, env.eval_splits or env.kwargs fails here, not after training."""
-    for split, what in [(env.split, "env.split")] + [(s, "env.eval_splits") for s in env.eval_splits]:
-        try:
-            make(env.name, split=split, style=env.style, max_turns=env.max_turns, **env.kwargs)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"{what}: {e}") from None
-
-
 def train_rl(cfg: RLConfig, resume: str | Path | None = None, reward_fn=None) -> Path:
     """Run RL from `cfg.model.path`; returns the final Hugging Face checkpoint (RUN/final)."""
     if cfg.model.path is None:
@@ -203,35 +174,30 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
     groups (prompts_per_step / world_size of them), and every batch statistic that crosses
     groups (advantage normalization, dynamic sampling, logged reward metrics) is computed on the
     step's rewards gathered from all ranks, so the update equals one process's on the same batch."""
-    rank, world_size = distributed.init_from_env()
-    device = pick_device(cfg.run.device)
     spec = cfg.spec
     P, G = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
-    local_prompts = prompts_per_rank(P, world_size)
-    model, tok = load_policy(cfg.model, session, device)
-    broadcast_parameters(model)
-    model = distributed.shard(model)
+    local_prompts = prompts_per_rank(P, distributed.init_from_env()[1])  # a bad split fails before anything loads
+    policy = setup_policy(cfg.model, cfg.run, session, reference="beta > 0" if cfg.beta > 0 else None)
+    model, tok, ref_model, device = policy.model, policy.tokenizer, policy.reference, policy.device
+    rank, world_size = policy.rank, policy.world_size
     objective = get_objective(spec.objective)
     hparams = {**cfg.objective_args, "beta": cfg.beta}
     aggregation = cfg.aggregation or spec.default_aggregation
-    ref_model = load_reference(cfg.model, device, "beta > 0", policy=model) if cfg.beta > 0 else None
-    ref_model = distributed.shard(ref_model) if ref_model is not None else None
     # The critic's head is tiny and stays unsharded: its gradients are all-reduced (summed) by hand.
     head = ValueHead(model.config.hidden_size).to(device) if spec.value_head else None
-    optimizer = make_optimizer(model, cfg.optim)
-    if head is not None:  # the critic's group keeps value_lr: set_lr only schedules the policy's groups
-        optimizer.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0, "lr": cfg.value_lr,
-                                   "fixed_lr": True})
     if head is not None and session.checkpoint is not None:
         load_value_head(head, session.checkpoint)
     modules = {"value_head": head} if head is not None else {}
-    state = session.restore(optimizer, model, modules)
+    # the critic's group keeps value_lr: set_lr only schedules the policy's groups
+    critic = [{"params": list(head.parameters()), "weight_decay": 0.0, "lr": cfg.value_lr, "fixed_lr": True}] \
+        if head is not None else []
+    optimizer, state = setup_optimizer(model, cfg.optim, session, critic, modules)
     # vLLM holds its own weights: it starts from what the policy starts from and is synced after every update.
     backend, needs_push = backend_for_run(cfg.rollout, cfg.model, session, seed=cfg.run.seed + rank)
     if needs_push:  # a resumed LoRA run: the engine started from the base
         backend.sync(model)
     recent_rewards: list[float] = list(state.get("recent_rewards", []))
-    dynamic = cfg.dynamic_sampling if cfg.dynamic_sampling is not None else spec.dynamic_sampling
+    parts = UpdateParts(model, head, ref_model, optimizer, objective, hparams, aggregation, device)
     console.print(f"RL {cfg.algorithm}: env={cfg.env.name}/{cfg.env.split}, {P} prompts x {G} samples, "
                   f"updates/batch={cfg.batch.updates_per_batch}, aggregation={aggregation}, beta={cfg.beta}, "
                   f"device={device}" + (f", {world_size} processes" if world_size > 1 else ""))
@@ -247,22 +213,12 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
             with distributed.gathered(model):  # rank-local sampling: ranks stop after different numbers of tokens
                 episodes = play_step(cfg, model, tok, i, rank, local_prompts)
         t_gen = time.time() - t0
-        # 2. rewards and 3. advantages, on the whole step's rewards
-        raw = rb.episode_rewards(episodes, reward_fn)
-        rewards = raw
-        if cfg.overlong_buffer:
-            lengths = [len(e.turns[-1].token_ids) for e in episodes]
-            rewards = rewards + overlong_penalty(lengths, cfg.sampling.max_new_tokens, cfg.overlong_buffer)
-        all_raw, all_rewards = _gather(raw), _gather(rewards)
-        m = _global_rollout_metrics(episodes, raw, all_raw, G)
-        keep = rb.keep_informative_groups(len(all_rewards), all_rewards, G) if dynamic else list(range(len(all_rewards)))
-        m["kept_fraction"] = len(keep) / len(all_rewards)
-        offset = rank * len(episodes)
-        local_keep = [k - offset for k in keep if offset <= k < offset + len(episodes)]
-        trained = 0
-        if keep:  # the same decision on every rank (global rewards): they all join the update
-            update, trained = _update(cfg, spec, model, head, ref_model, optimizer, objective, hparams, aggregation,
-                                      episodes, all_rewards, local_keep, device, offset)
+        # 2. rewards, dynamic sampling and advantages, decided once on the whole step's rewards
+        scored = score_step(cfg, episodes, reward_fn, rank)
+        m, trained = scored.metrics, 0
+        if scored.any_kept:  # the same decision on every rank (global rewards): they all join the update
+            update, trained = _update(cfg, parts, [episodes[k] for k in scored.kept], scored.advantages,
+                                      pad_from=episodes[:1])
             m.update(update)
             if backend is not None:  # the next rollout samples from the updated policy
                 backend.sync(model)
@@ -276,7 +232,7 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
                           show={"reward": m["reward_mean"], "success": m["success"]})
 
     def evaluate(i: int) -> dict:
-        return evaluate_splits(cfg, model, tok, session.run, i)
+        return evaluate_env(model, tok, cfg.env, session.run, i, cfg.sampling.max_new_tokens)
 
     def save_extra(path: Path) -> None:
         if head is not None:
@@ -305,6 +261,39 @@ def play_step(cfg: RLConfig, model, tok, step: int, rank: int = 0, local_prompts
     envs = [make(cfg.env.name, **env_args) for _ in seeds]
     params = cfg.sampling_params(sampling_seed(cfg.run.seed, step, rank))
     return run_episodes(model, tok, envs, seeds, params, backend=backend)
+
+
+@dataclasses.dataclass
+class ScoredStep:
+    """One step's rewards, decided once on the whole step (every rank's episodes, in prompt order)."""
+
+    metrics: dict  # rollout metrics of the whole step (rewards, success, lengths, kept_fraction)
+    kept: list[int]  # this rank's episodes that train (dynamic sampling keeps groups with reward variance)
+    advantages: torch.Tensor | None  # [len(kept)] sequence-level advantages; None: a critic's GAE (PPO) in _update
+    any_kept: bool  # some rank trains this step, so every rank joins the update's collectives
+
+
+def score_step(cfg: RLConfig, episodes: list, reward_fn=None, rank: int = 0) -> ScoredStep:
+    """Rewards (env verifier or reward_fn, DAPO overlong shaping), gathered from every rank once; the
+    step's metrics, dynamic sampling and the algorithm's advantages on the global tensor; then this
+    rank's slice (its episodes are a contiguous block of the step, `rank * len(episodes)` on)."""
+    spec, G = cfg.spec, cfg.batch.samples_per_prompt
+    raw = rb.episode_rewards(episodes, reward_fn)
+    shaped = raw
+    if cfg.overlong_buffer:
+        lengths = [len(e.turns[-1].token_ids) for e in episodes]
+        shaped = shaped + overlong_penalty(lengths, cfg.sampling.max_new_tokens, cfg.overlong_buffer)
+    all_raw, all_shaped = _gather(raw), _gather(shaped)
+    metrics = _global_rollout_metrics(episodes, raw, all_raw, G)
+    dynamic = cfg.dynamic_sampling if cfg.dynamic_sampling is not None else spec.dynamic_sampling
+    keep = rb.keep_informative_groups(len(all_shaped), all_shaped, G) if dynamic else list(range(len(all_shaped)))
+    metrics["kept_fraction"] = len(keep) / len(all_shaped)
+    offset = rank * len(episodes)
+    kept = [k - offset for k in keep if offset <= k < offset + len(episodes)]
+    advantages = None
+    if spec.advantages is not None:
+        advantages = spec.advantages(all_shaped, G)[[offset + k for k in kept]]
+    return ScoredStep(metrics, kept, advantages, bool(keep))
 
 
 def _gather(values: torch.Tensor) -> torch.Tensor:
@@ -339,53 +328,64 @@ def _slope(values: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in enumerate(values)) / sum((x - mx) ** 2 for x in range(n))
 
 
-def _update(cfg, spec, model, head, ref_model, optimizer, objective, hparams, aggregation, episodes, rewards,
-            keep, device, offset: int = 0) -> tuple[dict, int]:
-    """Advantages, micro-batches and `updates_per_batch` optimizer steps on this rank's kept episodes;
-    returns (metrics, tokens that went through training forward/backward passes).
+@dataclasses.dataclass
+class UpdateParts:
+    """What the update trains with, fixed at set-up."""
 
-    `rewards` are the whole step's (every rank's, in order); this rank's episodes are
-    rewards[offset:offset + len(episodes)] and `keep` indexes them. A rank none of whose groups
-    was kept (dynamic sampling) still joins every collective with a zero-weight batch."""
-    eps = [episodes[i] for i in keep]
+    model: torch.nn.Module
+    head: torch.nn.Module | None  # PPO's critic
+    ref_model: torch.nn.Module | None  # the frozen start, when beta > 0
+    optimizer: torch.optim.Optimizer
+    objective: object
+    hparams: dict
+    aggregation: str
+    device: torch.device
+
+
+def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tensor | None,
+            pad_from: list) -> tuple[dict, int]:
+    """Micro-batches and `updates_per_batch` optimizer steps on this rank's kept episodes `eps` with
+    their sequence-level `advantages` (None: the critic's turn values, then GAE over turns);
+    returns (metrics, tokens that went through training forward/backward passes). A rank none of
+    whose groups was kept (dynamic sampling) still joins every collective with a zero-weight batch
+    made from `pad_from`."""
+    model, head, device = parts.model, parts.head, parts.device
     mb = cfg.batch.micro_batch_sequences
     micro_sets = [eps[i:i + mb] for i in range(0, len(eps), mb)]
-    extras: dict[str, list] = {}
-    if spec.advantages is None:  # a critic: V(s_k) of every turn with the current head, then GAE over turns
+    if advantages is None:  # a critic: V(s_k) of every turn with the current head, then GAE over turns
         with distributed.gathered(model):  # rank-local forwards: ranks hold different numbers of episodes
             turn_values = _turn_values(model, head, micro_sets, device)
         gae = rb.turn_advantages(eps, turn_values, cfg.gamma, cfg.lam)
-        advantages = [a for a, _ in gae]
+        turn_adv = [a for a, _ in gae]
         if cfg.normalize_advantages:
-            advantages = _normalize_globally(advantages)
-        extras = {"advantages": rb.broadcast(advantages, eps),
+            turn_adv = _normalize_globally(turn_adv)
+        extras = {"advantages": rb.broadcast(turn_adv, eps),
                   "returns": rb.broadcast([r for _, r in gae], eps),
                   "old_values": rb.broadcast([torch.tensor(v) for v in turn_values], eps)}
     else:
-        adv = spec.advantages(rewards, cfg.batch.samples_per_prompt)[[offset + k for k in keep]]
-        extras = {"advantages": rb.broadcast(list(adv), eps)}
+        extras = {"advantages": rb.broadcast(list(advantages), eps)}
     batches, start = [], 0
     for group in micro_sets:
         per = {k: v[start:start + len(group)] for k, v in extras.items()}
         batches.append(rb.pack_for_update(group, per, model, with_values=head is not None, device=device))
         start += len(group)
-    if ref_model is not None:
-        with torch.no_grad(), distributed.gathered(ref_model):
+    if parts.ref_model is not None:
+        with torch.no_grad(), distributed.gathered(parts.ref_model):
             for b in batches:
-                b.extras["ref_logp"] = rb.packed_outputs(ref_model, b).logp
-    pad = _pad_batch(episodes[:1], head is not None, ref_model is not None, device) if not batches else None
+                b.extras["ref_logp"] = rb.packed_outputs(parts.ref_model, b).logp
+    pad = _pad_batch(pad_from, head is not None, parts.ref_model is not None, device) if not batches else None
     norm = step_normalizer(batches, constant=float(cfg.sampling.max_new_tokens), device=device)
     value_fn = value_fn_for(head) if head is not None else None
     metrics: dict = {}
     for _ in range(cfg.batch.updates_per_batch):
-        metrics = accumulate_gradients(model, batches, objective, hparams, aggregation, norm, ref_model=None,
-                                       want_entropy=True, value_fn=value_fn, forward_fn=rb.packed_outputs,
-                                       pad_batch=pad)
+        metrics = accumulate_gradients(model, batches, parts.objective, parts.hparams, parts.aggregation, norm,
+                                       ref_model=None, want_entropy=True, value_fn=value_fn,
+                                       forward_fn=rb.packed_outputs, pad_batch=pad)
         if head is not None:  # summed over ranks, then clipped on its own, before the shared step
             all_reduce_gradients(head)
             metrics["value_grad_norm"] = clip_gradients(head, cfg.optim.grad_clip)
         all_reduce_gradients(model)  # a replicated (LoRA) policy under torchrun; FSDP2 sums its own
-        metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
+        metrics["grad_norm"] = optimizer_step(model, parts.optimizer, cfg.optim.grad_clip)
     if "clip_low" in metrics:  # fraction of trained tokens whose ratio the clip bound (last update)
         metrics["clip_fraction"] = metrics["clip_low"] + metrics["clip_high"]
     tokens = sum(int(b.input_ids.numel()) for b in batches) * cfg.batch.updates_per_batch
@@ -452,25 +452,3 @@ def rollout_metrics(episodes, rewards: torch.Tensor, group_size: int) -> dict:
     for k in range(horizon):
         m[f"success_turn_{k + 1}"] = sum(len(e.turns) > k and e.turns[k].success for e in episodes) / len(episodes)
     return m
-
-
-def evaluate_splits(cfg: RLConfig, model, tok, run: RunDir, step: int) -> dict:
-    """Greedy success rate on each eval split, through the one evaluator (evaluation seed range)."""
-    from postlab.eval.evaluate import evaluate
-
-    out = {}
-    was_training = model.training
-    model.eval()
-    e = cfg.env
-    for split in e.eval_splits:
-        common = dict(n_episodes=e.eval_episodes, max_turns=e.max_turns, style=e.style, env_args=e.kwargs,
-                      max_new_tokens=cfg.sampling.max_new_tokens)
-        res = evaluate(model, tok, e.name, split, **common)
-        out[f"eval_{split}_success"], out[f"eval_{split}_reward"] = res["success_rate"], res["mean_reward"]
-        if e.eval_samples:
-            res = evaluate(model, tok, e.name, split, decoding="sampled", n_samples=e.eval_samples, k=e.eval_samples,
-                           temperature=e.eval_temperature, **common)
-            out[f"eval_{split}_pass1"], out[f"eval_{split}_pass{e.eval_samples}"] = res["success_rate"], res["pass_at_k"]
-    model.train(was_training)
-    run.log(step, out, kind="eval")
-    return out

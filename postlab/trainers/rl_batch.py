@@ -82,13 +82,9 @@ def shared_prefix_pays(episodes: Sequence[Episode], model) -> bool:
     on single-turn GeneralPoints); long multi-turn episodes do not (the shared rows were 1.6x
     slower on 512 VIter-5 episodes, docs/benchmarks.md). Per layer: each token costs its
     projections and MLP, each attended pair 4 * hidden multiply-adds (scores and values)."""
-    from postlab.models.forward import padded_path_blocked
+    from postlab.models.forward import forward_costs, padded_path_blocked
 
-    c = model.config
-    h = c.hidden_size
-    kv = c.num_key_value_heads * (getattr(c, "head_dim", None) or h // c.num_attention_heads)
-    per_token = h * (2 * h + 2 * kv) + 3 * h * c.intermediate_size
-    per_pair = 4 * h
+    per_token, per_pair = forward_costs(model.config)
     lengths = [len(e.input_ids) for e in episodes]
     if padded_path_blocked(model):  # one packed row with a block-diagonal mask: dense over the row
         full = sum(lengths) * per_token + sum(lengths) ** 2 * per_pair

@@ -20,18 +20,15 @@ from pathlib import Path
 
 import torch
 
-from postlab import distributed
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.data.records import DataError, encode_all, iter_texts, load_records, prompt_and_target
-from postlab.models.io import load_model, pick_device
 from postlab.objectives.registry import AGGREGATION_MODES, AggregationMode, get_objective
 from postlab.progress import console
 from postlab.rollout.engine import SamplingParams, generate
 from postlab.runs import RunDir
-from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, broadcast_parameters,
-                                     count_parameters, make_optimizer, optimizer_step, pack_micro_batches,
-                                     setup_model, shard_for_rank, step_normalizer, world)
+from postlab.trainers.common import (count_parameters, pack_micro_batches, shard_for_rank, update_step, world)
 from postlab.trainers.loop import Session, StepOutput, Trainer, fingerprint, open_run, run_loop
+from postlab.trainers.setup import BatchConfig, DataOrder, setup_optimizer, setup_policy
 
 
 @dataclasses.dataclass
@@ -41,26 +38,6 @@ class SFTDataConfig:
     eval_holdout: int = 0  # when eval is None: hold out this many training records
     max_length: int = 1024
     shuffle: bool = True
-
-
-@dataclasses.dataclass
-class BatchConfig:
-    """Sequences per optimizer step, split into micro-batches; accumulation steps follow."""
-
-    sequences_per_step: int = 32
-    micro_batch_sequences: int = 32
-
-    def __post_init__(self):
-        if self.sequences_per_step <= 0 or self.micro_batch_sequences <= 0:
-            raise ConfigError(f"batch: sequences_per_step ({self.sequences_per_step}) and micro_batch_sequences "
-                              f"({self.micro_batch_sequences}) must be > 0")
-        if self.micro_batch_sequences > self.sequences_per_step:
-            raise ConfigError(f"batch.micro_batch_sequences ({self.micro_batch_sequences}) must be <= "
-                              f"batch.sequences_per_step ({self.sequences_per_step})")
-
-    @property
-    def accumulation_steps(self) -> int:
-        return -(-self.sequences_per_step // self.micro_batch_sequences)
 
 
 @dataclasses.dataclass
@@ -94,33 +71,6 @@ class SFTConfig:
                 raise ConfigError(f"objective_args.{k}: not a parameter of {self.objective!r}; valid: {valid or 'none'}")
         if self.aggregation not in AGGREGATION_MODES:
             raise ConfigError(f"aggregation: {self.aggregation!r}; valid: {', '.join(AGGREGATION_MODES)}")
-
-
-class DataOrder:
-    """Seeded epoch-wise permutation; its state (epoch, position) is saved in checkpoints."""
-
-    def __init__(self, n: int, seed: int, shuffle: bool, epoch: int = 0, position: int = 0):
-        self.n, self.seed, self.shuffle, self.epoch, self.position = n, seed, shuffle, epoch, position
-        self._perm = self._permutation()
-
-    def _permutation(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if self.position == self.n:
-                self.epoch, self.position = self.epoch + 1, 0
-                self._perm = self._permutation()
-            out.append(self._perm[self.position])
-            self.position += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
 
 
 def exact_match_eval(model, tokenizer, records: list[dict], max_new_tokens: int) -> tuple[float, list[dict]]:
@@ -175,60 +125,20 @@ def _load_data(cfg: SFTConfig, train_records, eval_records) -> tuple[list[dict],
     return train_records, eval_records
 
 
-def load_policy(cfg_model: ModelConfig, session: Session, device, texts=None, seed: int = 0):
-    """(model, tokenizer): the resume checkpoint's weights, or `cfg_model` (a checkpoint or a fresh preset).
-
-    With model.lora, a resumed run's checkpoint holds only the adapter: the base comes from model.path
-    and the adapter from the checkpoint."""
-    if session.checkpoint is not None and cfg_model.lora is None:
-        return setup_model(dataclasses.replace(cfg_model, path=str(session.checkpoint), preset=None), device)
-    model, tok = setup_model(cfg_model, device, texts_for_tokenizer=texts, seed=seed)
-    if session.checkpoint is not None:
-        from postlab.models import lora
-
-        lora.load_adapter(model, session.checkpoint)
-    return model, tok
-
-
-def load_reference(cfg_model: ModelConfig, device, why: str, policy=None):
-    """The frozen initial policy, for objectives that read a reference: the checkpoint model.path, or,
-    with model.lora, `policy` itself with its adapters disabled (`lora.Reference`: no second copy)."""
-    if cfg_model.path is None:
-        raise ConfigError(f"{why} needs a reference: set model.path to a checkpoint (the frozen initial policy)")
-    if cfg_model.lora is not None:
-        from postlab.models import lora
-
-        if policy is None or not lora.is_lora(policy):
-            raise ConfigError(f"model.lora: {why} reads a reference, which with LoRA is the policy with its adapters "
-                              "disabled, and this trainer did not pass its policy (load_reference(..., policy=model))")
-        return lora.Reference(policy)
-    from postlab.models.forward import set_autocast
-
-    ref = load_model(cfg_model.path, dtype=cfg_model.dtype, device=device).eval().requires_grad_(False)
-    set_autocast(ref, cfg_model.autocast)  # the reference computes as the policy does (KL 0 at step 0)
-    return ref
-
-
 def setup_sft(cfg: SFTConfig, session: Session, train_records: list[dict], eval_records: list[dict] | None,
               tokenizer_texts: list[str] | None = None):
     """Model, reference, optimizer, encoded data and data order; returns (Trainer, encoded train sequences).
 
-    Data parallel (torchrun): policy and reference are FSDP2-sharded (`distributed.shard`) after
-    every rank holds rank 0's weights, and before the optimizer is built over the shards."""
-    rank, world_size = distributed.init_from_env()
-    device = pick_device(cfg.run.device)
-    texts = tokenizer_texts or list(iter_texts(train_records + (eval_records or [])))
-    model, tokenizer = load_policy(cfg.model, session, device, texts, seed=cfg.run.seed)
-    broadcast_parameters(model)
-    model = distributed.shard(model)
+    Data parallel (torchrun): policy and reference are FSDP2-sharded (`trainers.setup.setup_policy`)."""
     objective = get_objective(cfg.objective)
-    ref_model = load_reference(cfg.model, device, f"objective {cfg.objective!r}", policy=model) \
-        if objective.needs_ref else None
-    ref_model = distributed.shard(ref_model) if ref_model is not None else None
+    texts = tokenizer_texts or list(iter_texts(train_records + (eval_records or [])))
+    policy = setup_policy(cfg.model, cfg.run, session, texts=texts, seed=cfg.run.seed,
+                          reference=f"objective {cfg.objective!r}" if objective.needs_ref else None)
+    model, tokenizer, ref_model, device = policy.model, policy.tokenizer, policy.reference, policy.device
+    rank, world_size = policy.rank, policy.world_size
     train_seqs = _trainable(encode_all(tokenizer, train_records, cfg.data.max_length), "training")
     eval_seqs = encode_all(tokenizer, eval_records, cfg.data.max_length) if eval_records else []
-    optimizer = make_optimizer(model, cfg.optim)
-    state = session.restore(optimizer, model)
+    optimizer, state = setup_optimizer(model, cfg.optim, session)
     order = DataOrder(len(train_seqs), cfg.run.seed, cfg.data.shuffle, **state.get("data", {}))
     console.print(f"SFT: {count_parameters(model) / 1e6:.2f}M parameters, {len(train_seqs)} train / {len(eval_seqs)} "
                   f"eval records, objective={cfg.objective}, aggregation={cfg.aggregation}, device={device}")
@@ -238,11 +148,8 @@ def setup_sft(cfg: SFTConfig, session: Session, train_records: list[dict], eval_
         seqs = [train_seqs[i] for i in order.take(cfg.batch.sequences_per_step)]
         seqs = shard_for_rank(seqs, rank, world_size)  # data parallel: this rank's share of the step
         micro = pack_micro_batches(seqs, cfg.batch.micro_batch_sequences)
-        norm = step_normalizer(micro, device=device)
-        metrics = accumulate_gradients(model, micro, objective, cfg.objective_args, cfg.aggregation, norm,
-                                       ref_model=ref_model)
-        all_reduce_gradients(model)  # sum over ranks (aggregate used global counts); FSDP2 sums its own
-        metrics["grad_norm"] = optimizer_step(model, optimizer, cfg.optim.grad_clip)
+        metrics = update_step(model, optimizer, micro, objective, cfg.objective_args, cfg.aggregation,
+                              cfg.optim.grad_clip, ref_model=ref_model)
         metrics["epoch"] = order.epoch
         tokens = sum(mb.num_tokens for mb in micro)
         return StepOutput(metrics, tokens_trained=tokens, show={"loss": metrics["loss"]})

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 # a new script in benchmarks/ must get a smoke run here (test_every_benchmark_has_a_smoke_run)
-SMOKED = {"rl_step.py", "sft_throughput.py", "multiturn_sampling.py", "gpu_check.py"}
+SMOKED = {"rl_step.py", "rl_update.py", "sft_throughput.py", "multiturn_sampling.py", "gpu_check.py"}
 
 
 def _command(name: str, tmp: Path) -> list[str]:
@@ -29,6 +29,9 @@ def _command(name: str, tmp: Path) -> list[str]:
         "rl_step.py": ["--threads", "1", "--prompts", "2", "--samples", "2", "--tokens", "3", "--steps", "1",
                        "--repeats", "1", "--micro", "4", "--skip-trl", "--sft", "--ppo-multiturn", "--turns", "2",
                        "--ppo-tokens", "3", "--ppo-updates", "1", "--json", str(tmp / "rl_step.json")],
+        # every micro-batch layout of the RL update, log-probs checked against the padded one
+        "rl_update.py": ["--threads", "1", "--prompts", "2", "--samples", "2", "--turns", "2", "--tokens", "4",
+                         "--micro", "2", "--repeats", "1"],
         "sft_throughput.py": ["--threads", "1", "--steps", "1", "--warmup", "0", "--batch", "2", "--skip-trl",
                               "--peak-size", "64", "--json", str(tmp / "sft_throughput.json")],
         "multiturn_sampling.py": ["--threads", "1", "--episodes", "2", "--group", "2", "--attempts", "2",
@@ -77,6 +80,12 @@ def test_rl_step(runs):
     row = res["lengths"]["3"]
     assert row["postlab"]["s_per_step"] > 0 and row["sft"]["tokens"] > 0 and row["generation"]["engine"] > 0
     assert res["ppo_multiturn"]["turns"] >= 1
+
+
+def test_rl_update(runs):
+    out = finished(runs, "rl_update.py")
+    diffs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "max |logp - padded|" in line]
+    assert len(diffs) == 4 and max(diffs) < 1e-4  # every layout computes the padded layout's log-probs
 
 
 def test_sft_throughput(runs):

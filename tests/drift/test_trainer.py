@@ -10,7 +10,7 @@ from postlab.config import ConfigError, load_config
 from postlab.data.records import DataError
 from postlab.data.trajectories import TrajectoryWriter, read_trajectories, to_drift_records
 from postlab.objectives.returns import drift_weights, trajectory_return
-from postlab.trainers import drift as drift_mod
+from postlab.trainers import common as common_mod
 from postlab.trainers.drift import DRIFTConfig, load_drift_data, setup_drift, train_drift
 from postlab.trainers.loop import open_run
 from postlab.trainers.sft import SFTConfig, setup_sft
@@ -102,13 +102,13 @@ def test_only_last_turn_tokens_carry_loss_in_the_trainers_batches(reference_ckpt
     trajs = hand_trajectories()
     cfg = drift_cfg(reference_ckpt, write(tmp_path / "t.jsonl", trajs), tmp_path / "run")
     seen = []
-    real = drift_mod.accumulate_gradients
+    real = common_mod.accumulate_gradients  # what every trainer's update_step runs
 
     def spy(model, micro, *args, **kwargs):
         seen.extend(micro)
         return real(model, micro, *args, **kwargs)
 
-    monkeypatch.setattr(drift_mod, "accumulate_gradients", spy)
+    monkeypatch.setattr(common_mod, "accumulate_gradients", spy)
     data = load_drift_data(cfg)
     trainer, steps = setup_drift(cfg, open_run(cfg, "drift", None, data.fingerprint), data, cfg.model)
     assert steps == 1  # 4 trajectories, batch 4, 1 epoch

@@ -2,14 +2,13 @@
 meaning, generated from the config classes (issue 29: `--help` showed only `config` and `overrides`)."""
 
 import dataclasses
-import importlib
 import typing
 
 import pytest
 
 from postlab.cli.main import main
-from postlab.cli.train import TRAINERS
 from postlab.confighelp import describe, field_comments
+from postlab.trainers.registry import TRAINERS
 
 
 def leaf_keys(cls, prefix=""):
@@ -23,8 +22,7 @@ def leaf_keys(cls, prefix=""):
 
 @pytest.mark.parametrize("stage", list(TRAINERS))
 def test_every_key_of_every_trainer_is_listed(stage, capsys):
-    module, cls_name, _ = TRAINERS[stage]
-    cls = getattr(importlib.import_module(module), cls_name)
+    cls, _ = TRAINERS[stage].load()
     assert main(["train", stage, "--config-help"]) == 0
     out = capsys.readouterr().out
     listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}

@@ -117,10 +117,17 @@ def test_data_parallel_sharding_equivalence(char_tokenizer):
 def test_length_chunks_by_hand():
     from postlab.models.forward import length_chunks
 
-    # longest first; a chunk ends below 80% of its longest row or past the padded-token budget
-    assert length_chunks([10, 50, 45, 41, 39, 8, 9], slack=0.2, max_tokens=1000) == [[1, 2, 3], [4], [0, 6, 5]]
-    assert length_chunks([10, 10, 10, 10], slack=0.2, max_tokens=25) == [[0, 1], [2, 3]]
-    assert length_chunks([30], slack=0.2, max_tokens=10) == [[0]]  # one row always fits
+    # cost per chunk = rows x width x per_token + rows x width^2 / 2 x per_pair + call; sorted longest first
+    lengths = [10, 50, 45, 8]
+    assert length_chunks(lengths, 1, 0, 0) == [[1], [2], [0], [3]]  # free calls: no padding at all
+    assert length_chunks(lengths, 1, 0, 100) == [[1, 2, 0, 3]]  # 4 x 50 + 100 = 300 beats any two calls (420)
+    # call 30: {50, 45} {10, 8} = 100 + 30 + 20 + 30 = 180 < 205 ({50} {45} {10, 8}) < 218 < 230 (one call)
+    assert length_chunks(lengths, 1, 0, 30) == [[1, 2], [0, 3]]
+    # attention decides: one call 2 x 50 + 2 x 50^2 / 2 + 200 = 2,800; two (50 + 1,250 + 200) + (45 + 1,012.5
+    # + 200) = 2,757.5
+    assert length_chunks([50, 45], 1, 1, 200) == [[0], [1]]
+    assert length_chunks([10, 10, 10, 10], 1, 0, 100, max_tokens=25) == [[0, 1], [2, 3]]
+    assert length_chunks([30], 1, 0, 0, max_tokens=10) == [[0]]  # one row always fits
 
 
 def test_padded_layout_matches_single_packed_row(char_tokenizer, monkeypatch):
@@ -135,9 +142,9 @@ def test_padded_layout_matches_single_packed_row(char_tokenizer, monkeypatch):
             for n in torch.randint(5, 40, (24,), generator=g).tolist()]
     model = make_model(char_tokenizer)
     batch = pack(seqs)
-    monkeypatch.setattr(forward, "CHUNK_TOKENS", 128)  # several model calls, as on a long batch
-    assert any(len(c) > 1 for c in forward.length_chunks(batch.seq_lengths.tolist()))  # rows padded together
-    assert len(forward.length_chunks(batch.seq_lengths.tolist())) > 3
+    monkeypatch.setattr(forward, "CALL_TOKENS", {"cpu": 8, "default": 8})  # several model calls, as on a long batch
+    chunks = forward.length_chunks(batch.seq_lengths.tolist(), *forward.forward_costs(model.config), 8)
+    assert len(chunks) > 3 and any(len(c) > 1 for c in chunks)  # several calls, rows padded together
     padded = forward.token_outputs(model, batch, want_entropy=True, want_hidden=True)
     g_padded = torch.autograd.grad(padded.logp.sum(), list(model.parameters()))
     monkeypatch.setattr(forward, "padded_path_blocked", lambda m: True)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from postlab.config import ConfigError
+from postlab.trainers.rasft_groups import (dedupe, degenerate_reason, filter_group, group_weights, jaccard,
+                                           reasoning_words, word_trigrams)
 from postlab.trainers.rasft_routing import (EXPERT_ROUTES, ROUTES, RASFTRoutingConfig, Router, Window, calibrate,
-                                            calibration_sample, dedupe, degenerate_reason, filter_group,
-                                            group_weights, is_degenerate, jaccard, reasoning_words, route,
-                                            window_at, word_trigrams)
+                                            calibration_sample, route, window_at)
 
 EVEN = [float(d) for d in range(101)]  # difficulties 0, 1, ..., 100: the q-quantile is 100 * q
 
@@ -250,7 +250,6 @@ EXPERT = "12+5=17 17*3=51 51-7=44 #### 44"
 ])
 def test_degenerate_reasons(text, reason):
     assert degenerate_reason(text, EXPERT) == reason
-    assert is_degenerate(text, EXPERT) == (reason is not None)
 
 
 def test_no_shortcut_when_the_expert_shows_no_reasoning_either():

@@ -11,7 +11,8 @@ from postlab.data.records import DataError, load_records
 from postlab.envs.base import ENV_REGISTRY, Env, Observation, StepResult
 from postlab.rollout.engine import Completion
 from postlab.trainers.rasft import RASFTConfig, RASFTDataConfig, RASFTEnvConfig, train_rasft
-from postlab.trainers.rasft_routing import ROUTES, RASFTRoutingConfig, group_weights
+from postlab.trainers.rasft_groups import group_weights
+from postlab.trainers.rasft_routing import ROUTES, RASFTRoutingConfig
 from postlab.trainers.sft import BatchConfig
 
 ITEMS = load_records("env:math/id/48")  # expert demonstrations with their env seeds (meta.seed)

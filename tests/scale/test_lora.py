@@ -101,7 +101,7 @@ def test_reference_is_the_adapter_disabled_policy_kl_zero_at_step_0(base_dir, tm
     from postlab.models.forward import token_outputs
     from postlab.trainers.common import pack_micro_batches
     from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig, train_rl
-    from postlab.trainers.sft import load_reference
+    from postlab.trainers.setup import load_reference
 
     # directly: the reference's log-probs equal the policy's before any update, with no second model
     cfg = _sft_cfg(base_dir, tmp_path / "sft", lora=dataclasses.replace(LORA, dropout=0.0))

@@ -1,0 +1,99 @@
+"""The environment section of the trainers that play an environment (RL, RFT, RASFT), in one place.
+
+`EnvConfig` is the `env:` section: which environment and split to train on, how many model turns
+an episode may take, and what the periodic evaluation plays. `validate_env` builds every env the
+run will build before any model loads, so a bad name, split, style or env argument fails at once;
+`evaluate_env` is the one periodic evaluation of splits (greedy, and sampled when asked) whose row
+the loop logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from postlab.config import ConfigError
+
+
+@dataclasses.dataclass
+class EnvConfig:
+    name: str = "toy"  # any registered env: postlab.envs.make(name, split=, style=, max_turns=, **kwargs)
+    split: str = "id"  # training split
+    style: str = "compact"
+    # model turns an episode may take: 1 = single-turn; with verifier feedback (GeneralPoints'
+    # "verification iterations", Chu et al. use 5) each failed answer earns another turn
+    max_turns: int = 1
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    eval_splits: tuple[str, ...] = ("id",)  # evaluated greedily every run.eval_every steps and at the end
+    eval_episodes: int = 64
+    # > 0: also eval_samples samples per problem at eval_temperature (mean success = pass@1, and
+    # pass@eval_samples): greedy success cannot see RL sharpening a distribution it already ranks right
+    eval_samples: int = 0
+    eval_temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.max_turns < 1:
+            raise ConfigError(f"env.max_turns must be >= 1, got {self.max_turns}")
+        if self.eval_episodes < 1:
+            raise ConfigError(f"env.eval_episodes must be >= 1, got {self.eval_episodes}")
+        if self.eval_samples < 0 or not (self.eval_temperature > 0 and self.eval_temperature < float("inf")):
+            raise ConfigError(f"env.eval_samples must be >= 0 (got {self.eval_samples}) and env.eval_temperature "
+                              f"a finite number > 0 (got {self.eval_temperature})")
+
+
+def make_env(env_cfg: EnvConfig, split: str | None = None, key: str = "env"):
+    """The environment of `env_cfg` on `split` (default: its training split); a bad name, split, style or
+    kwargs is a ConfigError that starts with `key` (the config key to fix)."""
+    from postlab.envs import make
+
+    try:
+        return make(env_cfg.name, split=split or env_cfg.split, style=env_cfg.style, max_turns=env_cfg.max_turns,
+                    **env_cfg.kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def require_verifier(env, name: str, what: str) -> None:
+    """`what` verifies answers with the environment: it needs check_answer(answer) and expert_answer()."""
+    from postlab.envs.base import missing_single_answer_methods, single_answer_envs
+
+    missing = missing_single_answer_methods(env)  # the protocol is postlab.envs.base.SingleAnswerEnv
+    if missing:
+        able = single_answer_envs()
+        raise ConfigError(f"env.name={name!r}: the environment has no {' and no '.join(f'{m}()' for m in missing)}; "
+                          f"{what} checks answers with the environment's verifier (check_answer) against its expert "
+                          f"answer (expert_answer), so it needs an environment that has both: {', '.join(able)}")
+
+
+def validate_env(env_cfg: EnvConfig, verifier_for: str | None = None) -> None:
+    """Build the training env and every eval split's env once, before any model loads or any step runs:
+    a bad env.name, env.split, env.eval_splits or env.kwargs fails here, not after training. With
+    `verifier_for` (the method's name), the env must also verify single answers (RFT, RASFT)."""
+    env = make_env(env_cfg, key="env.split")
+    if verifier_for is not None:
+        require_verifier(env, env_cfg.name, verifier_for)
+    for split in env_cfg.eval_splits:
+        make_env(env_cfg, split, key="env.eval_splits")
+
+
+def evaluate_env(model, tok, env_cfg: EnvConfig, run, step: int, max_new_tokens: int) -> dict:
+    """Success on each of `env_cfg.eval_splits` through the one evaluator (evaluation seed range):
+    greedy (`eval_SPLIT_success`, `eval_SPLIT_reward`), and with env.eval_samples also sampled
+    (`eval_SPLIT_pass1`, `eval_SPLIT_passN`); logged as the step's eval row."""
+    from postlab.eval.evaluate import evaluate
+
+    out = {}
+    was_training = model.training
+    model.eval()
+    e = env_cfg
+    for split in e.eval_splits:
+        common = dict(n_episodes=e.eval_episodes, max_turns=e.max_turns, style=e.style, env_args=e.kwargs,
+                      max_new_tokens=max_new_tokens)
+        res = evaluate(model, tok, e.name, split, **common)
+        out[f"eval_{split}_success"], out[f"eval_{split}_reward"] = res["success_rate"], res["mean_reward"]
+        if e.eval_samples:
+            res = evaluate(model, tok, e.name, split, decoding="sampled", n_samples=e.eval_samples, k=e.eval_samples,
+                           temperature=e.eval_temperature, **common)
+            out[f"eval_{split}_pass1"], out[f"eval_{split}_pass{e.eval_samples}"] = res["success_rate"], res["pass_at_k"]
+    model.train(was_training)
+    run.log(step, out, kind="eval")
+    return out

@@ -68,7 +68,13 @@ def validate_env(env_cfg: EnvConfig, verifier_for: str | None = None) -> None:
     """Build the training env and every eval split's env once, before any model loads or any step runs:
     a bad env.name, env.split, env.eval_splits or env.kwargs fails here, not after training. With
     `verifier_for` (the method's name), the env must also verify single answers (RFT, RASFT)."""
-    env = make_env(env_cfg, key="env.split")
+    from postlab.envs.base import env_class
+
+    try:  # a registered name or an import path ('mypkg.myenv:MyEnv')
+        env_class(env_cfg.name)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"env.name: {e}") from None
+    env = make_env(env_cfg, key="env.split")  # the name is good: what fails is the split, style or kwargs
     if verifier_for is not None:
         require_verifier(env, env_cfg.name, verifier_for)
     for split in env_cfg.eval_splits:

@@ -5,11 +5,12 @@ trainers. The entries name their module rather than import it, so `postlab --hel
 plan do not import torch-heavy trainer code (and a build without a trainer's optional
 dependencies still lists the others).
 
-Adding a method (docs/adding-a-method.md): write `postlab/trainers/NAME.py` with a config
+Adding a method (docs/architecture.md): write `postlab/trainers/NAME.py` with a config
 dataclass, `setup_NAME(cfg, session, ...) -> Trainer` (set-up from `trainers.setup`, a step
 function ending in `common.update_step`) and `train_NAME(cfg, resume=None) -> Path`, then add
-one `register_trainer` line below. A study stage kind for it is one `register_stage_kind` in
-`postlab/studies/kinds.py`, which refuses to load while a registered trainer has none.
+one `register_trainer` line below. A study stage kind for it is one `register_stage_kind` in a
+`postlab/studies/stages_*.py`; `postlab/studies/kinds.py` refuses to load while a registered
+trainer has none.
 """
 
 from __future__ import annotations

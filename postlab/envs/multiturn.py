@@ -58,9 +58,11 @@ class UnaryFeedback(Env):
         if max_attempts is None:
             max_attempts = 5 if max_turns is None else min(5, max_turns)
         if isinstance(env, str):
-            if env == "unary-feedback" or not is_import_path(env) and env not in _lazy_names():
+            # The registry is complete here: importing this module ran postlab.envs's __init__ first,
+            # which registers every environment.
+            if env == "unary-feedback" or not is_import_path(env) and env not in ENV_REGISTRY:
                 raise ValueError(f"unary-feedback: unknown inner env {env!r}; valid: "
-                                 f"{', '.join(n for n in sorted(_lazy_names()) if n != 'unary-feedback')}")
+                                 f"{', '.join(n for n in sorted(ENV_REGISTRY) if n != 'unary-feedback')}")
             kw = dict(env_kwargs)
             if split is not None:
                 kw["split"] = split
@@ -144,7 +146,3 @@ class UnaryFeedback(Env):
 
     def base_corpus(self, n: int, seed: int = 0) -> list[str | dict]:
         return self.inner.base_corpus(n, seed)
-
-
-def _lazy_names() -> set[str]:
-    return set(ENV_REGISTRY)  # complete: importing this module ran postlab.envs's __init__ first

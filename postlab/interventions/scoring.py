@@ -56,12 +56,6 @@ class Unit:
 Scores = dict[tuple[int, str], torch.Tensor]  # (layer, module) -> [units of that module] raw scores
 
 
-def unit_modules(unit_kind: str) -> tuple[str, ...]:
-    if unit_kind not in UNIT_KINDS:
-        raise InterventionError(f"units: unknown kind {unit_kind!r}; valid: {', '.join(UNIT_KINDS)}")
-    return PROJECTIONS if unit_kind == "slices" else (MLP_NEURON,)
-
-
 # ----------------------------------------------------------------------------- dormancy and saturation
 
 

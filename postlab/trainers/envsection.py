@@ -1,5 +1,6 @@
-"""The environment section of the trainers that play an environment (RL, RFT, RASFT), in one place.
+"""The sections of the trainers that play an environment (RL, RFT, RASFT), in one place.
 
+`SamplingConfig` is the `sampling:` section of RL and RFT (how rollouts sample, per model turn).
 `EnvConfig` is the `env:` section: which environment and split to train on, how many model turns
 an episode may take, and what the periodic evaluation plays. `validate_env` builds every env the
 run will build before any model loads, so a bad name, split, style or env argument fails at once;
@@ -12,6 +13,31 @@ from __future__ import annotations
 import dataclasses
 
 from postlab.config import ConfigError
+from postlab.rollout.engine import SamplingParams
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """How the trainer's rollouts sample, per model turn (the engine's `SamplingParams` without the seed,
+    which the trainer derives per step: `postlab.seeds.sampling_seed`)."""
+
+    max_new_tokens: int = 32  # per model turn
+    temperature: float = 1.0  # Chu et al.'s PPO: 0.2
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k
+    repetition_penalty: float = 1.0  # 1.0 = off; > 1 discourages tokens already in the prompt or output
+    stop: tuple[str, ...] = ()  # stop strings (kept in the output, as EOS ends a turn)
+
+    def __post_init__(self):
+        try:
+            self.params(0)
+        except ValueError as e:
+            raise ConfigError(f"sampling: {e}") from None
+
+    def params(self, seed: int, n: int = 1) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                              top_k=self.top_k, repetition_penalty=self.repetition_penalty, stop=tuple(self.stop),
+                              n=n, seed=seed)
 
 
 @dataclasses.dataclass

@@ -36,11 +36,10 @@ from postlab.envs.base import make
 from postlab.objectives.registry import get_objective
 from postlab.progress import console
 from postlab.rollout.backends import RolloutConfig, backend_for_run
-from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import run_episodes
 from postlab.seeds import rl_seed, sampling_seed
 from postlab.trainers.common import count_parameters, pack_micro_batches, prompts_per_rank, update_step
-from postlab.trainers.envsection import EnvConfig, evaluate_env, validate_env
+from postlab.trainers.envsection import EnvConfig, SamplingConfig, evaluate_env, validate_env
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.setup import setup_optimizer, setup_policy
 
@@ -52,12 +51,7 @@ class RFTBatchConfig:
     micro_batch_sequences: int = 32  # kept answers per forward/backward
 
 
-@dataclasses.dataclass
-class RFTSamplingConfig:
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+RFTSamplingConfig = SamplingConfig  # the sampling section, shared with RL (trainers.envsection)
 
 
 @dataclasses.dataclass
@@ -67,7 +61,7 @@ class RFTConfig:
     # expert_answer), so its default is math
     env: EnvConfig = dataclasses.field(default_factory=lambda: EnvConfig(name="math"))
     batch: RFTBatchConfig = dataclasses.field(default_factory=RFTBatchConfig)
-    sampling: RFTSamplingConfig = dataclasses.field(default_factory=RFTSamplingConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=lambda: SamplingConfig(max_new_tokens=64))
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=5e-5, schedule="constant"))
     # who samples: the local engine on the policy, or vLLM (weights pushed after every update)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
@@ -75,15 +69,10 @@ class RFTConfig:
     run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(out_dir="runs/rft"))
 
     def __post_init__(self):
-        b, s = self.batch, self.sampling
+        b = self.batch
         for k in ("prompts_per_step", "samples_per_prompt", "micro_batch_sequences"):
             if getattr(b, k) < 1:
                 raise ConfigError(f"batch.{k} must be >= 1, got {getattr(b, k)}")
-        try:
-            SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                           repetition_penalty=s.repetition_penalty)
-        except ValueError as e:
-            raise ConfigError(f"sampling: {e}") from None
 
 
 def train_rft(cfg: RFTConfig, resume: str | Path | None = None) -> Path:
@@ -117,8 +106,7 @@ def setup_rft(cfg: RFTConfig, session: Session) -> Trainer:
         t0 = time.time()
         first = rank * local_prompts  # this rank's block of the step's problems
         seeds = [rl_seed(cfg.run.seed, i * P + p) for p in range(first, first + local_prompts) for _ in range(k)]
-        params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                                repetition_penalty=s.repetition_penalty, seed=sampling_seed(cfg.run.seed, i, rank))
+        params = s.params(sampling_seed(cfg.run.seed, i, rank))
         envs = [make(cfg.env.name, **env_args) for _ in seeds]
         if backend is not None:
             episodes = run_episodes(model, tok, envs, seeds, params, max_turns=1, backend=backend)

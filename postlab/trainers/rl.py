@@ -46,7 +46,7 @@ from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients,
                                      step_normalizer)
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.ppo_value import ValueHead, load_value_head, save_value_head, value_fn_for
-from postlab.trainers.envsection import EnvConfig, evaluate_env, validate_env
+from postlab.trainers.envsection import EnvConfig, SamplingConfig, evaluate_env, validate_env
 from postlab.trainers.setup import setup_optimizer, setup_policy
 
 
@@ -73,13 +73,7 @@ class RLBatchConfig:
         return self.prompts_per_step * self.samples_per_prompt
 
 
-@dataclasses.dataclass
-class RLSamplingConfig:
-    max_new_tokens: int = 32  # per model turn
-    temperature: float = 1.0  # Chu et al.'s PPO: 0.2
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: tuple[str, ...] = ()
+RLSamplingConfig = SamplingConfig  # the sampling section, shared with RFT (trainers.envsection)
 
 
 @dataclasses.dataclass
@@ -142,9 +136,7 @@ class RLConfig:
         return get_algorithm(self.algorithm)
 
     def sampling_params(self, seed: int) -> SamplingParams:
-        s = self.sampling
-        return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                              stop=tuple(s.stop), seed=seed)
+        return self.sampling.params(seed)
 
 
 def _import_reward_fn(spec: str | None):

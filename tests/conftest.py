@@ -15,3 +15,13 @@ def char_tokenizer():
     from postlab.models import build_tokenizer
 
     return build_tokenizer([], "char")
+
+
+@pytest.fixture(scope="session")
+def nano_checkpoint(tmp_path_factory):
+    """A random-init nano model (seed 0) and the char tokenizer saved as a Hugging Face directory
+    (model.path of trainer tests, DRIFT's reference). Shared by the whole session: never write into it
+    (copy it first, as tests that damage a checkpoint do)."""
+    from harness import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("nano") / "nano")

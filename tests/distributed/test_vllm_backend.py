@@ -109,17 +109,14 @@ def test_missing_vllm_names_the_extra(tmp_path):
         make_backend(RolloutConfig(backend="vllm"), str(tmp_path))
 
 
-def test_rl_syncs_weights_after_every_update(tmp_path, monkeypatch, char_tokenizer):
+def test_rl_syncs_weights_after_every_update(tmp_path, monkeypatch, nano_checkpoint):
     """rollout.backend: vllm in an RL run: every step samples through the engine, which receives the
     policy's exact weights after every update (before the next rollout); sleep/wake around it."""
     from safetensors.torch import load_file
 
-    from postlab.models import init_model
-    from postlab.models.io import save_pretrained_atomic
     from postlab.trainers import rl
 
-    base = tmp_path / "base"
-    save_pretrained_atomic(init_model("nano", char_tokenizer, seed=0), char_tokenizer, base)
+    base = nano_checkpoint
     cfg_path = tmp_path / "rl.yaml"
     cfg_path.write_text(textwrap.dedent(f"""
         model: {{path: {base}}}
@@ -167,13 +164,6 @@ def test_rl_syncs_weights_after_every_update(tmp_path, monkeypatch, char_tokeniz
         torch.testing.assert_close(llm.model.state_dict()[name], t, atol=0, rtol=0)
 
 
-def _nano_checkpoint(tmp_path, tok):
-    from postlab.models import init_model
-    from postlab.models.io import save_pretrained_atomic
-
-    return save_pretrained_atomic(init_model("nano", tok, seed=0), tok, tmp_path / "base")
-
-
 def _fake_make_backend(made, expected_start):
     def make(rollout_cfg, start, dtype="bfloat16", seed=0):
         assert rollout_cfg.backend == "vllm" and str(start) == str(expected_start)
@@ -185,10 +175,10 @@ def _fake_make_backend(made, expected_start):
     return make
 
 
-def test_rft_samples_through_vllm_and_syncs_after_every_update(tmp_path, monkeypatch, char_tokenizer):
+def test_rft_samples_through_vllm_and_syncs_after_every_update(tmp_path, monkeypatch, nano_checkpoint):
     from postlab.trainers import rft
 
-    base = _nano_checkpoint(tmp_path, char_tokenizer)
+    base = nano_checkpoint
     made = []
     from postlab.rollout import backends
 
@@ -216,11 +206,11 @@ def test_rft_samples_through_vllm_and_syncs_after_every_update(tmp_path, monkeyp
         torch.testing.assert_close(backend.llm.model.state_dict()[name], t, atol=0, rtol=0)
 
 
-def test_rasft_pushes_weights_only_before_a_refresh_after_an_update(tmp_path, monkeypatch, char_tokenizer):
+def test_rasft_pushes_weights_only_before_a_refresh_after_an_update(tmp_path, monkeypatch, nano_checkpoint):
     from postlab.data.records import load_records, write_jsonl
     from postlab.trainers import rasft
 
-    base = _nano_checkpoint(tmp_path, char_tokenizer)
+    base = nano_checkpoint
     made = []
     from postlab.rollout import backends
 
@@ -239,14 +229,14 @@ def test_rasft_pushes_weights_only_before_a_refresh_after_an_update(tmp_path, mo
     assert backend.syncs == len(kinds) // 2 < 3  # fewer pushes than the run's 3 optimizer steps
 
 
-def test_rollout_job_and_eval_sample_through_vllm_without_loading_the_weights(tmp_path, monkeypatch, char_tokenizer):
+def test_rollout_job_and_eval_sample_through_vllm_without_loading_the_weights(tmp_path, monkeypatch, nano_checkpoint):
     import importlib
 
     evaluate_mod = importlib.import_module("postlab.eval.evaluate")
     from postlab.models import io
     from postlab.rollout import backends, offline
 
-    base = _nano_checkpoint(tmp_path, char_tokenizer)
+    base = nano_checkpoint
     made = []
     monkeypatch.setattr(offline, "make_backend", _fake_make_backend(made, base))
     monkeypatch.setattr(backends, "make_backend", _fake_make_backend(made, base))

@@ -1,4 +1,5 @@
-"""Fixtures for the DRIFT tests: a char tokenizer, a tiny random Qwen2 model and its checkpoint (no downloads)."""
+"""Fixtures for the DRIFT tests: a char tokenizer and a tiny random Qwen2 model (its checkpoint on disk,
+DRIFT's fixed reference, is tests/conftest.py's nano_checkpoint)."""
 
 import pytest
 import torch
@@ -17,11 +18,3 @@ def nano(tok):
 
     torch.manual_seed(0)
     return init_model("nano", tok, seed=0)
-
-
-@pytest.fixture(scope="session")
-def reference_ckpt(tmp_path_factory, nano, tok):
-    """The fixed reference checkpoint DRIFT samples from: a from-scratch nano model on disk."""
-    from postlab.models.io import save_pretrained_atomic
-
-    return save_pretrained_atomic(nano, tok, tmp_path_factory.mktemp("drift") / "reference")

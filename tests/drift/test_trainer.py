@@ -56,13 +56,13 @@ def drift_gradient(cfg) -> dict:
     return first_step_gradient(trainer)
 
 
-def test_equal_weights_give_the_sft_gradient(reference_ckpt, tmp_path):
+def test_equal_weights_give_the_sft_gradient(nano_checkpoint, tmp_path):
     trajs = [{**t, "weight": 1.0} for t in hand_trajectories()]
     data = write(tmp_path / "t.jsonl", trajs)
-    drift = drift_gradient(drift_cfg(reference_ckpt, data, tmp_path / "drift", "weights.from_file=true"))
+    drift = drift_gradient(drift_cfg(nano_checkpoint, data, tmp_path / "drift", "weights.from_file=true"))
     # plain SFT (nll, per-sample token mean, then the batch mean) on the same records, unweighted
     records = [{k: v for k, v in r.items() if k != "weight"} for r in to_drift_records(trajs, [1.0] * len(trajs))]
-    sft_cfg = load_config(SFTConfig, None, [f"model.path={reference_ckpt}", "model.preset=null",
+    sft_cfg = load_config(SFTConfig, None, [f"model.path={nano_checkpoint}", "model.preset=null",
                                             f"run.out_dir={tmp_path / 'sft'}", "data.shuffle=false",
                                             "objective=nll", "aggregation=seq_mean_token_mean",
                                             "batch.sequences_per_step=4", "batch.micro_batch_sequences=2",
@@ -72,35 +72,35 @@ def test_equal_weights_give_the_sft_gradient(reference_ckpt, tmp_path):
     assert_same_gradients(drift, sft)
     # the normalized reduction is invariant to a common scale of the weights: still SFT's gradient
     scaled = write(tmp_path / "s.jsonl", [{**t, "weight": 2.5} for t in trajs])
-    normalized = drift_gradient(drift_cfg(reference_ckpt, scaled, tmp_path / "norm", "weights.from_file=true",
+    normalized = drift_gradient(drift_cfg(nano_checkpoint, scaled, tmp_path / "norm", "weights.from_file=true",
                                           "reduction=normalized"))
     assert_same_gradients(normalized, sft)
     # while the default reduction (1/B) sum w_i l_i scales with them
-    mean = drift_gradient(drift_cfg(reference_ckpt, scaled, tmp_path / "mean", "weights.from_file=true"))
+    mean = drift_gradient(drift_cfg(nano_checkpoint, scaled, tmp_path / "mean", "weights.from_file=true"))
     assert_same_gradients({n: g / 2.5 for n, g in mean.items()}, sft)
 
 
-def test_weights_are_recomputed_with_the_configs_gamma(reference_ckpt, tmp_path):
+def test_weights_are_recomputed_with_the_configs_gamma(nano_checkpoint, tmp_path):
     trajs = hand_trajectories()  # their stored returns are arbitrary: the trainer recomputes them
     data = write(tmp_path / "t.jsonl", trajs)
-    cfg = drift_cfg(reference_ckpt, data, tmp_path / "r", "weights.gamma=0.7", "weights.beta=0.2")
+    cfg = drift_cfg(nano_checkpoint, data, tmp_path / "r", "weights.gamma=0.7", "weights.beta=0.2")
     got = [r["weight"] for r in load_drift_data(cfg).records]
     returns = [trajectory_return(t["verdicts"], t["answers"], gamma=0.7) for t in trajs]
     want = drift_weights(returns, [t["prompt_id"] for t in trajs], beta=0.2).weights
     assert got == pytest.approx(list(want))
-    default = load_drift_data(drift_cfg(reference_ckpt, data, tmp_path / "d")).records  # gamma 0.9, beta 0.1
+    default = load_drift_data(drift_cfg(nano_checkpoint, data, tmp_path / "d")).records  # gamma 0.9, beta 0.1
     assert got != pytest.approx([r["weight"] for r in default])
     # drop_all_fail: prompts 0 and 1 each have a success; a third, all-fail prompt is dropped
     fails = trajs + [make_trajectory(2, 0, (False,), ("7",), 0.0),
                      make_trajectory(2, 1, (False, False), ("7", "8"), 0.0)]
     data2 = write(tmp_path / "f.jsonl", fails)
-    kept = load_drift_data(drift_cfg(reference_ckpt, data2, tmp_path / "x", "weights.drop_all_fail=true"))
+    kept = load_drift_data(drift_cfg(nano_checkpoint, data2, tmp_path / "x", "weights.drop_all_fail=true"))
     assert [r["prompt_id"] for r in kept.records] == [0, 0, 1, 1] and kept.stats["kept prompts"] == pytest.approx(2 / 3)
 
 
-def test_only_last_turn_tokens_carry_loss_in_the_trainers_batches(reference_ckpt, tok, tmp_path, monkeypatch):
+def test_only_last_turn_tokens_carry_loss_in_the_trainers_batches(nano_checkpoint, tok, tmp_path, monkeypatch):
     trajs = hand_trajectories()
-    cfg = drift_cfg(reference_ckpt, write(tmp_path / "t.jsonl", trajs), tmp_path / "run")
+    cfg = drift_cfg(nano_checkpoint, write(tmp_path / "t.jsonl", trajs), tmp_path / "run")
     seen = []
     real = common_mod.accumulate_gradients  # what every trainer's update_step runs
 
@@ -120,33 +120,33 @@ def test_only_last_turn_tokens_carry_loss_in_the_trainers_batches(reference_ckpt
     assert trained == [t["messages"][-1]["content"] + "<|end|>" for t in trajs]
 
 
-def test_a_bad_trajectory_file_stops_before_the_run_directory_exists(reference_ckpt, tmp_path):
+def test_a_bad_trajectory_file_stops_before_the_run_directory_exists(nano_checkpoint, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps(make_trajectory()) + "\n" + json.dumps(make_trajectory(ret=0.5, sample=1))
                     .replace('"return": 0.5', '"return": NaN') + "\n")
     out = tmp_path / "run"
     with pytest.raises(DataError) as e:
-        train_drift(drift_cfg(reference_ckpt, data, out))
+        train_drift(drift_cfg(nano_checkpoint, data, out))
     assert "bad.jsonl:2" in str(e.value) and "field 'return'" in str(e.value)
     assert not out.exists()
     missing = tmp_path / "missing.jsonl"
     missing.write_text(json.dumps({k: v for k, v in make_trajectory().items() if k != "verdicts"}) + "\n")
     with pytest.raises(DataError, match="missing.jsonl:1: missing field 'verdicts'"):
-        train_drift(drift_cfg(reference_ckpt, missing, out))
+        train_drift(drift_cfg(nano_checkpoint, missing, out))
     assert not out.exists()
 
 
-def test_trajectories_of_two_references_are_refused(reference_ckpt, tmp_path):
+def test_trajectories_of_two_references_are_refused(nano_checkpoint, tmp_path):
     other = make_trajectory(1, reference={"path": "other", "sha256": "cd" * 32})
     data = write(tmp_path / "t.jsonl", [make_trajectory(), other])
     with pytest.raises(DataError, match="ONE fixed reference"):
-        load_drift_data(drift_cfg(reference_ckpt, data, tmp_path / "run"))
+        load_drift_data(drift_cfg(nano_checkpoint, data, tmp_path / "run"))
 
 
-def test_resume_with_other_data_is_refused(reference_ckpt, tmp_path):
+def test_resume_with_other_data_is_refused(nano_checkpoint, tmp_path):
     data = write(tmp_path / "t.jsonl", hand_trajectories())
     run = tmp_path / "run"
-    final = train_drift(drift_cfg(reference_ckpt, data, run, "run.save_every=1"))
+    final = train_drift(drift_cfg(nano_checkpoint, data, run, "run.save_every=1"))
     assert final.is_dir()
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["kind"] == "train"]
@@ -159,16 +159,16 @@ def test_resume_with_other_data_is_refused(reference_ckpt, tmp_path):
     data.write_text("")
     write(data, [make_trajectory(5, 0)] + trajs[1:])
     with pytest.raises(ConfigError, match="training data differ"):
-        train_drift(drift_cfg(reference_ckpt, data, run, "run.max_steps=2"), resume=run)
+        train_drift(drift_cfg(nano_checkpoint, data, run, "run.max_steps=2"), resume=run)
 
 
-def test_config_errors_name_the_key(reference_ckpt, tmp_path):
+def test_config_errors_name_the_key(nano_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match="data.paths"):
         load_config(DRIFTConfig, None, ["run.out_dir=x"])
     with pytest.raises(ConfigError, match="weights.clip"):
-        drift_cfg(reference_ckpt, "t.jsonl", tmp_path, "weights.clip=0.5")
+        drift_cfg(nano_checkpoint, "t.jsonl", tmp_path, "weights.clip=0.5")
     with pytest.raises(ConfigError, match="weights.from_file"):
-        drift_cfg(reference_ckpt, "t.jsonl", tmp_path, "weights.from_file=true", "weights.drop_all_fail=true")
-    cfg = drift_cfg(reference_ckpt, "t.jsonl", tmp_path, "eval.episodes=2", "eval.splits=[nope]")
+        drift_cfg(nano_checkpoint, "t.jsonl", tmp_path, "weights.from_file=true", "weights.drop_all_fail=true")
+    cfg = drift_cfg(nano_checkpoint, "t.jsonl", tmp_path, "eval.episodes=2", "eval.splits=[nope]")
     with pytest.raises(ConfigError, match="eval: .*nope"):
         train_drift(cfg)

@@ -3,26 +3,14 @@
 
 import json
 
-import pytest
-
 from postlab.cli.main import main
-from postlab.models import build_tokenizer, init_model, save_pretrained_atomic
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    tok = build_tokenizer(["3 + 4 = 7. 12 - 5 = 7. 0123456789 #"], "char")
-    out = tmp_path_factory.mktemp("ckpt") / "m"
-    save_pretrained_atomic(init_model("nano", tok, seed=0), tok, out)
-    return out
-
 
 ARGS = ["--env", "toy", "--split", "id", "--episodes", "4", "--decoding", "sampled", "--k", "2",
         "--max-new-tokens", "4", "--device", "cpu"]
 
 
-def test_default_output_is_a_short_summary(ckpt, capsys):
-    assert main(["eval", str(ckpt), *ARGS]) == 0
+def test_default_output_is_a_short_summary(nano_checkpoint, capsys):
+    assert main(["eval", str(nano_checkpoint), *ARGS]) == 0
     captured = capsys.readouterr()
     out = captured.out + captured.err  # the tables go to the console (stderr), like every command's summary
     assert "summary" in out and "pass@k" in out and "truncated" in out and "tokens" in out
@@ -30,15 +18,15 @@ def test_default_output_is_a_short_summary(ckpt, capsys):
     assert len(out.splitlines()) < 40
 
 
-def test_json_prints_the_full_record(ckpt, capsys):
-    assert main(["eval", str(ckpt), *ARGS, "--json"]) == 0
+def test_json_prints_the_full_record(nano_checkpoint, capsys):
+    assert main(["eval", str(nano_checkpoint), *ARGS, "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert records[0]["split"] == "id" and "pass_at_k" in records[0] and "truncated_fraction" in records[0]
 
 
-def test_out_writes_the_full_record(ckpt, tmp_path, capsys):
+def test_out_writes_the_full_record(nano_checkpoint, tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert main(["eval", str(ckpt), *ARGS, "--out", str(out)]) == 0
+    assert main(["eval", str(nano_checkpoint), *ARGS, "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert '"success_rate"' not in captured.out + captured.err
     assert json.loads(out.read_text())[0]["split"] == "id"

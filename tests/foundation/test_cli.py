@@ -6,7 +6,8 @@ import pytest
 
 from postlab.cli.main import main
 
-from .helpers import REPO, reverse_records
+from harness import REPO
+from .helpers import reverse_records
 
 QUIET = ["run.progress=false", "run.tensorboard=false"]
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from .helpers import reverse_records, run_cli
+from harness import run_cli
+from .helpers import reverse_records
 
 from postlab.config import ConfigError, load_config
 from postlab.models import CheckpointError

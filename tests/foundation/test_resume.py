@@ -1,17 +1,14 @@
 """Kill -9 a training process after a checkpoint, resume it with the CLI: bit-identical weights."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 
-from .helpers import REPO, printed_so_far, reverse_records, run_cli
 from safetensors.torch import load_file
 
 from postlab.data.records import write_jsonl
+
+from harness import kill_after_checkpoint, run_cli, start_hanging_run
+from .helpers import reverse_records
 
 N, K = 8, 4  # train N steps; the killed run checkpoints every 2 steps and dies after checkpoint K
 
@@ -29,23 +26,6 @@ def _config(tmp_path) -> str:
     return str(cfg)
 
 
-# The killed run: the real CLI, with RunDir.log patched to hang once step K+1 is logged, i.e. after
-# checkpoint K was written and the dead run has logged metrics past it (which resume must drop).
-KILLED = textwrap.dedent("""
-    import sys, time
-    from postlab import runs
-    orig = runs.RunDir.log
-    def log(self, step, metrics, kind="train"):
-        orig(self, step, metrics, kind)
-        if step == {hang}:
-            print("HANGING", flush=True)
-            time.sleep(600)
-    runs.RunDir.log = log
-    from postlab.cli.main import main
-    sys.exit(main(sys.argv[1:]))
-""")
-
-
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     cfg = _config(tmp_path)
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -53,23 +33,10 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     # The uninterrupted run, concurrently with the killed one (2 cores).
     uninterrupted = run_cli(["train", "sft", cfg, f"run.out_dir={full}"], background=True)
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(__import__("torch").get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED.format(hang=K + 1), "train", "sft", cfg,
-                             f"run.out_dir={killed}", "run.save_every=2"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        ckpt = killed / "checkpoints" / f"step_{K:06d}"
-        while not (ckpt / "trainer_state.json").exists() or "HANGING" not in printed_so_far(proc):
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.time() < deadline, "checkpoint never appeared"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    # The killed run hangs once step K+1 is logged: checkpoint K is on disk and the dead run has
+    # logged metrics past it (which resume must drop).
+    proc = start_hanging_run(["train", "sft", cfg, f"run.out_dir={killed}", "run.save_every=2"], hang_step=K + 1)
+    kill_after_checkpoint(proc, killed / "checkpoints" / f"step_{K:06d}", timeout=120)
     assert not (killed / "final").exists()
     steps_before = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert max(steps_before) == K + 1  # the dead run logged a step past its last checkpoint

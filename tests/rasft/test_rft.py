@@ -58,10 +58,10 @@ def _mixed(row: int, expert: str) -> tuple[str, str]:
             (expert, "length")][row]  # correct text but cut off by max_new_tokens: not a finished answer
 
 
-def test_keeps_only_verified_finished_distinct_answers(checkpoint, tmp_path, monkeypatch):
+def test_keeps_only_verified_finished_distinct_answers(nano_checkpoint, tmp_path, monkeypatch):
     from postlab.models import load_tokenizer
 
-    tok = load_tokenizer(str(checkpoint))
+    tok = load_tokenizer(str(nano_checkpoint))
     monkeypatch.setattr(episodes, "generate", fake_generate(tok, _mixed))
     trained: list[str] = []
     pack = rft.pack_micro_batches
@@ -72,7 +72,7 @@ def test_keeps_only_verified_finished_distinct_answers(checkpoint, tmp_path, mon
         return pack(seqs, micro)
 
     monkeypatch.setattr(rft, "pack_micro_batches", spy)
-    train_rft(config(checkpoint, tmp_path / "run"))
+    train_rft(config(nano_checkpoint, tmp_path / "run"))
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
         assert r["solve_rate"] == pytest.approx(3 / 4)  # the verifier accepts the cut-off one too ...
@@ -82,21 +82,21 @@ def test_keeps_only_verified_finished_distinct_answers(checkpoint, tmp_path, mon
     assert len(trained) == 2 * P and set(trained) == known  # each problem's expert-equal answer, once
 
 
-def test_a_step_without_a_correct_answer_makes_no_update(checkpoint, tmp_path, monkeypatch):
+def test_a_step_without_a_correct_answer_makes_no_update(nano_checkpoint, tmp_path, monkeypatch):
     from postlab.models import load_tokenizer
 
-    tok = load_tokenizer(str(checkpoint))
+    tok = load_tokenizer(str(nano_checkpoint))
     monkeypatch.setattr(episodes, "generate", fake_generate(tok, lambda row, expert: (_mixed(2, expert)[0], "stop")))
-    train_rft(config(checkpoint, tmp_path / "run"))
+    train_rft(config(nano_checkpoint, tmp_path / "run"))
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["updated"], r["kept"], r["tokens_trained"]) for r in rows] == [(0, 0, 0), (0, 0, 0)]
-    a = load_file(str(checkpoint / "model.safetensors"))
+    a = load_file(str(nano_checkpoint / "model.safetensors"))
     b = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
     assert all(a[k].equal(b[k]) for k in a)
 
 
-def test_env_without_a_verifier_is_rejected(checkpoint, tmp_path):
-    cfg = config(checkpoint, tmp_path / "run")
+def test_env_without_a_verifier_is_rejected(nano_checkpoint, tmp_path):
+    cfg = config(nano_checkpoint, tmp_path / "run")
     cfg.env = RFTEnvConfig(name="toy", eval_splits=())  # toy has no check_answer()
     with pytest.raises(ConfigError, match="env.name='toy': the environment has no check_answer"):
         train_rft(cfg)

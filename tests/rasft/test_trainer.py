@@ -32,9 +32,9 @@ def rows(out, kind):
     return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
-def test_routes_and_refreshes_consistently(checkpoint, tmp_path):
+def test_routes_and_refreshes_consistently(nano_checkpoint, tmp_path):
     out = tmp_path / "run"
-    train_rasft(config(checkpoint, out, steps=5), ITEMS)
+    train_rasft(config(nano_checkpoint, out, steps=5), ITEMS)
     train, refreshes = rows(out, "train"), rows(out, "refresh")
     assert len(train) == 5 and refreshes, "refresh_every=1 with pending items must refresh"
     for r in train:
@@ -89,14 +89,14 @@ def _three_answers(expert: str) -> list[str]:
     return [expert, f"first {steps.replace(' ', ' then ')} so #### {answer}", f"{steps} #### {wrong}"]
 
 
-def test_group_weights_reach_the_batch_and_survive_a_crash(checkpoint, tmp_path, monkeypatch):
+def test_group_weights_reach_the_batch_and_survive_a_crash(nano_checkpoint, tmp_path, monkeypatch):
     from postlab.models import load_tokenizer
     from postlab import runs
     import postlab.trainers.rasft as rasft
 
-    tok = load_tokenizer(str(checkpoint))
+    tok = load_tokenizer(str(nano_checkpoint))
     monkeypatch.setattr(rasft, "generate", _fake_generate(tok, _three_answers))
-    cfg = config(checkpoint, tmp_path / "full", steps=4, run=RunConfig(
+    cfg = config(nano_checkpoint, tmp_path / "full", steps=4, run=RunConfig(
         out_dir=str(tmp_path / "full"), max_steps=4, log_every=1, save_every=1, keep_checkpoints=10, progress=False,
         tensorboard=False))
     train_rasft(cfg, ITEMS)
@@ -124,8 +124,8 @@ def test_group_weights_reach_the_batch_and_survive_a_crash(checkpoint, tmp_path,
             raise KeyboardInterrupt("simulated crash")
 
     monkeypatch.setattr(runs.RunDir, "log", log)
-    cfg_c = config(checkpoint, crashed, run=RunConfig(out_dir=str(crashed), max_steps=4, log_every=1, save_every=2,
-                                                      progress=False, tensorboard=False))
+    cfg_c = config(nano_checkpoint, crashed, run=RunConfig(out_dir=str(crashed), max_steps=4, log_every=1,
+                                                           save_every=2, progress=False, tensorboard=False))
     with pytest.raises(KeyboardInterrupt):
         train_rasft(cfg_c, ITEMS)
     monkeypatch.setattr(runs.RunDir, "log", orig)
@@ -160,9 +160,9 @@ class _NoExpertAnswer(_NoVerifier):
 
 
 @pytest.mark.parametrize("cls,missing", [(_NoVerifier, "check_answer()"), (_NoExpertAnswer, "expert_answer()")])
-def test_env_without_a_verifier_is_rejected(checkpoint, tmp_path, monkeypatch, cls, missing):
+def test_env_without_a_verifier_is_rejected(nano_checkpoint, tmp_path, monkeypatch, cls, missing):
     monkeypatch.setitem(ENV_REGISTRY, "rasft-test-env", cls)
-    cfg = config(checkpoint, tmp_path / "run", env=RASFTEnvConfig(name="rasft-test-env", eval_splits=()))
+    cfg = config(nano_checkpoint, tmp_path / "run", env=RASFTEnvConfig(name="rasft-test-env", eval_splits=()))
     with pytest.raises(ConfigError, match=rf"env.name='rasft-test-env': the environment has no .*{missing}.*math"):
         train_rasft(cfg, ITEMS)
     assert not (tmp_path / "run").exists()
@@ -187,17 +187,17 @@ def _with(i, content=None, **meta):
                                                         r"data.max_length=12 cuts away every expert response"),
     ([], {}, r"training data is empty"),
 ])
-def test_bad_items_fail_before_a_run_starts(checkpoint, tmp_path, records, kw, match):
+def test_bad_items_fail_before_a_run_starts(nano_checkpoint, tmp_path, records, kw, match):
     with pytest.raises(DataError, match=match):
-        train_rasft(config(checkpoint, tmp_path / "run", **kw), records)
+        train_rasft(config(nano_checkpoint, tmp_path / "run", **kw), records)
     assert not (tmp_path / "run").exists()
 
 
-def test_config_rejects_a_bad_ratio_clip(checkpoint, tmp_path):
+def test_config_rejects_a_bad_ratio_clip(nano_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match="rho_min"):
-        config(checkpoint, tmp_path, rho_min=1.5, rho_max=1.2)
+        config(nano_checkpoint, tmp_path, rho_min=1.5, rho_max=1.2)
     with pytest.raises(ConfigError, match="model.path: RASFT starts from a checkpoint"):
-        train_rasft(config(checkpoint, tmp_path, model=ModelConfig(preset="nano")), ITEMS)
+        train_rasft(config(nano_checkpoint, tmp_path, model=ModelConfig(preset="nano")), ITEMS)
 
 
 def test_published_defaults():

@@ -11,11 +11,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """A random-init nano Qwen2 + char tokenizer saved as a Hugging Face directory (model.path)."""
-    from tests.scale.helpers import tiny_checkpoint
-
-    return tiny_checkpoint(tmp_path_factory.mktemp("base") / "nano")

@@ -39,13 +39,13 @@ def _logits(model, ids):
         return model(input_ids=ids).logits
 
 
-def test_sft_adapter_loads_with_plain_peft_and_matches_the_policy(base_dir, tmp_path):
+def test_sft_adapter_loads_with_plain_peft_and_matches_the_policy(nano_checkpoint, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from postlab.models.io import load_model
 
-    cfg = _sft_cfg(base_dir, tmp_path / "run", lora=dataclasses.replace(LORA, save_merged=True))
+    cfg = _sft_cfg(nano_checkpoint, tmp_path / "run", lora=dataclasses.replace(LORA, save_merged=True))
     trainer, final = _train_sft(cfg)
     names = {p.name for p in final.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "merged"} <= names
@@ -56,26 +56,26 @@ def test_sft_adapter_loads_with_plain_peft_and_matches_the_policy(base_dir, tmp_
     policy = trainer.model.eval()
     ids = torch.tensor([[3, 40, 41, 42, 50, 61, 7, 9]])
     want = _logits(policy, ids)
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    base = AutoModelForCausalLM.from_pretrained(str(nano_checkpoint))
     assert not torch.allclose(_logits(base, ids), want, atol=1e-4)  # training moved the adapter
-    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base_dir)), str(final)).eval()
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(nano_checkpoint)), str(final)).eval()
     torch.testing.assert_close(_logits(plain, ids), want, atol=1e-5, rtol=0)
     merged = AutoModelForCausalLM.from_pretrained(str(final / "merged")).eval()
     torch.testing.assert_close(_logits(merged, ids), want, atol=1e-5, rtol=0)
     # postlab's own loader (evaluation, RL from this run's final/) merges the adapter onto its base
     torch.testing.assert_close(_logits(load_model(str(final)).eval(), ids), want, atol=1e-5, rtol=0)
     assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == \
-        str(base_dir.resolve())
+        str(nano_checkpoint.resolve())
 
 
-def test_only_adapter_parameters_receive_gradients(base_dir, tmp_path):
+def test_only_adapter_parameters_receive_gradients(nano_checkpoint, tmp_path):
     from safetensors.torch import load_file
 
     from postlab.data.records import encode_all
     from postlab.models.forward import token_outputs
     from postlab.trainers.common import pack_micro_batches
 
-    cfg = _sft_cfg(base_dir, tmp_path / "run")
+    cfg = _sft_cfg(nano_checkpoint, tmp_path / "run")
     trainer, _ = _train_sft(cfg)
     model = trainer.model
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -87,14 +87,14 @@ def test_only_adapter_parameters_receive_gradients(base_dir, tmp_path):
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == trainable
     # after 3 optimizer steps the base weights are bit-identical to the checkpoint's
-    base = load_file(str(base_dir / "model.safetensors"))
+    base = load_file(str(nano_checkpoint / "model.safetensors"))
     state = model.state_dict()
     for name, tensor in base.items():
         key = name if name in state else name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
         assert torch.equal(state[key], tensor), name
 
 
-def test_reference_is_the_adapter_disabled_policy_kl_zero_at_step_0(base_dir, tmp_path):
+def test_reference_is_the_adapter_disabled_policy_kl_zero_at_step_0(nano_checkpoint, tmp_path):
     import postlab.envs.toy  # noqa: F401
     from postlab.models import lora
     from postlab.data.records import encode_all
@@ -104,7 +104,7 @@ def test_reference_is_the_adapter_disabled_policy_kl_zero_at_step_0(base_dir, tm
     from postlab.trainers.setup import load_reference
 
     # directly: the reference's log-probs equal the policy's before any update, with no second model
-    cfg = _sft_cfg(base_dir, tmp_path / "sft", lora=dataclasses.replace(LORA, dropout=0.0))
+    cfg = _sft_cfg(nano_checkpoint, tmp_path / "sft", lora=dataclasses.replace(LORA, dropout=0.0))
     trainer, _ = _train_sft(cfg)
     policy = trainer.model
     ref = load_reference(cfg.model, "cpu", "test", policy=policy)
@@ -120,7 +120,7 @@ def test_reference_is_the_adapter_disabled_policy_kl_zero_at_step_0(base_dir, tm
         load_reference(cfg.model, "cpu", "test")
 
     # through RL: GRPO with beta > 0 logs kl = 0 at step 1 (the adapters start at zero)
-    rl = RLConfig(model=ModelConfig(path=str(base_dir), lora=LORA), env=RLEnvConfig(name="toy", eval_episodes=4),
+    rl = RLConfig(model=ModelConfig(path=str(nano_checkpoint), lora=LORA), env=RLEnvConfig(name="toy", eval_episodes=4),
                   batch=RLBatchConfig(2, 4, 8, 1), sampling=RLSamplingConfig(max_new_tokens=4), beta=0.1,
                   optim=OptimConfig(lr=1e-2, schedule="constant"),
                   run=RunConfig(out_dir=str(tmp_path / "rl"), max_steps=2, progress=False, tensorboard=False,
@@ -132,12 +132,12 @@ def test_reference_is_the_adapter_disabled_policy_kl_zero_at_step_0(base_dir, tm
     assert (final / "adapter_model.safetensors").exists()
 
 
-def test_resume_restores_the_adapter_bit_identically(base_dir, tmp_path):
+def test_resume_restores_the_adapter_bit_identically(nano_checkpoint, tmp_path):
     from safetensors.torch import load_file
 
-    full = _train_sft(dataclasses.replace(_sft_cfg(base_dir, tmp_path / "a"), run=RunConfig(
+    full = _train_sft(dataclasses.replace(_sft_cfg(nano_checkpoint, tmp_path / "a"), run=RunConfig(
         out_dir=str(tmp_path / "a"), max_steps=4, progress=False, tensorboard=False)))[1]
-    half = dataclasses.replace(_sft_cfg(base_dir, tmp_path / "b"),
+    half = dataclasses.replace(_sft_cfg(nano_checkpoint, tmp_path / "b"),
                                run=RunConfig(out_dir=str(tmp_path / "b"), max_steps=2, save_every=2, progress=False,
                                              tensorboard=False))
     _train_sft(half)
@@ -150,15 +150,15 @@ def test_resume_restores_the_adapter_bit_identically(base_dir, tmp_path):
     assert not all(torch.equal(a[k], step2[k]) for k in a)  # the resumed steps trained on
 
 
-def test_missing_peft_names_the_extra(base_dir, monkeypatch):
+def test_missing_peft_names_the_extra(nano_checkpoint, monkeypatch):
     from postlab.trainers.common import setup_model
 
     monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'postlab\[peft\]'"):
-        setup_model(ModelConfig(path=str(base_dir), lora=LORA), "cpu")
+        setup_model(ModelConfig(path=str(nano_checkpoint), lora=LORA), "cpu")
 
 
-def test_config_errors_name_the_key(base_dir):
+def test_config_errors_name_the_key(nano_checkpoint):
     from postlab.config import load_config
     from postlab.trainers.common import setup_model
 
@@ -167,17 +167,17 @@ def test_config_errors_name_the_key(base_dir):
     with pytest.raises(ConfigError, match="model.lora.r"):
         load_config(ModelConfig, overrides=["path=x", "lora.r=0"])
     with pytest.raises(ConfigError, match="model.lora.target_modules"):
-        setup_model(ModelConfig(path=str(base_dir), lora=LoRAConfig(target_modules=("no_such_proj",))), "cpu")
+        setup_model(ModelConfig(path=str(nano_checkpoint), lora=LoRAConfig(target_modules=("no_such_proj",))), "cpu")
 
 
-def test_vllm_sync_pushes_merged_weights_under_the_base_names(base_dir, tmp_path):
+def test_vllm_sync_pushes_merged_weights_under_the_base_names(nano_checkpoint, tmp_path):
     """The vLLM backend (a fake engine, tests/distributed) gets the adapters merged into plain Qwen2 weights."""
     from postlab.models.io import load_model
     from tests.distributed.test_vllm_backend import backend_for
 
-    trainer, _ = _train_sft(_sft_cfg(base_dir, tmp_path / "run"))
+    trainer, _ = _train_sft(_sft_cfg(nano_checkpoint, tmp_path / "run"))
     policy = trainer.model.eval()
-    base = load_model(str(base_dir))
+    base = load_model(str(nano_checkpoint))
     backend = backend_for(base, trainer.tokenizer)
     backend.sync(policy)
     (loaded,) = backend.llm.loaded

@@ -70,11 +70,11 @@ def test_autocast_off_is_the_plain_forward_bit_for_bit(tmp_path):
     assert [default.step(i).metrics["loss"] for i in range(2)] == [explicit.step(i).metrics["loss"] for i in range(2)]
 
 
-def test_rl_step_with_both_switches_ppo_value_head_and_reference(base_dir, tmp_path):
+def test_rl_step_with_both_switches_ppo_value_head_and_reference(nano_checkpoint, tmp_path):
     import postlab.envs.toy  # noqa: F401
     from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig, train_rl
 
-    cfg = RLConfig(model=ModelConfig(path=str(base_dir), autocast="bfloat16", gradient_checkpointing=True),
+    cfg = RLConfig(model=ModelConfig(path=str(nano_checkpoint), autocast="bfloat16", gradient_checkpointing=True),
                    env=RLEnvConfig(name="toy", eval_episodes=4), batch=RLBatchConfig(2, 2, 4, 1),
                    sampling=RLSamplingConfig(max_new_tokens=4), algorithm="ppo", beta=0.05,
                    optim=OptimConfig(lr=1e-3, schedule="constant"),

@@ -67,7 +67,7 @@ def test_the_checkpoints_own_chat_template_renders_messages(tmp_path):
     from benchmarks.gpu_check import CHATML_SPECIALS, CHATML_TEMPLATE
     from postlab.models.tokenizer import PLAIN_CHAT_TEMPLATE
     from postlab.trainers.common import setup_model
-    from tests.scale.helpers import tiny_checkpoint
+    from harness import tiny_checkpoint
 
     chatml = tiny_checkpoint(tmp_path / "chatml", chat_template=CHATML_TEMPLATE, extra_special=CHATML_SPECIALS,
                              eos="<|im_end|>")
@@ -111,11 +111,11 @@ def test_math_jsonl_env_reads_local_files_with_numeric_answers(tmp_path, fmt):
     assert env.step("\\boxed{3}").reward == 0.0
 
 
-def test_grpo_on_math_from_a_local_parquet(base_dir, tmp_path):
+def test_grpo_on_math_from_a_local_parquet(nano_checkpoint, tmp_path):
     from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig, train_rl
 
     path = _parquet([{"question": f"What is {a}+{a}?", "answer": 2 * a} for a in range(6)], tmp_path / "m.parquet")
-    cfg = RLConfig(model=ModelConfig(path=str(base_dir)),
+    cfg = RLConfig(model=ModelConfig(path=str(nano_checkpoint)),
                    env=RLEnvConfig(name="math-jsonl", split="all", style="compact", kwargs={"path": str(path)},
                                    eval_splits=("all",), eval_episodes=4),
                    batch=RLBatchConfig(2, 2, 4, 1), sampling=RLSamplingConfig(max_new_tokens=4),

@@ -1,9 +1,7 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,8 @@ import yaml
 
 from postlab.config import ConfigError
 from postlab.studies import StudyRunner, load_study, resolve
+
+from harness import kill_when
 
 STUDY = {
     "name": "toy",
@@ -135,14 +135,12 @@ def test_killed_study_resumes(tmp_path):
            "--no-report"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     runs = tmp_path / "runs" / "toy" / "default" / "seed_0"
-    deadline = time.time() + 30
-    while time.time() < deadline:  # wait until the long stage has checkpointed a few steps
+
+    def long_stage_checkpointed_a_few_steps() -> bool:
         ck = list(runs.glob("long-*/run/ckpt.json")) if runs.exists() else []
-        if ck and json.loads(ck[0].read_text())["step"] >= 5:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+        return bool(ck) and json.loads(ck[0].read_text())["step"] >= 5
+
+    kill_when(proc, long_stage_checkpointed_a_few_steps, timeout=30, what="the long stage's step-5 checkpoint")
     long_dir = next(runs.glob("long-*"))
     assert not (long_dir / "DONE").exists() and (next(runs.glob("base-*")) / "DONE").exists()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)

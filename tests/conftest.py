@@ -17,6 +17,19 @@ def char_tokenizer():
     return build_tokenizer([], "char")
 
 
+@pytest.fixture
+def nano_model(char_tokenizer):
+    """A fresh random-init nano model (seed 0) for `char_tokenizer`, in eval mode: each test may train
+    or change it. Also seeds the global torch RNG (0), so a test that draws from it is reproducible
+    whatever ran before."""
+    import torch
+
+    from postlab.models import init_model
+
+    torch.manual_seed(0)
+    return init_model("nano", char_tokenizer, seed=0).eval()
+
+
 @pytest.fixture(scope="session")
 def nano_checkpoint(tmp_path_factory):
     """A random-init nano model (seed 0) and the char tokenizer saved as a Hugging Face directory

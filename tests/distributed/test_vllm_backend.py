@@ -85,15 +85,12 @@ def test_sampling_params_map_one_to_one(char_tokenizer):
     assert (greedy["temperature"], greedy["top_p"], greedy["top_k"]) == (0, 1.0, -1)
 
 
-def test_generate_stores_the_samplers_logprobs(char_tokenizer):
-    from postlab.models import init_model
-
-    model = init_model("nano", char_tokenizer, seed=0)
-    backend = backend_for(model, char_tokenizer)
+def test_generate_stores_the_samplers_logprobs(nano_model, char_tokenizer):
+    backend = backend_for(nano_model, char_tokenizer)
     prompts = [char_tokenizer.encode("ab="), char_tokenizer.encode("abc=")]
     params = SamplingParams(max_new_tokens=6, temperature=1.0, n=2, seed=3)
-    got = generate(model, char_tokenizer, prompts, params, backend=backend)
-    local = generate(model, char_tokenizer, prompts, params)
+    got = generate(nano_model, char_tokenizer, prompts, params, backend=backend)
+    local = generate(nano_model, char_tokenizer, prompts, params)
     assert [c.prompt_index for c in got] == [0, 0, 1, 1]
     for g, want in zip(got, local):  # the fake samples with the local engine: same tokens, same log-probs
         assert g.token_ids == want.token_ids and g.logprobs == pytest.approx(want.logprobs)

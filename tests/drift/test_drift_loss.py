@@ -54,29 +54,30 @@ def assert_same(a, b, tol=1e-5):
 WEIGHTS = [1.7, 0.3, 0.25, 1.75]
 
 
-def test_default_reduction_is_weighted_nll_seq_mean_token_mean(nano, tok):
+def test_default_reduction_is_weighted_nll_seq_mean_token_mean(nano_model, char_tokenizer):
     records = to_drift_records(hand_trajectories(), WEIGHTS)
-    want = by_hand(nano, tok, records, lambda w, l: (w * l).mean())
-    assert_same(gradients(nano, tok, records, "weighted_nll"), want)
-    assert_same(gradients(nano, tok, records, "weighted_nll", micro=1), want)  # micro-batching changes nothing
+    want = by_hand(nano_model, char_tokenizer, records, lambda w, l: (w * l).mean())
+    assert_same(gradients(nano_model, char_tokenizer, records, "weighted_nll"), want)
+    # micro-batching changes nothing
+    assert_same(gradients(nano_model, char_tokenizer, records, "weighted_nll", micro=1), want)
 
 
-def test_equal_weights_give_the_plain_sft_gradient(nano, tok):
+def test_equal_weights_give_the_plain_sft_gradient(nano_model, char_tokenizer):
     trajs = hand_trajectories()
     sft_records = [{k: v for k, v in r.items() if k != "weight"} for r in to_drift_records(trajs, [1.0] * 4)]
-    sft = gradients(nano, tok, sft_records, "nll")
-    assert_same(gradients(nano, tok, to_drift_records(trajs, [1.0] * 4), "weighted_nll"), sft)
+    sft = gradients(nano_model, char_tokenizer, sft_records, "nll")
+    assert_same(gradients(nano_model, char_tokenizer, to_drift_records(trajs, [1.0] * 4), "weighted_nll"), sft)
     # the weight-normalized reduction is invariant to a common scale of the weights
-    assert_same(gradients(nano, tok, to_drift_records(trajs, [2.5] * 4), "drift_normalized", {"weight_mean": 2.5}),
-                sft)
+    assert_same(gradients(nano_model, char_tokenizer, to_drift_records(trajs, [2.5] * 4), "drift_normalized",
+                          {"weight_mean": 2.5}), sft)
 
 
-def test_weight_normalized_reduction(nano, tok):
+def test_weight_normalized_reduction(nano_model, char_tokenizer):
     weights = [1.7, 0.3, 0.5, 2.5]  # mean 1.25: e.g. global normalization over more than this step
     records = to_drift_records(hand_trajectories(), weights)
-    want = by_hand(nano, tok, records, lambda w, l: (w * l).sum() / w.sum())
+    want = by_hand(nano_model, char_tokenizer, records, lambda w, l: (w * l).sum() / w.sum())
     mean_w = sum(weights) / len(weights)
-    assert_same(gradients(nano, tok, records, "drift_normalized", {"weight_mean": mean_w}), want)
+    assert_same(gradients(nano_model, char_tokenizer, records, "drift_normalized", {"weight_mean": mean_w}), want)
     assert get_objective("drift_normalized").default_aggregation == "seq_mean_token_mean"
     with pytest.raises(ValueError, match="weight_mean"):
-        gradients(nano, tok, records, "drift_normalized", {"weight_mean": 0.0})
+        gradients(nano_model, char_tokenizer, records, "drift_normalized", {"weight_mean": 0.0})

@@ -23,17 +23,18 @@ def test_writer_appends_and_reader_round_trips(tmp_path):
         TrajectoryWriter(path).write([make_trajectory(ret=float("inf"))])
 
 
-def test_only_the_last_assistant_turn_is_trained(tok):
+def test_only_the_last_assistant_turn_is_trained(char_tokenizer):
     trajs = hand_trajectories()
     records = to_drift_records(trajs, [1.5, 0.5, 1.0, 1.0])
     assert [r["weight"] for r in records] == [1.5, 0.5, 1.0, 1.0]
     for traj, rec in zip(trajs, records):
         validate_record(rec)
-        enc = encode_record(tok, rec)
+        enc = encode_record(char_tokenizer, rec)
         assert enc.weight == rec["weight"]
-        trained = tok.decode([i for i, m in zip(enc.input_ids, enc.loss_mask) if m])
+        trained = char_tokenizer.decode([i for i, m in zip(enc.input_ids, enc.loss_mask) if m])
         assert trained == traj["messages"][-1]["content"] + "<|end|>"  # the last turn and its end marker only
-        assert tok.decode(enc.input_ids).count("<|assistant|>") == len(traj["verdicts"])  # whole dialogue as context
+        # the whole dialogue as context
+        assert char_tokenizer.decode(enc.input_ids).count("<|assistant|>") == len(traj["verdicts"])
     kept = to_drift_records(trajs, [1.0] * 4, keep=[True, False, False, True])
     assert [(r["prompt_id"], r["sample"]) for r in kept] == [(0, 0), (1, 1)]
     with pytest.raises(DataError, match=r"weights\[2\]"):

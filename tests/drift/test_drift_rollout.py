@@ -95,7 +95,7 @@ def test_complete_output_is_left_as_it_is(uninterrupted, nano_checkpoint, tmp_pa
     assert out.read_bytes() == uninterrupted and out.stat().st_mtime_ns == before
 
 
-def test_another_config_or_reference_is_refused(uninterrupted, nano_checkpoint, nano, tok, tmp_path):
+def test_another_config_or_reference_is_refused(uninterrupted, nano_checkpoint, nano_model, char_tokenizer, tmp_path):
     from postlab.models.io import save_pretrained_atomic
 
     out = tmp_path / "x.jsonl"
@@ -104,11 +104,11 @@ def test_another_config_or_reference_is_refused(uninterrupted, nano_checkpoint, 
         run_rollout_job(job(nano_checkpoint, out, "temperature=0.7"))
     other = shutil.copytree(nano_checkpoint, tmp_path / "other")
     assert checkpoint_sha256(other) == checkpoint_sha256(nano_checkpoint)  # a copy is the same reference
-    model = type(nano)(nano.config)
+    model = type(nano_model)(nano_model.config)
     with torch.no_grad():
-        for p, q in zip(model.parameters(), nano.parameters()):
+        for p, q in zip(model.parameters(), nano_model.parameters()):
             p.copy_(q * 1.01)
-    save_pretrained_atomic(model, tok, other)
+    save_pretrained_atomic(model, char_tokenizer, other)
     with pytest.raises(ConfigError, match="another reference checkpoint"):
         run_rollout_job(job(other, out))
     assert len(out.read_bytes().splitlines()) == 4  # nothing was changed

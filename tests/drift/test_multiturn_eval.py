@@ -84,9 +84,11 @@ def test_evaluate_adds_multiturn_fields(monkeypatch):
     assert "multi@k" in text and "correction" in text and "(k=5)" in text
 
 
-def test_evaluate_on_a_real_model(nano, tok):
+def test_evaluate_on_a_real_model(nano_model, char_tokenizer):
     kw = dict(n_episodes=2, max_new_tokens=4, n_boot=50)
-    r = evaluate(nano, tok, "unary-feedback", "id", max_turns=4, env_args={"env": "math", "max_attempts": 2}, **kw)
+    r = evaluate(nano_model, char_tokenizer, "unary-feedback", "id", max_turns=4,
+                 env_args={"env": "math", "max_attempts": 2}, **kw)
     assert r["multiturn"]["k_max"] == 2 and len(r["multiturn_per_problem"]["multi@2"]) == 2
     assert r["multiturn"]["multi@2"]["mean"] == pytest.approx(r["success_rate"])  # within the budget = success
-    assert "multiturn" not in evaluate(nano, tok, "math", "id", **kw)  # single-turn: no multi-turn fields
+    # single-turn: no multi-turn fields
+    assert "multiturn" not in evaluate(nano_model, char_tokenizer, "math", "id", **kw)

@@ -98,7 +98,8 @@ def test_weights_are_recomputed_with_the_configs_gamma(nano_checkpoint, tmp_path
     assert [r["prompt_id"] for r in kept.records] == [0, 0, 1, 1] and kept.stats["kept prompts"] == pytest.approx(2 / 3)
 
 
-def test_only_last_turn_tokens_carry_loss_in_the_trainers_batches(nano_checkpoint, tok, tmp_path, monkeypatch):
+def test_only_last_turn_tokens_carry_loss_in_the_trainers_batches(nano_checkpoint, char_tokenizer, tmp_path,
+                                                                   monkeypatch):
     trajs = hand_trajectories()
     cfg = drift_cfg(nano_checkpoint, write(tmp_path / "t.jsonl", trajs), tmp_path / "run")
     seen = []
@@ -116,7 +117,7 @@ def test_only_last_turn_tokens_carry_loss_in_the_trainers_batches(nano_checkpoin
     trained = []
     for mb in seen:
         for s in range(mb.num_seqs):
-            trained.append(tok.decode(mb.targets[mb.seq_idx == s].tolist()))
+            trained.append(char_tokenizer.decode(mb.targets[mb.seq_idx == s].tolist()))
     assert trained == [t["messages"][-1]["content"] + "<|end|>" for t in trajs]
 
 

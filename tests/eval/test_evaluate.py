@@ -4,17 +4,10 @@ import pytest
 
 import toy_env  # noqa: F401 - registers toy-copy
 from postlab.eval.evaluate import evaluate, results_table
-from postlab.models import build_tokenizer, init_model
 
 
-@pytest.fixture(scope="module")
-def nano():
-    tok = build_tokenizer(["copy 0123456789"], "char")
-    return init_model("nano", tok, seed=0).eval(), tok
-
-
-def test_multiturn_bookkeeping(nano):
-    model, tok = nano
+def test_multiturn_bookkeeping(nano_model, char_tokenizer):
+    model, tok = nano_model, char_tokenizer
     r = evaluate(model, tok, "toy-copy", "id", n_episodes=10, max_turns=3, max_new_tokens=4,
                  env_args={"scripted": True})
     assert r["success_rate"] == 0.5  # even seeds succeed at attempt 2
@@ -27,8 +20,8 @@ def test_multiturn_bookkeeping(nano):
     results_table([r])
 
 
-def test_step_cap_is_a_failure_reason(nano):
-    model, tok = nano
+def test_step_cap_is_a_failure_reason(nano_model, char_tokenizer):
+    model, tok = nano_model, char_tokenizer
     # one model call allowed, the env would give three: every episode is cut by the cap after a wrong first try
     r = evaluate(model, tok, "toy-copy", "id", n_episodes=10, max_turns=3, max_steps=1, max_new_tokens=4,
                  env_args={"scripted": True})
@@ -37,8 +30,8 @@ def test_step_cap_is_a_failure_reason(nano):
     assert r["attempt_failure_reasons"] == {"wrong number": 10, "step cap": 10}
 
 
-def test_sampled_pass_at_k(nano):
-    model, tok = nano
+def test_sampled_pass_at_k(nano_model, char_tokenizer):
+    model, tok = nano_model, char_tokenizer
     r = evaluate(model, tok, "toy-copy", "ood", n_episodes=4, decoding="sampled", k=2, n_samples=3, max_turns=2,
                  max_new_tokens=4, env_args={"scripted": True})
     # per problem all samples succeed (even seed) or none (odd): pass@2 == pass@1 == 0.5
@@ -47,25 +40,22 @@ def test_sampled_pass_at_k(nano):
         evaluate(model, tok, "toy-copy", "id", n_episodes=2, k=4)
 
 
-def test_gp_rule_probe_counts_the_face_rule_diagnostic():
+def test_gp_rule_probe_counts_the_face_rule_diagnostic(nano_model, char_tokenizer):
     from postlab.eval.gp_rules import probe
-    from postlab.models import build_tokenizer, init_model
 
-    tok = build_tokenizer(["rule J=11 Q=12 K=13 | cards K♠ 3♣ 8♠ A♣ 0123456789+-*/()="], "char")
-    model = init_model("nano", tok, seed=0).eval()
-    counts = probe(model, tok, n=8, max_new_tokens=6)
+    counts = probe(nano_model, char_tokenizer, n=8, max_new_tokens=6)
     # every rule-OOD hand has a face card, so every first answer gets exactly one verdict
     assert set(counts) == {"stated", "other", "neither"} and sum(counts.values()) == 8
 
 
-def test_answers_cut_by_max_new_tokens_are_counted(nano):
-    model, tok = nano
+def test_answers_cut_by_max_new_tokens_are_counted(nano_model, char_tokenizer):
+    model, tok = nano_model, char_tokenizer
     r = evaluate(model, tok, "toy-copy", "id", n_episodes=6, max_turns=1, max_new_tokens=1)
     # an untrained model never stops after one token; every episode is cut (and fails for it)
     assert r["truncated_fraction"] == 1.0 and r["success_rate"] == 0.0
 
 
-def test_nav_decision_probe_groups_and_scores_decisions(monkeypatch):
+def test_nav_decision_probe_groups_and_scores_decisions(monkeypatch, char_tokenizer):
     """Teacher-forced navigation decisions: totals follow the routes' rails; a model that always
     says "forward" is right on every forward decision and on nothing else."""
     import postlab.rollout.engine as engine
@@ -86,12 +76,11 @@ def test_nav_decision_probe_groups_and_scores_decisions(monkeypatch):
         return [Completion(i, [], "forward", [], "stop") for i in range(len(prompts))]
 
     monkeypatch.setattr(engine, "generate", always_forward)
-    tok = build_tokenizer(["mode abs"], "char")
-    counts = probe(None, tok, "id", routes=3)
+    counts = probe(None, char_tokenizer, "id", routes=3)
     assert {k: total for k, (_, total) in counts.items()} == expected and sum(calls) == sum(expected.values())
     assert counts["forward"][0] == expected["forward"] > 0
     assert counts["opening turn"][0] == counts["later turn"][0] == counts["stop"][0] == 0
     # restated answers are scored on their action (the part after "=>")
     monkeypatch.setattr(engine, "generate", lambda model, tok, prompts, params: [
         Completion(i, [], "9. anything => stop", [], "stop") for i in range(len(prompts))])
-    assert probe(None, tok, "id", routes=3)["stop"] == (expected["stop"], expected["stop"])
+    assert probe(None, char_tokenizer, "id", routes=3)["stop"] == (expected["stop"], expected["stop"])

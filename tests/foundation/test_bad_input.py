@@ -9,7 +9,7 @@ from .helpers import reverse_records
 
 from postlab.config import ConfigError, load_config
 from postlab.data.records import DataError, read_jsonl
-from postlab.models import CheckpointError, init_model, load_model, save_pretrained_atomic
+from postlab.models import CheckpointError, load_model, save_pretrained_atomic
 from postlab.trainers.common import TrainingError
 from postlab.trainers.sft import SFTConfig, train_sft
 
@@ -145,8 +145,8 @@ def _damage(path, how: str) -> bytes:
 
 
 @pytest.mark.parametrize("how", ["truncated", "header", "garbled_json"])
-def test_corrupted_safetensors_clear_error_nothing_overwritten(tmp_path, char_tokenizer, how):
-    ckpt = save_pretrained_atomic(init_model("nano", char_tokenizer), char_tokenizer, tmp_path / "m")
+def test_corrupted_safetensors_clear_error_nothing_overwritten(tmp_path, nano_model, char_tokenizer, how):
+    ckpt = save_pretrained_atomic(nano_model, char_tokenizer, tmp_path / "m")
     st = ckpt / "model.safetensors"
     damaged = _damage(st, how)
     listing = sorted(p.name for p in ckpt.iterdir())

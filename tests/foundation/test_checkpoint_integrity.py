@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from postlab.models.io import (CHECKSUMS, CheckpointError, init_model, load_model, load_tokenizer,
-                               save_pretrained_atomic, verify_checkpoint)
+from postlab.models.io import (CHECKSUMS, CheckpointError, load_model, load_tokenizer, save_pretrained_atomic,
+                               verify_checkpoint)
 from postlab.runs import RunDir, load_trainer_state
 
 
@@ -20,13 +20,7 @@ def _corrupt_middle(path, n: int = 64 * 1024) -> None:
         fh.write(os.urandom(n))
 
 
-@pytest.fixture
-def nano(char_tokenizer):
-    return init_model("nano", char_tokenizer), char_tokenizer
-
-
-def _run_with_checkpoints(tmp_path, nano, steps=(2, 4), keep=5) -> RunDir:
-    model, tok = nano
+def _run_with_checkpoints(tmp_path, model, tok, steps=(2, 4), keep=5) -> RunDir:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
     optimizer.step()  # so the optimizer has state tensors to save
@@ -39,10 +33,10 @@ def _run_with_checkpoints(tmp_path, nano, steps=(2, 4), keep=5) -> RunDir:
 # ------------------------------------------------------------------------------ checksums
 
 
-def test_checksums_written_and_plain_transformers_still_loads(tmp_path, nano):
+def test_checksums_written_and_plain_transformers_still_loads(tmp_path, nano_model, char_tokenizer):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ckpt = save_pretrained_atomic(*nano, tmp_path / "m")
+    ckpt = save_pretrained_atomic(nano_model, char_tokenizer, tmp_path / "m")
     listed = json.loads((ckpt / CHECKSUMS).read_text())["files"]
     assert set(listed) == {p.name for p in ckpt.iterdir()} - {CHECKSUMS}
     assert listed["model.safetensors"]["size"] == (ckpt / "model.safetensors").stat().st_size
@@ -51,8 +45,8 @@ def test_checksums_written_and_plain_transformers_still_loads(tmp_path, nano):
     AutoTokenizer.from_pretrained(str(ckpt))
 
 
-def test_corrupted_weights_rejected_with_file_and_hashes(tmp_path, nano):
-    ckpt = save_pretrained_atomic(*nano, tmp_path / "m")
+def test_corrupted_weights_rejected_with_file_and_hashes(tmp_path, nano_model, char_tokenizer):
+    ckpt = save_pretrained_atomic(nano_model, char_tokenizer, tmp_path / "m")
     st = ckpt / "model.safetensors"
     _corrupt_middle(st)
     with pytest.raises(CheckpointError, match=rf"{st}: corrupted: sha256 [0-9a-f]{{64}} found, [0-9a-f]{{64}} "
@@ -61,8 +55,8 @@ def test_corrupted_weights_rejected_with_file_and_hashes(tmp_path, nano):
     load_tokenizer(str(ckpt))  # the tokenizer files are intact: only the weights are refused
 
 
-def test_plain_transformers_dir_without_checksums_loads(tmp_path, nano):
-    model, tok = nano
+def test_plain_transformers_dir_without_checksums_loads(tmp_path, nano_model, char_tokenizer):
+    model, tok = nano_model, char_tokenizer
     model.save_pretrained(tmp_path / "hf")
     tok.save_pretrained(tmp_path / "hf")
     assert not (tmp_path / "hf" / CHECKSUMS).exists()
@@ -74,8 +68,8 @@ def test_plain_transformers_dir_without_checksums_loads(tmp_path, nano):
 # ------------------------------------------------------------------------------ resume fallback
 
 
-def test_latest_good_checkpoint_skips_damaged_newest(tmp_path, nano, capsys):
-    run = _run_with_checkpoints(tmp_path, nano)
+def test_latest_good_checkpoint_skips_damaged_newest(tmp_path, nano_model, char_tokenizer, capsys):
+    run = _run_with_checkpoints(tmp_path, nano_model, char_tokenizer)
     step2, step4 = run.checkpoint_dirs()
     assert run.latest_good_checkpoint() == step4
     _corrupt_middle(step4 / "model.safetensors")
@@ -86,8 +80,8 @@ def test_latest_good_checkpoint_skips_damaged_newest(tmp_path, nano, capsys):
     assert "falling back to step_000002" in err
 
 
-def test_damaged_trainer_state_and_no_fallback_left(tmp_path, nano, capsys):
-    run = _run_with_checkpoints(tmp_path, nano)
+def test_damaged_trainer_state_and_no_fallback_left(tmp_path, nano_model, char_tokenizer, capsys):
+    run = _run_with_checkpoints(tmp_path, nano_model, char_tokenizer)
     step2, step4 = run.checkpoint_dirs()
     state = step4 / "trainer_state.safetensors"
     state.write_bytes(state.read_bytes()[:-10])  # truncated
@@ -99,11 +93,11 @@ def test_damaged_trainer_state_and_no_fallback_left(tmp_path, nano, capsys):
     assert err.count("no good checkpoint remains") == 2
 
 
-def test_load_trainer_state_error_says_what_resume_does(tmp_path, nano):
-    run = _run_with_checkpoints(tmp_path, nano, steps=(2,))
+def test_load_trainer_state_error_says_what_resume_does(tmp_path, nano_model, char_tokenizer):
+    run = _run_with_checkpoints(tmp_path, nano_model, char_tokenizer, steps=(2,))
     ckpt = run.checkpoint_dirs()[0]
     (ckpt / "trainer_state.safetensors").write_bytes(b"garbage")
-    opt = torch.optim.AdamW(nano[0].parameters())
+    opt = torch.optim.AdamW(nano_model.parameters())
     with pytest.raises(CheckpointError, match="--resume RUN_DIR` falls back to the previous good checkpoint") as e:
         load_trainer_state(ckpt, opt)
     assert "older checkpoint" not in str(e.value) and str(ckpt) in str(e.value)

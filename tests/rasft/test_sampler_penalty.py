@@ -12,23 +12,9 @@ from postlab.rollout.engine import (SamplingParams, apply_repetition_penalty, ge
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from postlab.models.tokenizer import build_tokenizer
-
-    return build_tokenizer([])
-
-
-@pytest.fixture(scope="module")
-def nano(tok):
-    from postlab.models.io import init_model
-
-    return init_model("nano", tok, seed=0).eval()
-
-
-@pytest.fixture(scope="module")
-def prompts(tok):
+def prompts(char_tokenizer):
     texts = ["<|user|>Ann has 12 pens. How many?<|end|><|assistant|>", "<|user|>Hi<|end|><|assistant|>"]
-    return [tok.encode(t, add_special_tokens=False) for t in texts]
+    return [char_tokenizer.encode(t, add_special_tokens=False) for t in texts]
 
 
 def test_hand_made_logits():
@@ -76,33 +62,34 @@ def test_penalty_one_is_bit_identical(temperature, top_p):
     assert a[0].equal(b[0]) and a[1].equal(b[1])
 
 
-def test_generate_with_penalty_one_equals_generate_without_it(nano, tok, prompts):
+def test_generate_with_penalty_one_equals_generate_without_it(nano_model, char_tokenizer, prompts):
     base = SamplingParams(max_new_tokens=12, n=3, temperature=0.9, top_p=0.95, seed=4)
-    a = generate(nano, tok, prompts, base)
-    b = generate(nano, tok, prompts, dataclasses.replace(base, repetition_penalty=1.0))
+    a = generate(nano_model, char_tokenizer, prompts, base)
+    b = generate(nano_model, char_tokenizer, prompts, dataclasses.replace(base, repetition_penalty=1.0))
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
     assert [c.logprobs for c in a] == [c.logprobs for c in b]
 
 
-def test_greedy_with_penalty_matches_transformers(nano, tok, prompts):
+def test_greedy_with_penalty_matches_transformers(nano_model, char_tokenizer, prompts):
     """HF's RepetitionPenaltyLogitsProcessor, one prompt at a time (HF would also count left padding as seen)."""
     params = SamplingParams(max_new_tokens=16, temperature=0.0, repetition_penalty=1.3)
     for p in prompts:
-        ours, hf = generate(nano, tok, [p], params), hf_generate(nano, tok, [p], params)
+        ours = generate(nano_model, char_tokenizer, [p], params)
+        hf = hf_generate(nano_model, char_tokenizer, [p], params)
         assert [c.token_ids for c in ours] == [c.token_ids for c in hf]
-    plain = generate(nano, tok, prompts, SamplingParams(max_new_tokens=16, temperature=0.0))
-    assert [c.token_ids for c in generate(nano, tok, prompts, params)] != [c.token_ids for c in plain]
+    plain = generate(nano_model, char_tokenizer, prompts, SamplingParams(max_new_tokens=16, temperature=0.0))
+    assert [c.token_ids for c in generate(nano_model, char_tokenizer, prompts, params)] != [c.token_ids for c in plain]
 
 
-def test_sampled_logprobs_are_of_the_penalized_distribution(nano, tok, prompts):
+def test_sampled_logprobs_are_of_the_penalized_distribution(nano_model, char_tokenizer, prompts):
     """Recompute each sampled token's log-prob with the full model forward and the penalty applied to
     the tokens of the prompt and of the output so far: the engine stores exactly those."""
     params = SamplingParams(max_new_tokens=10, n=2, temperature=0.9, top_p=0.95, repetition_penalty=1.1, seed=2)
-    outs = generate(nano, tok, prompts, params)
+    outs = generate(nano_model, char_tokenizer, prompts, params)
     for c in outs:
         seq = prompts[c.prompt_index] + c.token_ids
         with torch.no_grad():
-            logits = nano(torch.tensor([seq])).logits[0].float()
+            logits = nano_model(torch.tensor([seq])).logits[0].float()
         P = len(prompts[c.prompt_index])
         for t, (token, stored) in enumerate(zip(c.token_ids, c.logprobs)):
             seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool)
@@ -111,11 +98,11 @@ def test_sampled_logprobs_are_of_the_penalized_distribution(nano, tok, prompts):
             assert stored == pytest.approx(want.item(), abs=1e-4)
 
 
-def test_both_decoders_apply_it_alike(nano, tok, prompts, monkeypatch):
+def test_both_decoders_apply_it_alike(nano_model, char_tokenizer, prompts, monkeypatch):
     params = SamplingParams(max_new_tokens=10, n=2, temperature=1.0, repetition_penalty=1.5, seed=5)
-    fast = generate(nano, tok, prompts, params)
+    fast = generate(nano_model, char_tokenizer, prompts, params)
     monkeypatch.setattr(fastdecode, "_FAST_TYPES", ())  # the generic transformers decoder
-    slow = generate(nano, tok, prompts, params)
+    slow = generate(nano_model, char_tokenizer, prompts, params)
     assert [c.token_ids for c in fast] == [c.token_ids for c in slow]
     assert max(abs(a - b) for x, y in zip(fast, slow) for a, b in zip(x.logprobs, y.logprobs)) < 1e-4
 

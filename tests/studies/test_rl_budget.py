@@ -109,20 +109,11 @@ def test_report_check_accepts_sampled_splits_and_drift_keys_and_rejects_typos():
 # ----------------------------------------------------------------------------- drift
 
 
-@pytest.fixture(scope="module")
-def nano():
-    from postlab.models.io import init_model
-    from postlab.models.tokenizer import build_tokenizer
-
-    tok = build_tokenizer([])
-    return init_model("nano", tok, seed=0).eval(), tok
-
-
-def test_drift_is_zero_against_itself_and_equals_a_plain_forward_kl_estimate(nano):
+def test_drift_is_zero_against_itself_and_equals_a_plain_forward_kl_estimate(nano_model, char_tokenizer):
     from postlab.envs import make
     from postlab.eval.drift import DriftOptions, DriftReference
 
-    model, tok = nano
+    model, tok = nano_model, char_tokenizer
     opts = DriftOptions(split="id", n_problems=3, samples=2, max_new_tokens=6)
     ref = DriftReference(model, tok, lambda: make("toy-copy", split="id"), opts)
     same = ref.measure(model)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -218,9 +217,3 @@ class StudyRunner:
                       f"(trained {compute['tokens_trained']:,} / generated {compute['tokens_generated']:,} tokens)",
                       highlight=False)
         return result
-
-
-def clean_partial(path: Path) -> None:
-    """Remove a trainer run directory that has no checkpoint (nothing to resume from)."""
-    if path.exists():
-        shutil.rmtree(path)

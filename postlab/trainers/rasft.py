@@ -69,12 +69,11 @@ from postlab.progress import console
 from postlab.rollout.backends import RolloutConfig, backend_for_run
 from postlab.rollout.engine import SamplingParams, generate
 from postlab.seeds import sampling_seed
-from postlab.trainers.common import (TrainingError, count_parameters, pack_micro_batches, shard_for_rank,
-                                     update_step)
+from postlab.trainers.common import TrainingError, count_parameters, pack_micro_batches, shard_for_rank, update_step
+from postlab.trainers.envsection import EnvConfig, evaluate_env, make_env, require_verifier, validate_env
 from postlab.trainers.loop import Session, StepOutput, Trainer, fingerprint, open_run, run_loop
 from postlab.trainers.rasft_groups import filter_group, group_weights
 from postlab.trainers.rasft_routing import ROUTES, RASFTRoutingConfig, Router, calibration_sample
-from postlab.trainers.envsection import EnvConfig, evaluate_env, make_env, require_verifier, validate_env
 from postlab.trainers.setup import BatchConfig, DataOrder, setup_optimizer, setup_policy
 from postlab.verifiers.answers import extract_answer
 

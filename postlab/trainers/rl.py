@@ -42,11 +42,11 @@ from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import run_episodes
 from postlab.seeds import rl_seed, sampling_seed
 from postlab.trainers import rl_batch as rb
-from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, clip_gradients, optimizer_step, prompts_per_rank,
-                                     step_normalizer)
+from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, clip_gradients, optimizer_step,
+                                     prompts_per_rank, step_normalizer)
+from postlab.trainers.envsection import EnvConfig, SamplingConfig, evaluate_env, validate_env
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.ppo_value import ValueHead, load_value_head, save_value_head, value_fn_for
-from postlab.trainers.envsection import EnvConfig, SamplingConfig, evaluate_env, validate_env
 from postlab.trainers.setup import setup_optimizer, setup_policy
 
 

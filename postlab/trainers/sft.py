@@ -26,7 +26,7 @@ from postlab.objectives.registry import AGGREGATION_MODES, AggregationMode, get_
 from postlab.progress import console
 from postlab.rollout.engine import SamplingParams, generate
 from postlab.runs import RunDir
-from postlab.trainers.common import (count_parameters, pack_micro_batches, shard_for_rank, update_step, world)
+from postlab.trainers.common import count_parameters, pack_micro_batches, shard_for_rank, update_step, world
 from postlab.trainers.loop import Session, StepOutput, Trainer, fingerprint, open_run, run_loop
 from postlab.trainers.setup import BatchConfig, DataOrder, setup_optimizer, setup_policy
 

@@ -53,8 +53,9 @@ class TokenOutputs:
 # longest (`length_chunks`): each call has a fixed cost, worth CALL_TOKENS tokens of compute
 # (measured on 2 CPU threads: ~5 ms per call of the 0.63M lab model, ~50 tokens; GPUs launch
 # kernels per op, so a call there is worth far more tokens and batches stay whole). Measured
-# (docs/benchmarks.md): a 512-episode RL update 20.7 -> 14.7 s, SFT micro-batches of similar
-# lengths 1.38x faster, pre-training batches of very mixed short texts as fast as before.
+# (docs/benchmarks.md): a 512-episode RL update 20.7 -> 12.3 s (micro-batches of 8), SFT
+# micro-batches of similar lengths 1.25x faster, pre-training batches of very mixed short texts as
+# fast as before.
 CALL_TOKENS = {"cpu": 64, "default": 2048}
 CHUNK_TOKENS = 16384  # padded tokens per model call at most (bounds the activations of one call)
 

@@ -89,7 +89,8 @@ def _coerce(value: Any, tp: Any, key: str, finite: bool = True) -> Any:
         raise ConfigError(f"{key}: value {value!r} is not a valid {type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            fields = ", ".join(f.name for f in dataclasses.fields(tp) if f.init)
+            raise ConfigError(f"{key}: expected a section (a mapping with keys {fields}), got {value!r}")
         return _build(tp, value, key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -140,8 +141,10 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
         key = f"{prefix}.{name}" if prefix else name
         renamed = getattr(cls, "RENAMED", {}).get(name)
         if name not in fields and renamed:
-            raise ConfigError(f"config key '{key}' was renamed to '{renamed}'; use "
-                              f"'{(prefix + '.') if prefix else ''}{renamed}'")
+            where = f"{(prefix + '.') if prefix else ''}{renamed}"
+            if " " in renamed:  # a rename with an explanation: its text is the hint
+                raise ConfigError(f"config key '{key}' moved to {where}")
+            raise ConfigError(f"config key '{key}' was renamed to '{renamed}'; use '{where}'")
         if name not in fields:
             raise ConfigError(
                 f"unknown config key '{key}'.{suggest(name, list(fields))} "

@@ -33,6 +33,7 @@ from postlab.config import ConfigError, to_dict
 from postlab.data.records import DataError
 from postlab.data.trajectories import (TrajectoryWriter, episode_answers, episode_verdicts, first_correct_turn,
                                        validate_trajectory)
+from postlab.envs.spec import EnvSpec
 from postlab.objectives.returns import (DEFAULT_FORMAT_PENALTY, DEFAULT_GAMMA, DEFAULT_REPETITION_COEF,
                                         trajectory_return)
 from postlab.rollout.backends import RolloutConfig, config_only_model, make_backend
@@ -49,16 +50,15 @@ NOT_IN_FINGERPRINT = ("out", "device", "progress")
 class RolloutJobConfig:
     """One offline rollout job (DRIFT's data, Mu et al. arXiv 2605.31455; methods.md section 4)."""
 
+    RENAMED = {"env_kwargs": "env.kwargs", "split": "env.split", "style": "env.style",
+               "max_turns": "env.kwargs.max_attempts (unary-feedback's attempt budget; other envs: env.max_turns)"}
+
     model: str | None = None  # the fixed reference checkpoint (a local Hugging Face directory); required
-    env: str = "unary-feedback"  # any registered env; DRIFT: unary-feedback (over math unless env_kwargs.env)
-    env_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {env: generalpoints} for unary-feedback
-    split: str = "id"
-    style: str = "compact"
+    # any env (postlab.envs.spec); DRIFT: unary-feedback over math (env.kwargs.env) with 5 attempts
+    # (env.kwargs.max_attempts; an unparsable turn uses none, and the env caps all turns at twice that)
+    env: EnvSpec = dataclasses.field(default_factory=lambda: EnvSpec(name="unary-feedback"))
     n_prompts: int = 64  # distinct problems
     samples_per_prompt: int = 16  # DRIFT: 16 trajectories per prompt
-    # DRIFT: up to 5 turns. For unary-feedback this is the attempt budget (`max_attempts`: an
-    # unparsable turn uses none, and the env caps all turns at twice this); other envs: max_turns.
-    max_turns: int = 5
     temperature: float = 1.0  # DRIFT samples the reference at temperature 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64  # per model turn
@@ -76,17 +76,13 @@ class RolloutJobConfig:
         if not self.model:
             raise ConfigError("model: set model=PATH, the reference checkpoint to sample from (e.g. an SFT run's "
                               "RUN/final)")
-        for key in ("n_prompts", "samples_per_prompt", "max_turns", "max_new_tokens", "batch_size"):
+        for key in ("n_prompts", "samples_per_prompt", "max_new_tokens", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if self.seed < 0:
             raise ConfigError(f"seed: must be >= 0, got {self.seed}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError(f"temperature must be >= 0 and top_p in (0, 1]; got {self.temperature}, {self.top_p}")
-        reserved = {"split", "style", "max_turns", "max_attempts"} & set(self.env_kwargs)
-        if reserved:
-            raise ConfigError(f"env_kwargs: {sorted(reserved)} are set by the job's own keys (split, style, "
-                              "max_turns); move them there")
         try:
             rl_seed(self.seed, self.n_prompts - 1)
         except ValueError as e:
@@ -103,15 +99,7 @@ class RolloutJobConfig:
 def make_env_factory(cfg: RolloutJobConfig) -> Callable:
     """A function giving one independent env of the job per call (clones of one env built here,
     so what construction builds, e.g. a world, is built once); bad env settings raise ConfigError."""
-    from postlab.envs.base import make
-
-    kwargs = {**cfg.env_kwargs, "split": cfg.split, "style": cfg.style}
-    kwargs["max_attempts" if cfg.env == "unary-feedback" else "max_turns"] = cfg.max_turns
-    try:
-        prototype = make(cfg.env, **kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"env / env_kwargs / split / style: {e}") from None
-    return prototype.clone
+    return cfg.env.build(key="env").clone
 
 
 # ----------------------------------------------------------------------------- identity of a job
@@ -253,7 +241,7 @@ def _complete_prompts(trajs: list[dict], per_prompt: int, path: Path) -> tuple[i
 
 def env_spec(cfg: RolloutJobConfig, env) -> dict:
     """What the dataset records of its env: the built env's name (e.g. "unary-feedback(math)")."""
-    return {"name": env.name, "split": cfg.split, "style": cfg.style, "kwargs": dict(cfg.env_kwargs)}
+    return cfg.env.record(env.name)
 
 
 def trajectory_from_episode(ep, prompt_id: int, sample: int, chunk_seed: int, reference: dict, env: dict,

@@ -20,30 +20,20 @@ ROLLOUT_FILE = "trajectories.jsonl"  # in the rollout stage's directory
 def rollout_stage_config(ctx):
     """The validated RolloutJobConfig of a `rollout` stage: its `config` (n_prompts, samples_per_prompt,
     temperature, max_new_tokens, batch_size, ...) with what the study owns: the input checkpoint as
-    the reference, the output file, the seed, and the stage's environment. For `unary-feedback` the
-    job's `max_turns` is the attempt budget (env_args.max_attempts, default 5) and its env allows
-    2 x that many turns, so a stage `max_turns` must be that (or unset)."""
+    the reference, the output file, the seed, and the stage's environment (env, split, style, env_args,
+    max_turns: the same env section the RL and eval stages fill)."""
     from postlab.config import load_config
     from postlab.rollout.offline import RolloutJobConfig
 
     spec = ctx.spec
     data = copy.deepcopy(spec.get("config") or {})
-    owned = sorted({"model", "out", "seed", "env", "env_kwargs", "split", "style", "max_turns"} & set(data))
+    owned = sorted({"model", "out", "seed", "env"} & set(data))
     if owned:
         raise ConfigError(f"stages.{ctx.stage.name}.config: {owned} are set by the study (input checkpoint, stage "
                           "directory, seed, and the stage's env / env_args / split / style / max_turns); remove them")
-    env_args = dict(spec.get("env_args") or {})
-    turns = spec.get("max_turns")
-    if spec["env"] == "unary-feedback":
-        attempts = env_args.pop("max_attempts", None) or (min(5, turns) if turns else 5)
-        if turns is not None and turns != 2 * attempts:
-            raise ConfigError(f"stages.{ctx.stage.name}.max_turns: a rollout job's unary-feedback env allows 2 x "
-                              f"max_attempts = {2 * attempts} turns (unparsable ones included), not {turns}; set "
-                              f"max_turns: {2 * attempts} (the same env the RL and eval stages should use) or drop it")
-        turns = attempts
-    data.update(model=str(ctx.input_checkpoint(0)), out=str(ctx.path / ROLLOUT_FILE), seed=ctx.seed, env=spec["env"],
-                env_kwargs=env_args, split=spec.get("split", "id"), style=spec.get("style", "compact"),
-                max_turns=turns or 5)
+    env = {"name": spec["env"], "split": spec.get("split", "id"), "style": spec.get("style", "compact"),
+           "kwargs": dict(spec.get("env_args") or {}), "max_turns": spec.get("max_turns")}
+    data.update(model=str(ctx.input_checkpoint(0)), out=str(ctx.path / ROLLOUT_FILE), seed=ctx.seed, env=env)
     data.setdefault("progress", True)
     try:
         return load_config(RolloutJobConfig, base=data)
@@ -108,13 +98,13 @@ def run_drift(ctx) -> dict:
 
 
 def validate_drift(ctx) -> None:
-    from postlab.trainers.drift import validate_eval
+    from postlab.trainers.envsection import validate_env
 
     check_keys(ctx, "data", ctx.spec.get("data"), ())
     cfg = drift_stage_config(ctx)
-    if cfg.eval.episodes:
+    if cfg.env.eval_splits:
         try:
-            validate_eval(cfg.eval)
+            validate_env(cfg.env)
         except ConfigError as e:
             raise stage_error(ctx, e) from None
 

@@ -58,6 +58,7 @@ from postlab.objectives.returns import (DEFAULT_BETA, DEFAULT_FORMAT_PENALTY, DE
                                         drift_weights, effective_sample_size, trajectory_return)
 from postlab.progress import console
 from postlab.trainers.common import count_parameters, pack_micro_batches, shard_for_rank, update_step
+from postlab.trainers.envsection import EnvConfig, evaluate_env, validate_env
 from postlab.trainers.loop import Session, StepOutput, Trainer, fingerprint, open_run, run_loop
 from postlab.trainers.setup import BatchConfig, DataOrder, setup_optimizer, setup_policy
 
@@ -83,18 +84,11 @@ class DRIFTWeightsConfig:
     from_file: bool = False  # use each line's own `weight` field instead (every line must have one)
 
 
-@dataclasses.dataclass
-class DRIFTEvalConfig:
-    """Multi-turn evaluation during training (postlab.eval.evaluate); off by default (studies
-    evaluate in their own eval stages)."""
-
-    episodes: int = 0  # problems per split; 0 = no evaluation
-    env: str = "unary-feedback"
-    env_args: dict = dataclasses.field(default_factory=lambda: {"env": "math", "max_attempts": 5})
-    splits: list[str] = dataclasses.field(default_factory=lambda: ["id"])
-    style: str = "compact"
-    max_turns: int = 10  # all model turns (unary-feedback: unparsable turns included; 2 x max_attempts)
-    max_new_tokens: int = 64
+def drift_eval_env() -> EnvConfig:
+    """DRIFT's evaluation env: multi-turn math with unary feedback, 5 attempts (10 model turns, unparsable
+    ones included), 64 tokens per turn. No splits by default: studies evaluate in their own eval stages."""
+    return EnvConfig(name="unary-feedback", kwargs={"env": "math", "max_attempts": 5}, max_turns=10, eval_splits=(),
+                     eval_max_new_tokens=64)
 
 
 @dataclasses.dataclass
@@ -114,6 +108,8 @@ class DRIFTRunConfig(RunConfig):
 
 @dataclasses.dataclass
 class DRIFTConfig:
+    RENAMED = {"eval": "env (env.eval_splits, env.eval_episodes, env.eval_max_new_tokens; env.name, env.kwargs)"}
+
     # The policy's initial weights; None = the reference checkpoint the trajectories were sampled
     # from (as the method assumes: pi_theta starts at pi_ref).
     model: ModelConfig | None = None
@@ -126,7 +122,9 @@ class DRIFTConfig:
         lr=5e-6, weight_decay=0.1, schedule="constant", warmup_ratio=0.1, grad_clip=1.0))
     batch: BatchConfig = dataclasses.field(default_factory=lambda: BatchConfig(sequences_per_step=128,
                                                                                micro_batch_sequences=16))
-    eval: DRIFTEvalConfig = dataclasses.field(default_factory=DRIFTEvalConfig)
+    # evaluation during training (env.eval_splits, every run.eval_every steps and at the end); the training
+    # data is offline, so this env only evaluates
+    env: EnvConfig = dataclasses.field(default_factory=drift_eval_env)
     run: DRIFTRunConfig = dataclasses.field(default_factory=DRIFTRunConfig)
 
     def __post_init__(self):
@@ -147,8 +145,6 @@ class DRIFTConfig:
             raise ConfigError(f"epochs: must be > 0, got {self.epochs}")
         if self.data.max_length < 2:
             raise ConfigError(f"data.max_length: must be >= 2, got {self.data.max_length}")
-        if self.eval.episodes < 0:
-            raise ConfigError(f"eval.episodes: must be >= 0 (0 = no evaluation), got {self.eval.episodes}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -227,24 +223,13 @@ def policy_config(cfg: DRIFTConfig, reference: dict) -> ModelConfig:
 
 def train_drift(cfg: DRIFTConfig, resume: str | Path | None = None) -> Path:
     """Run DRIFT; returns the final Hugging Face checkpoint (RUN/final)."""
-    if cfg.eval.episodes:
-        validate_eval(cfg.eval)
+    if cfg.env.eval_splits:
+        validate_env(cfg.env)
     data = load_drift_data(cfg)  # every data error surfaces here, before the run directory exists
     model_cfg = policy_config(cfg, data.reference)
     session = open_run(cfg, "drift", resume, data_fingerprint=data.fingerprint)
     trainer, steps = setup_drift(cfg, session, data, model_cfg)
     return run_loop(trainer, dataclasses.replace(cfg.run, max_steps=steps), session)
-
-
-def validate_eval(ev: DRIFTEvalConfig) -> None:
-    """Build each evaluation env once, so a bad eval.env / env_args / split fails before training."""
-    from postlab.envs import make
-
-    for split in ev.splits:
-        try:
-            make(ev.env, split=split, style=ev.style, max_turns=ev.max_turns, **ev.env_args)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"eval: {e}") from None
 
 
 def setup_drift(cfg: DRIFTConfig, session: Session, data: DriftData, model_cfg: ModelConfig) -> tuple[Trainer, int]:
@@ -293,31 +278,15 @@ def setup_drift(cfg: DRIFTConfig, session: Session, data: DriftData, model_cfg: 
                           show={"loss": metrics["loss"], "ess": ess})
 
     def evaluate(step_: int) -> dict:
-        from postlab.eval.evaluate import evaluate as play_eval
-
-        ev = cfg.eval
-        model.eval()
-        out = {}
-        for split in ev.splits:
-            r = play_eval(model, tok, ev.env, split, n_episodes=ev.episodes, max_turns=ev.max_turns, style=ev.style,
-                          env_args=ev.env_args, max_new_tokens=ev.max_new_tokens)
-            out[f"eval_{split}_success"] = r["success_rate"]
-            mt = r.get("multiturn")
-            if mt:
-                out[f"eval_{split}_multi@1"] = mt["multi@1"]["mean"]
-                out[f"eval_{split}_multi@{mt['k_max']}"] = mt[f"multi@{mt['k_max']}"]["mean"]
-                out[f"eval_{split}_correction_rate"] = mt["correction_rate"]["mean"]
-        model.train()
-        session.run.log(step_, out, kind="eval")
-        return out
+        return evaluate_env(model, tok, cfg.env, session.run, step_)
 
     trainer = Trainer("drift", model, tok, optimizer, cfg.optim, step=step,
-                      evaluate=evaluate if cfg.eval.episodes else None, state=lambda: {"data": order.state()},
+                      evaluate=evaluate if cfg.env.eval_splits else None, state=lambda: {"data": order.state()},
                       summary=lambda last: {"final loss": last.get("loss", float("nan")),
                                             "final batch ESS": last.get("ess", float("nan")),
                                             **{k: v for k, v in last.items() if k.startswith("eval_")}})
     return trainer, steps
 
 
-__all__ = ["DRIFTConfig", "DRIFTDataConfig", "DRIFTEvalConfig", "DRIFTRunConfig", "DRIFTWeightsConfig", "DriftData",
+__all__ = ["DRIFTConfig", "DRIFTDataConfig", "DRIFTRunConfig", "DRIFTWeightsConfig", "DriftData", "drift_eval_env",
            "load_drift_data", "policy_config", "setup_drift", "train_drift"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from postlab.config import ConfigError
+from postlab.envs.spec import EnvSpec
 from postlab.rollout.engine import SamplingParams
 
 
@@ -41,41 +42,42 @@ class SamplingConfig:
 
 
 @dataclasses.dataclass
-class EnvConfig:
-    name: str = "toy"  # any registered env: postlab.envs.make(name, split=, style=, max_turns=, **kwargs)
-    split: str = "id"  # training split
-    style: str = "compact"
+class EnvConfig(EnvSpec):
+    """The `env:` section of a trainer: the environment it plays (`EnvSpec`'s keys) and the periodic
+    evaluation of its splits."""
+
     # model turns an episode may take: 1 = single-turn; with verifier feedback (GeneralPoints'
     # "verification iterations", Chu et al. use 5) each failed answer earns another turn
     max_turns: int = 1
-    kwargs: dict = dataclasses.field(default_factory=dict)
-    eval_splits: tuple[str, ...] = ("id",)  # evaluated greedily every run.eval_every steps and at the end
+    # evaluated greedily every run.eval_every steps and at the end; [] = no periodic evaluation
+    eval_splits: tuple[str, ...] = ("id",)
     eval_episodes: int = 64
     # > 0: also eval_samples samples per problem at eval_temperature (mean success = pass@1, and
     # pass@eval_samples): greedy success cannot see RL sharpening a distribution it already ranks right
     eval_samples: int = 0
     eval_temperature: float = 1.0
+    eval_max_new_tokens: int | None = None  # per model turn; None = the sampling section's max_new_tokens
 
     def __post_init__(self):
         if self.max_turns < 1:
             raise ConfigError(f"env.max_turns must be >= 1, got {self.max_turns}")
+        try:
+            super().__post_init__()
+        except ConfigError as e:
+            raise ConfigError(f"env.{e}") from None
         if self.eval_episodes < 1:
             raise ConfigError(f"env.eval_episodes must be >= 1, got {self.eval_episodes}")
         if self.eval_samples < 0 or not (self.eval_temperature > 0 and self.eval_temperature < float("inf")):
             raise ConfigError(f"env.eval_samples must be >= 0 (got {self.eval_samples}) and env.eval_temperature "
                               f"a finite number > 0 (got {self.eval_temperature})")
+        if self.eval_max_new_tokens is not None and self.eval_max_new_tokens < 1:
+            raise ConfigError(f"env.eval_max_new_tokens must be >= 1 (or unset), got {self.eval_max_new_tokens}")
 
 
-def make_env(env_cfg: EnvConfig, split: str | None = None, key: str = "env"):
+def make_env(env_cfg: EnvSpec, split: str | None = None, key: str = "env"):
     """The environment of `env_cfg` on `split` (default: its training split); a bad name, split, style or
     kwargs is a ConfigError that starts with `key` (the config key to fix)."""
-    from postlab.envs import make
-
-    try:
-        return make(env_cfg.name, split=split or env_cfg.split, style=env_cfg.style, max_turns=env_cfg.max_turns,
-                    **env_cfg.kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{key}: {e}") from None
+    return env_cfg.build(split, key=key)
 
 
 def require_verifier(env, name: str, what: str) -> None:
@@ -107,25 +109,36 @@ def validate_env(env_cfg: EnvConfig, verifier_for: str | None = None) -> None:
         make_env(env_cfg, split, key="env.eval_splits")
 
 
-def evaluate_env(model, tok, env_cfg: EnvConfig, run, step: int, max_new_tokens: int) -> dict:
+def evaluate_env(model, tok, env_cfg: EnvConfig, run, step: int, max_new_tokens: int | None = None) -> dict:
     """Success on each of `env_cfg.eval_splits` through the one evaluator (evaluation seed range):
-    greedy (`eval_SPLIT_success`, `eval_SPLIT_reward`), and with env.eval_samples also sampled
-    (`eval_SPLIT_pass1`, `eval_SPLIT_passN`); logged as the step's eval row."""
+    greedy (`eval_SPLIT_success`, `eval_SPLIT_reward`; multi-turn envs with attempts also
+    `eval_SPLIT_multi@1`, `eval_SPLIT_multi@K`, `eval_SPLIT_correction_rate`), and with
+    env.eval_samples also sampled (`eval_SPLIT_pass1`, `eval_SPLIT_passN`); logged as the step's eval
+    row. Tokens per model turn: env.eval_max_new_tokens, else `max_new_tokens` (the trainer's sampling)."""
     from postlab.eval.evaluate import evaluate
 
+    e = env_cfg
+    tokens = e.eval_max_new_tokens or max_new_tokens
+    if tokens is None:
+        raise ConfigError("env.eval_max_new_tokens: this trainer has no sampling section to take it from; set it")
     out = {}
     was_training = model.training
     model.eval()
-    e = env_cfg
     for split in e.eval_splits:
         common = dict(n_episodes=e.eval_episodes, max_turns=e.max_turns, style=e.style, env_args=e.kwargs,
-                      max_new_tokens=max_new_tokens)
+                      max_new_tokens=tokens)
         res = evaluate(model, tok, e.name, split, **common)
         out[f"eval_{split}_success"], out[f"eval_{split}_reward"] = res["success_rate"], res["mean_reward"]
+        mt = res.get("multiturn")
+        if mt:  # unary-feedback: success within the first attempt / all attempts, and self-correction
+            out[f"eval_{split}_multi@1"] = mt["multi@1"]["mean"]
+            out[f"eval_{split}_multi@{mt['k_max']}"] = mt[f"multi@{mt['k_max']}"]["mean"]
+            out[f"eval_{split}_correction_rate"] = mt["correction_rate"]["mean"]
         if e.eval_samples:
             res = evaluate(model, tok, e.name, split, decoding="sampled", n_samples=e.eval_samples, k=e.eval_samples,
                            temperature=e.eval_temperature, **common)
-            out[f"eval_{split}_pass1"], out[f"eval_{split}_pass{e.eval_samples}"] = res["success_rate"], res["pass_at_k"]
+            out[f"eval_{split}_pass1"] = res["success_rate"]
+            out[f"eval_{split}_pass{e.eval_samples}"] = res["pass_at_k"]
     model.train(was_training)
     run.log(step, out, kind="eval")
     return out

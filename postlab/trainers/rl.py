@@ -230,7 +230,8 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
         if head is not None:
             save_value_head(head, path)
 
-    return Trainer(f"rl:{cfg.algorithm}", model, tok, optimizer, cfg.optim, step=step, evaluate=evaluate,
+    return Trainer(f"rl:{cfg.algorithm}", model, tok, optimizer, cfg.optim, step=step,
+                   evaluate=evaluate if cfg.env.eval_splits else None,
                    state=lambda: {"recent_rewards": list(recent_rewards)},
                    save_extra=save_extra if head is not None else None, modules=modules,
                    summary=lambda last: {k: v for k, v in last.items()

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from postlab.config import ConfigError, load_config
+from postlab.envs.spec import EnvSpec
 from postlab.rollout.engine import SamplingParams, generate
 from postlab.rollout.vllm_backend import VLLMBackend
 
@@ -241,8 +242,8 @@ def test_rollout_job_and_eval_sample_through_vllm_without_loading_the_weights(tm
     orig_load = io.load_model
     monkeypatch.setattr(io, "load_model", lambda *a, **k: loads.append(a) or orig_load(*a, **k))
     job = lambda backend: offline.RolloutJobConfig(  # noqa: E731
-        model=str(base), env="unary-feedback", env_kwargs={"env": "math"}, n_prompts=2, samples_per_prompt=2,
-        max_turns=2, max_new_tokens=6, out=str(tmp_path / f"{backend}.jsonl"), progress=False,
+        model=str(base), env=EnvSpec(name="unary-feedback", kwargs={"env": "math", "max_attempts": 2}), n_prompts=2,
+        samples_per_prompt=2, max_new_tokens=6, out=str(tmp_path / f"{backend}.jsonl"), progress=False,
         rollout=backends.RolloutConfig(backend=backend))
     summary = offline.run_rollout_job(job("vllm"))
     assert summary.trajectories == 4 and made[-1].llm.calls[0][0] == "generate"

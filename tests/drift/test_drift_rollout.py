@@ -18,8 +18,8 @@ from postlab.seeds import EVAL, RL, rl_seed, sampling_seed
 from harness import REPO, cli_env
 
 # 5 prompts x 2 samples; batch_size 4 = 2 prompts per chunk: chunks [0, 1], [2, 3], [4]
-JOB = ["n_prompts=5", "samples_per_prompt=2", "max_turns=2", "max_new_tokens=6", "batch_size=4", "device=cpu",
-       "progress=false"]
+JOB = ["n_prompts=5", "samples_per_prompt=2", "env.kwargs.max_attempts=2", "max_new_tokens=6", "batch_size=4",
+       "device=cpu", "progress=false"]
 
 
 def job(ckpt, out, *extra) -> RolloutJobConfig:
@@ -43,7 +43,8 @@ def test_dataset_contents(uninterrupted, nano_checkpoint, tmp_path):
         assert t["env_seed"] == rl_seed(0, t["prompt_id"]) and t["env_seed"] in RL and t["env_seed"] not in EVAL
         assert t["sampling_seed"] == sampling_seed(0, t["prompt_id"] // 2)  # chunk = prompt // 2
         assert t["reference"] == {"path": str(nano_checkpoint), "sha256": checkpoint_sha256(nano_checkpoint)}
-        assert t["env"] == {"name": "unary-feedback(math)", "split": "id", "style": "compact", "kwargs": {}}
+        assert t["env"] == {"name": "unary-feedback(math)", "split": "id", "style": "compact", "max_turns": None,
+                                "kwargs": {"max_attempts": 2}}  # the job's env section, attempt budget included
         assert len(t["verdicts"]) == len(t["answers"]) == len(t["turn_rewards"]) >= 1
         assert t["return"] == pytest.approx(trajectory_return(t["verdicts"], t["answers"]))
         assert t["messages"][-1]["role"] == "assistant" and t["messages"][0]["content"].endswith("<answer>")
@@ -124,10 +125,16 @@ def test_config_errors_are_actionable(nano_checkpoint, tmp_path):
         load_config(RolloutJobConfig, None, ["out=x.jsonl"])
     with pytest.raises(ConfigError, match="samples_per_prompt"):
         job(nano_checkpoint, tmp_path / "o.jsonl", "samples_per_prompt=0")
-    with pytest.raises(ConfigError, match="env_kwargs"):
-        job(nano_checkpoint, tmp_path / "o.jsonl", "env_kwargs={split: ood}")
-    with pytest.raises(ConfigError, match="unknown inner env"):
-        run_rollout_job(job(nano_checkpoint, tmp_path / "o.jsonl", "env_kwargs={env: nope}"))
+    with pytest.raises(ConfigError, match=r"env: kwargs: \['split'\] are keys of the env section"):
+        job(nano_checkpoint, tmp_path / "o.jsonl", "env.kwargs={split: ood}")
+    with pytest.raises(ConfigError, match="'env_kwargs' was renamed to 'env.kwargs'"):  # the keys of earlier versions
+        job(nano_checkpoint, tmp_path / "o.jsonl", "env_kwargs={env: math}")
+    with pytest.raises(ConfigError, match="'max_turns' moved to env.kwargs.max_attempts"):
+        job(nano_checkpoint, tmp_path / "o.jsonl", "max_turns=5")
+    with pytest.raises(ConfigError, match="env: expected a section .*name, split, style, max_turns, kwargs"):
+        job(nano_checkpoint, tmp_path / "o.jsonl", "env=unary-feedback")
+    with pytest.raises(ConfigError, match="env: .*unknown inner env"):
+        run_rollout_job(job(nano_checkpoint, tmp_path / "o.jsonl", "env.kwargs.env=nope"))
     with pytest.raises(ConfigError, match="local checkpoint directory"):
         run_rollout_job(job(tmp_path / "missing", tmp_path / "o.jsonl"))
 

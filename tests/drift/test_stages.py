@@ -49,7 +49,8 @@ def test_rollout_then_drift_stages(tmp_path):
     (lambda s: s["stages"]["drift"].update(after=["base"]), ["drift.after", "[REFERENCE, ROLLOUT]"]),
     (lambda s: s["stages"].update(other={"kind": "sft", "after": "base", "data": {"n": 4}, "config": {"run": RUN}})
      or s["stages"]["drift"].update(after=["other", "rollout"]), ["drift.after", "sampled from", "'other'"]),
-    (lambda s: s["stages"]["rollout"].update(max_turns=3), ["rollout.max_turns", "max_turns: 4"]),
+    # the rollout stage plays the env the other stages play: 1 turn cannot hold 2 attempts
+    (lambda s: s["stages"]["rollout"].update(max_turns=1), ["rollout", "max_turns (1) must be >= max_attempts (2)"]),
     (lambda s: s["stages"]["rollout"]["config"].update(out="x.jsonl"), ["rollout.config", "out"]),
     (lambda s: s["stages"]["drift"]["config"].update(weights={"bta": 1}), ["drift", "weights.bta", "beta"]),
 ])

@@ -163,6 +163,24 @@ def test_resume_with_other_data_is_refused(nano_checkpoint, tmp_path):
         train_drift(drift_cfg(nano_checkpoint, data, run, "run.max_steps=2"), resume=run)
 
 
+def test_evaluation_during_training_is_the_shared_env_section(nano_checkpoint, tmp_path):
+    """DRIFT evaluates through the one env section and evaluator every trainer uses: greedy success
+    and, on the multi-turn env, multi@1 / multi@K and the correction rate, at the end of the run."""
+    data = write(tmp_path / "t.jsonl", hand_trajectories())
+    run = tmp_path / "run"
+    train_drift(drift_cfg(nano_checkpoint, data, run, "env.eval_splits=[id]", "env.eval_episodes=3",
+                          "env.kwargs.max_attempts=2", "env.max_turns=4", "env.eval_max_new_tokens=6"))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    (ev,) = [r for r in rows if r["kind"] == "eval"]
+    for key in ("eval_id_success", "eval_id_multi@1", "eval_id_multi@2", "eval_id_correction_rate"):
+        assert 0.0 <= ev[key] <= 1.0, key
+    assert ev["eval_id_multi@1"] <= ev["eval_id_multi@2"] == ev["eval_id_success"]
+    assert not [r for r in rows if r["kind"] == "eval" and r is not ev]
+    # the default: no periodic evaluation (studies evaluate in their own eval stages)
+    train_drift(drift_cfg(nano_checkpoint, data, tmp_path / "quiet"))
+    assert '"kind": "eval"' not in (tmp_path / "quiet" / "metrics.jsonl").read_text()
+
+
 def test_config_errors_name_the_key(nano_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match="data.paths"):
         load_config(DRIFTConfig, None, ["run.out_dir=x"])
@@ -170,6 +188,8 @@ def test_config_errors_name_the_key(nano_checkpoint, tmp_path):
         drift_cfg(nano_checkpoint, "t.jsonl", tmp_path, "weights.clip=0.5")
     with pytest.raises(ConfigError, match="weights.from_file"):
         drift_cfg(nano_checkpoint, "t.jsonl", tmp_path, "weights.from_file=true", "weights.drop_all_fail=true")
-    cfg = drift_cfg(nano_checkpoint, "t.jsonl", tmp_path, "eval.episodes=2", "eval.splits=[nope]")
-    with pytest.raises(ConfigError, match="eval: .*nope"):
+    cfg = drift_cfg(nano_checkpoint, "t.jsonl", tmp_path, "env.eval_episodes=2", "env.eval_splits=[nope]")
+    with pytest.raises(ConfigError, match="env.eval_splits: .*nope"):
         train_drift(cfg)
+    with pytest.raises(ConfigError, match="'eval' moved to env"):  # the section of earlier versions
+        drift_cfg(nano_checkpoint, "t.jsonl", tmp_path, "eval.episodes=2")

@@ -37,6 +37,11 @@ class LossInputs:
     values: torch.Tensor | None = None  # [n] value-head predictions (PPO)
     returns: torch.Tensor | None = None  # [n] value targets (PPO)
     old_values: torch.Tensor | None = None  # [n] (PPO value clipping)
+    # [n] True where the policy did not sample the token: LUFFY's expert trace, CHORD's expert samples,
+    # UFT's hint (postlab.objectives.spectrum)
+    off_policy: torch.Tensor | None = None
+    teacher_logp: torch.Tensor | None = None  # [n] a teacher's log-probs of the trained tokens (distillation)
+    teacher_logits: torch.Tensor | None = None  # [n, V] (GKD's full-vocabulary divergence)
 
 
 @dataclasses.dataclass

@@ -36,11 +36,11 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def _old(inp: LossInputs) -> torch.Tensor:
+def behaviour_logp(inp: LossInputs) -> torch.Tensor:
     return inp.logp.detach() if inp.old_logp is None else inp.old_logp
 
 
-def _need_adv(inp: LossInputs, name: str) -> torch.Tensor:
+def need_advantages(inp: LossInputs, name: str) -> torch.Tensor:
     if inp.advantages is None:
         raise ValueError(f"objective {name!r} needs advantages (batch.extras['advantages'])")
     return inp.advantages
@@ -55,7 +55,7 @@ def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, ep
     return loss, {"clip_low": low, "clip_high": high, "ratio": ratio.detach().mean().item()}
 
 
-def _add_kl(loss: torch.Tensor, inp: LossInputs, beta: float, metrics: dict) -> torch.Tensor:
+def add_kl(loss: torch.Tensor, inp: LossInputs, beta: float, metrics: dict) -> torch.Tensor:
     if beta == 0.0:
         return loss
     if inp.ref_logp is None:
@@ -67,9 +67,9 @@ def _add_kl(loss: torch.Tensor, inp: LossInputs, beta: float, metrics: dict) -> 
 
 
 def _ppo_clip(inp: LossInputs, name: str, eps_low: float, eps_high: float, beta: float):
-    ratio = torch.exp(inp.logp - _old(inp))
-    loss, m = clipped_surrogate(ratio, _need_adv(inp, name), eps_low, eps_high)
-    return _add_kl(loss, inp, beta, m), m
+    ratio = torch.exp(inp.logp - behaviour_logp(inp))
+    loss, m = clipped_surrogate(ratio, need_advantages(inp, name), eps_low, eps_high)
+    return add_kl(loss, inp, beta, m), m
 
 
 @register_objective("grpo", needs_old_logp=True, default_aggregation="seq_mean_token_mean")
@@ -95,9 +95,9 @@ def dapo(inp: LossInputs, epsilon_low: float = 0.2, epsilon_high: float = 0.28, 
 def gspo(inp: LossInputs, epsilon_low: float = 3e-4, epsilon_high: float = 4e-4, beta: float = 0.0):
     """GSPO: sequence ratio s_i = exp(mean_t (logp_t - old_t)), l_t = -min(s_i A_i, clip(s_i) A_i) for
     every token of sequence i (so with seq_mean_token_mean the loss is per sequence)."""
-    log_s = per_sequence_mean(inp.logp - _old(inp), inp.seq_idx, inp.num_seqs)[inp.seq_idx]
-    loss, m = clipped_surrogate(torch.exp(log_s), _need_adv(inp, "gspo"), epsilon_low, epsilon_high)
-    return _add_kl(loss, inp, beta, m), m
+    log_s = per_sequence_mean(inp.logp - behaviour_logp(inp), inp.seq_idx, inp.num_seqs)[inp.seq_idx]
+    loss, m = clipped_surrogate(torch.exp(log_s), need_advantages(inp, "gspo"), epsilon_low, epsilon_high)
+    return add_kl(loss, inp, beta, m), m
 
 
 @register_objective("rloo", needs_old_logp=True, default_aggregation="seq_mean_token_mean")

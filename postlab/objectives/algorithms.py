@@ -29,6 +29,9 @@ class AlgorithmSpec:
     needs_groups: bool  # G >= 2 samples per prompt (group baselines)
     value_head: bool = False
     dynamic_sampling: bool = False  # default of RLConfig.dynamic_sampling
+    # expert traces per group (default of RLConfig.expert_traces); > 0 only for an objective that trains
+    # the off-policy tokens as such (LossInputs.off_policy)
+    expert_traces: int = 0
     paper: str = ""
 
     @property
@@ -65,5 +68,9 @@ register_algorithm(AlgorithmSpec("rloo", "rloo", adv.rloo_advantages, needs_grou
                                  paper="Ahmadian et al. 2024 (RLOO)"))
 register_algorithm(AlgorithmSpec("reinforce_pp", "reinforce_pp", _batch_normalized, needs_groups=False,
                                  paper="Hu 2025 (REINFORCE++)"))
+# LUFFY: 1 expert trace + G-1 samples per group, advantages r - mean over the mixed group (the published
+# run: grpo_use_std=False), expert tokens shaped by f(p) = p/(p+0.1) (objectives.spectrum.luffy)
+register_algorithm(AlgorithmSpec("luffy", "luffy", partial(adv.grpo_advantages, std=False), needs_groups=True,
+                                 expert_traces=1, paper="Yan et al. 2025 (LUFFY)"))
 register_algorithm(AlgorithmSpec("ppo", "ppo", None, needs_groups=False, value_head=True,
                                  paper="Schulman et al. 2017; Chu et al. 2025's turn-level GAE"))

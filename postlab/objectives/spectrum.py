@@ -58,7 +58,9 @@ def luffy(inp: LossInputs, gamma: float = LUFFY_GAMMA, clip: bool = False, epsil
     if clip:
         on_loss, metrics = clipped_surrogate(ratio, adv, epsilon, epsilon)
     else:
-        on_loss, metrics = -adv * ratio, {"ratio": ratio.detach().mean().item()}
+        on_loss, metrics = -adv * ratio, {}
+    if (~off).any():  # the ratio of the policy's own tokens (an expert token has no behaviour probability)
+        metrics["ratio"] = ratio.detach()[~off].mean().item()
     shaped = policy_shaping(inp.logp.exp(), gamma)
     loss = torch.where(off, -adv * shaped, on_loss)
     if off.any():

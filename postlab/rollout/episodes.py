@@ -45,6 +45,9 @@ class Episode:
     turns: list[Turn] = dataclasses.field(default_factory=list)
     done: bool = False
     success: bool = False
+    # True: the env's expert played the turn, not the policy (LUFFY's expert trace in a group); its
+    # logprobs are 0 (no behaviour probability: the objective treats pi_off as 1)
+    off_policy: bool = False
     _rendered: str = ""
 
     @property
@@ -113,6 +116,20 @@ def _after_turn(ep: Episode, env: Env, tokenizer, completion, max_turns: int, st
                          "multi-turn episodes need a prefix-stable template")
     _append(ep, tokenizer, full[len(ep._rendered):], 0)
     ep._rendered = full
+
+
+def expert_episode(env: Env, tokenizer, seed: int, stop_id: int) -> Episode:
+    """A one-turn episode on `seed` whose answer is the env's expert demonstration (`env.expert()`, what
+    SFT imitates), ended with `stop_id` as a sampled answer ends with EOS, and scored by the env's own
+    verifier like any sampled answer (LUFFY scores its expert traces with the same reward)."""
+    from postlab.rollout.engine import Completion
+
+    ep = start_episode(env, tokenizer, seed)
+    text = env.expert()
+    ids = tokenizer.encode(text, add_special_tokens=False) + [stop_id]
+    _after_turn(ep, env, tokenizer, Completion(0, ids, text, [0.0] * len(ids), "stop"), 1, {stop_id})
+    ep.off_policy = True
+    return ep
 
 
 def run_episodes(model, tokenizer, envs: Sequence[Env], seeds: Sequence[int], params: SamplingParams,

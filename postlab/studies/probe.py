@@ -115,10 +115,10 @@ def _frozen_success(cfg, steps: list[int], cache: dict | None = None) -> tuple[l
 
     model = load_model(str(cfg.model.path)).eval()
     tok = load_tokenizer(str(cfg.model.path))
-    G = cfg.batch.samples_per_prompt
+    G = cfg.batch.samples_per_prompt - cfg.experts_per_group  # the policy's own samples of each group
     per_step, groups, solved = [], 0, 0
     for i in steps:
-        eps = play_step(cfg, model, tok, i)
+        eps = [e for e in play_step(cfg, model, tok, i) if not e.off_policy]  # LUFFY's expert traces apart
         per_step.append(sum(e.success for e in eps) / len(eps))
         for g in range(0, len(eps), G):
             groups += 1

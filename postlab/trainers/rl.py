@@ -38,8 +38,8 @@ from postlab.objectives.algorithms import AlgorithmSpec, get_algorithm
 from postlab.objectives.registry import AGGREGATION_MODES, get_objective
 from postlab.progress import console
 from postlab.rollout.backends import RolloutConfig, backend_for_run
-from postlab.rollout.engine import SamplingParams
-from postlab.rollout.episodes import run_episodes
+from postlab.rollout.engine import SamplingParams, stop_token_ids
+from postlab.rollout.episodes import expert_episode, run_episodes
 from postlab.seeds import rl_seed, sampling_seed
 from postlab.trainers import rl_batch as rb
 from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, clip_gradients, optimizer_step,
@@ -99,6 +99,9 @@ class RLConfig:
     value_lr: float = 1e-3
     normalize_advantages: bool = True  # PPO: whiten turn advantages over the batch (Chu et al.'s code does)
     reward_fn: str | None = None  # "module:function" f(episode) -> float | {component: float}; None = env verifier
+    # expert traces in each group of samples_per_prompt (LUFFY: 1, the env's expert answer, scored by the
+    # same reward, trained off-policy); None: the algorithm's own (0 except luffy)
+    expert_traces: int | None = None
 
     def __post_init__(self):
         try:
@@ -130,6 +133,17 @@ class RLConfig:
                               f"({self.sampling.max_new_tokens})")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ConfigError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}")
+        experts = self.experts_per_group
+        if experts and not spec.expert_traces:
+            raise ConfigError(f"expert_traces: {self.algorithm!r} trains every token as its own sample; expert "
+                              "traces need an algorithm whose loss treats them as off-policy: luffy")
+        if not 0 <= experts < b.samples_per_prompt:
+            raise ConfigError(f"expert_traces must be in [0, batch.samples_per_prompt) (the policy samples the rest "
+                              f"of each group), got {experts} of {b.samples_per_prompt}")
+
+    @property
+    def experts_per_group(self) -> int:
+        return self.spec.expert_traces if self.expert_traces is None else self.expert_traces
 
     @property
     def spec(self) -> AlgorithmSpec:
@@ -245,15 +259,25 @@ def play_step(cfg: RLConfig, model, tok, step: int, rank: int = 0, local_prompts
     The trainer plays its rollouts through this, and the budget probe (postlab.studies.probe) plays the
     frozen start model on exactly the same problems with the same sampling seeds."""
     P, G = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
+    E = cfg.experts_per_group
     local_prompts = P if local_prompts is None else local_prompts
     # This rank's prompts are a contiguous block, so gathering per-rank results in rank order
     # restores the step's prompt order.
     first = rank * local_prompts
-    seeds = [rl_seed(cfg.run.seed, step * P + p) for p in range(first, first + local_prompts) for _ in range(G)]
+    prompt_seeds = [rl_seed(cfg.run.seed, step * P + p) for p in range(first, first + local_prompts)]
+    seeds = [s for s in prompt_seeds for _ in range(G - E)]
     env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
     envs = [make(cfg.env.name, **env_args) for _ in seeds]
     params = cfg.sampling_params(sampling_seed(cfg.run.seed, step, rank))
-    return run_episodes(model, tok, envs, seeds, params, backend=backend)
+    sampled = run_episodes(model, tok, envs, seeds, params, backend=backend)
+    if not E:
+        return sampled
+    # LUFFY's mixed groups: the policy's G - E samples of each prompt, then E expert traces of it
+    stop_id = tok.eos_token_id if tok.eos_token_id is not None else stop_token_ids(model, tok)[0]
+    groups = [sampled[i * (G - E):(i + 1) * (G - E)]
+              + [expert_episode(make(cfg.env.name, **env_args), tok, s, stop_id) for _ in range(E)]
+              for i, s in enumerate(prompt_seeds)]
+    return [e for g in groups for e in g]
 
 
 @dataclasses.dataclass
@@ -307,6 +331,9 @@ def _global_rollout_metrics(episodes, raw: torch.Tensor, all_raw: torch.Tensor, 
     rows = distributed.all_gather_objects(m)
     keys = sorted({k for r in rows for k in r})  # e.g. success_turn_3 only where some episode got that far
     m = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
+    on = _gather(torch.tensor([not e.off_policy for e in episodes])).bool()  # the policy's own episodes
+    group_size -= int((~on).sum()) * group_size // len(on)
+    all_raw = all_raw[on]
     m.update(reward_mean=all_raw.mean().item(), reward_std=all_raw.std().item() if len(all_raw) > 1 else 0.0,
              zero_std_groups=zero_std_groups(all_raw, group_size).float().mean().item())
     return m
@@ -357,6 +384,8 @@ def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tens
                   "old_values": rb.broadcast([torch.tensor(v) for v in turn_values], eps)}
     else:
         extras = {"advantages": rb.broadcast(list(advantages), eps)}
+    if any(e.off_policy for e in eps):  # LUFFY's expert traces: their tokens are trained as off-policy
+        extras["off_policy"] = rb.broadcast([float(e.off_policy) for e in eps], eps)
     batches, start = [], 0
     for group in micro_sets:
         per = {k: v[start:start + len(group)] for k, v in extras.items()}
@@ -427,7 +456,16 @@ def _turn_values(model, head, micro_sets, device) -> list[list[float]]:
 
 
 def rollout_metrics(episodes, rewards: torch.Tensor, group_size: int) -> dict:
-    """Reward mean/std (total and per component), zero-std groups, lengths, truncation, per-turn success."""
+    """Reward mean/std (total and per component), zero-std groups, lengths, truncation, per-turn success,
+    of the policy's own episodes; LUFFY's expert traces (the last of each group) are counted apart
+    (`expert_success`), so training success stays what the policy itself achieved."""
+    on = [i for i, e in enumerate(episodes) if not e.off_policy]
+    expert_metrics = {}
+    if len(on) < len(episodes):
+        experts = [e for e in episodes if e.off_policy]
+        expert_metrics = {"expert_success": sum(e.success for e in experts) / len(experts)}
+        group_size -= len(experts) * group_size // len(episodes)
+        episodes, rewards = [episodes[i] for i in on], rewards[on]
     m = {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
          "zero_std_groups": zero_std_groups(rewards, group_size).float().mean().item(),
          "success": sum(e.success for e in episodes) / len(episodes),
@@ -444,4 +482,4 @@ def rollout_metrics(episodes, rewards: torch.Tensor, group_size: int) -> dict:
     horizon = max(len(e.turns) for e in episodes)
     for k in range(horizon):
         m[f"success_turn_{k + 1}"] = sum(len(e.turns) > k and e.turns[k].success for e in episodes) / len(episodes)
-    return m
+    return m | expert_metrics

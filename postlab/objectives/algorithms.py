@@ -32,6 +32,7 @@ class AlgorithmSpec:
     # expert traces per group (default of RLConfig.expert_traces); > 0 only for an objective that trains
     # the off-policy tokens as such (LossInputs.off_policy)
     expert_traces: int = 0
+    needs_teacher: bool = False  # reads a teacher's log-probs of the sampled tokens (RLConfig.teacher)
     paper: str = ""
 
     @property
@@ -72,5 +73,13 @@ register_algorithm(AlgorithmSpec("reinforce_pp", "reinforce_pp", _batch_normaliz
 # run: grpo_use_std=False), expert tokens shaped by f(p) = p/(p+0.1) (objectives.spectrum.luffy)
 register_algorithm(AlgorithmSpec("luffy", "luffy", partial(adv.grpo_advantages, std=False), needs_groups=True,
                                  expert_traces=1, paper="Yan et al. 2025 (LUFFY)"))
+def _no_reward_signal(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    return torch.zeros_like(torch.as_tensor(rewards, dtype=torch.float32))
+
+
+# On-policy distillation: the teacher's per-token reverse KL is the whole signal (the env's reward is
+# logged, not trained: A_env = 0), objectives.spectrum.opd
+register_algorithm(AlgorithmSpec("opd", "opd", _no_reward_signal, needs_groups=False, needs_teacher=True,
+                                 paper="Agarwal et al. 2024 (GKD); Thinking Machines 2025 (reverse-KL form)"))
 register_algorithm(AlgorithmSpec("ppo", "ppo", None, needs_groups=False, value_head=True,
                                  paper="Schulman et al. 2017; Chu et al. 2025's turn-level GAE"))

@@ -211,7 +211,7 @@ def reverse_kl_advantages(sample_logp: torch.Tensor, teacher_logp: torch.Tensor,
 
 
 @register_objective("opd", needs_old_logp=True, default_aggregation="token_mean")
-def opd(inp: LossInputs, kl_coef: float = 1.0):
+def opd(inp: LossInputs, kl_coef: float = 1.0, beta: float = 0.0):
     """On-policy distillation, reverse-KL policy-gradient form: l_t = -A_t r_t with A_t =
     `reverse_kl_advantages(old_logp, teacher_logp)` (the student's own samples, scored token by token by
     the teacher); importance-sampling loss, no clip. Its expectation over the student's samples is the
@@ -221,7 +221,8 @@ def opd(inp: LossInputs, kl_coef: float = 1.0):
     old = behaviour_logp(inp)
     adv = reverse_kl_advantages(old, inp.teacher_logp, kl_coef)
     ratio = torch.exp(inp.logp - old)
-    return -adv * ratio, {"reverse_kl": (-adv / kl_coef).mean().item() if kl_coef else 0.0}
+    metrics = {"reverse_kl": (-adv / kl_coef).mean().item() if kl_coef else 0.0}
+    return add_kl(-adv * ratio, inp, beta, metrics), metrics
 
 
 __all__ = ["LUFFY_GAMMA", "UFT_MAX_CHUNKS", "chord", "chord_mu", "generalized_jsd", "gkd", "hint_boundaries", "luffy",

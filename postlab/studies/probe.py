@@ -12,7 +12,7 @@ Per setting (a point of the grid, e.g. ``{optim.lr: 1e-4, batch.prompts_per_step
    setting (`postlab.trainers.rl`; its periodic evaluation is switched off, so no evaluation
    problem is ever played);
 2. the frozen checkpoint plays the problems of the last ``probe.window`` steps, with the same
-   sampling seeds (`postlab.trainers.rl.play_step`: common random numbers);
+   sampling seeds (`postlab.trainers.rl_rollouts.play_step`: common random numbers);
 3. gain = mean on-policy training success of those steps - the frozen success on the same
    problems, with a 95% bootstrap CI over the steps (paired step by step).
 
@@ -111,7 +111,7 @@ def _frozen_success(cfg, steps: list[int], cache: dict | None = None) -> tuple[l
     if cache is not None and key in cache:
         return cache[key]
     from postlab.models.io import load_model, load_tokenizer
-    from postlab.trainers.rl import play_step
+    from postlab.trainers.rl_rollouts import play_step
 
     model = load_model(str(cfg.model.path)).eval()
     tok = load_tokenizer(str(cfg.model.path))

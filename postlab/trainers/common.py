@@ -133,7 +133,8 @@ def step_normalizer(micro_batches: Sequence[PackedBatch], constant: float = 1.0,
 
 
 # Per-target extras a PackedBatch may carry, copied to the LossInputs field of the same name.
-_TOKEN_FIELDS = ("token_weights", "advantages", "old_logp", "ref_logp", "returns", "old_values", "off_policy")
+_TOKEN_FIELDS = ("token_weights", "advantages", "old_logp", "ref_logp", "returns", "old_values", "off_policy",
+                 "teacher_logp")
 
 
 def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None, want_entropy: bool = False,

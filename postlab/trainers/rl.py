@@ -32,22 +32,20 @@ import torch
 
 from postlab import distributed
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
-from postlab.envs.base import make
-from postlab.objectives.advantages import normalize_turn_advantages, overlong_penalty, zero_std_groups
+from postlab.objectives.advantages import normalize_turn_advantages
 from postlab.objectives.algorithms import AlgorithmSpec, get_algorithm
 from postlab.objectives.registry import AGGREGATION_MODES, get_objective
 from postlab.progress import console
 from postlab.rollout.backends import RolloutConfig, backend_for_run
-from postlab.rollout.engine import SamplingParams, stop_token_ids
-from postlab.rollout.episodes import expert_episode, run_episodes
-from postlab.seeds import rl_seed, sampling_seed
+from postlab.rollout.engine import SamplingParams
 from postlab.trainers import rl_batch as rb
 from postlab.trainers.common import (accumulate_gradients, all_reduce_gradients, clip_gradients, optimizer_step,
                                      prompts_per_rank, step_normalizer)
 from postlab.trainers.envsection import EnvConfig, SamplingConfig, evaluate_env, validate_env
 from postlab.trainers.loop import Session, StepOutput, Trainer, open_run, run_loop
 from postlab.trainers.ppo_value import ValueHead, load_value_head, save_value_head, value_fn_for
-from postlab.trainers.setup import setup_optimizer, setup_policy
+from postlab.trainers.rl_rollouts import play_step, score_step
+from postlab.trainers.setup import load_teacher, setup_optimizer, setup_policy
 
 
 RLEnvConfig = EnvConfig  # the env section, one shape for RL, RFT and RASFT (trainers.envsection)
@@ -102,6 +100,9 @@ class RLConfig:
     # expert traces in each group of samples_per_prompt (LUFFY: 1, the env's expert answer, scored by the
     # same reward, trained off-policy); None: the algorithm's own (0 except luffy)
     expert_traces: int | None = None
+    # on-policy distillation (algorithm: opd): the teacher checkpoint that scores every sampled token;
+    # any size, the student's tokenizer
+    teacher: str | None = None
 
     def __post_init__(self):
         try:
@@ -133,6 +134,11 @@ class RLConfig:
                               f"({self.sampling.max_new_tokens})")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ConfigError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}")
+        if spec.needs_teacher and not self.teacher:
+            raise ConfigError(f"teacher: {self.algorithm!r} distills from a teacher; set teacher=PATH (a checkpoint "
+                              "with the student's tokenizer, e.g. a larger model trained on the task)")
+        if self.teacher and not spec.needs_teacher:
+            raise ConfigError(f"teacher: {self.algorithm!r} does not read a teacher; use algorithm=opd, or unset it")
         experts = self.experts_per_group
         if experts and not spec.expert_traces:
             raise ConfigError(f"expert_traces: {self.algorithm!r} trains every token as its own sample; expert "
@@ -203,7 +209,8 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
     if needs_push:  # a resumed LoRA run: the engine started from the base
         backend.sync(model)
     recent_rewards: list[float] = list(state.get("recent_rewards", []))
-    parts = UpdateParts(model, head, ref_model, optimizer, objective, hparams, aggregation, device)
+    teacher = load_teacher(cfg.teacher, cfg.model, tok, device) if cfg.teacher else None
+    parts = UpdateParts(model, head, ref_model, optimizer, objective, hparams, aggregation, device, teacher)
     console.print(f"RL {cfg.algorithm}: env={cfg.env.name}/{cfg.env.split}, {P} prompts x {G} samples, "
                   f"updates/batch={cfg.batch.updates_per_batch}, aggregation={aggregation}, beta={cfg.beta}, "
                   f"device={device}" + (f", {world_size} processes" if world_size > 1 else ""))
@@ -252,93 +259,6 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
                                          if k.startswith(("reward_mean", "success", "eval_"))})
 
 
-def play_step(cfg: RLConfig, model, tok, step: int, rank: int = 0, local_prompts: int | None = None,
-              backend=None) -> list:
-    """The episodes of RL step `step` (0-based) on rank `rank`: its `local_prompts` problems from the `rl`
-    seed range (never evaluation's), `samples_per_prompt` episodes each, sampled with the step's seed.
-    The trainer plays its rollouts through this, and the budget probe (postlab.studies.probe) plays the
-    frozen start model on exactly the same problems with the same sampling seeds."""
-    P, G = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
-    E = cfg.experts_per_group
-    local_prompts = P if local_prompts is None else local_prompts
-    # This rank's prompts are a contiguous block, so gathering per-rank results in rank order
-    # restores the step's prompt order.
-    first = rank * local_prompts
-    prompt_seeds = [rl_seed(cfg.run.seed, step * P + p) for p in range(first, first + local_prompts)]
-    seeds = [s for s in prompt_seeds for _ in range(G - E)]
-    env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
-    envs = [make(cfg.env.name, **env_args) for _ in seeds]
-    params = cfg.sampling_params(sampling_seed(cfg.run.seed, step, rank))
-    sampled = run_episodes(model, tok, envs, seeds, params, backend=backend)
-    if not E:
-        return sampled
-    # LUFFY's mixed groups: the policy's G - E samples of each prompt, then E expert traces of it
-    stop_id = tok.eos_token_id if tok.eos_token_id is not None else stop_token_ids(model, tok)[0]
-    groups = [sampled[i * (G - E):(i + 1) * (G - E)]
-              + [expert_episode(make(cfg.env.name, **env_args), tok, s, stop_id) for _ in range(E)]
-              for i, s in enumerate(prompt_seeds)]
-    return [e for g in groups for e in g]
-
-
-@dataclasses.dataclass
-class ScoredStep:
-    """One step's rewards, decided once on the whole step (every rank's episodes, in prompt order)."""
-
-    metrics: dict  # rollout metrics of the whole step (rewards, success, lengths, kept_fraction)
-    kept: list[int]  # this rank's episodes that train (dynamic sampling keeps groups with reward variance)
-    advantages: torch.Tensor | None  # [len(kept)] sequence-level advantages; None: a critic's GAE (PPO) in _update
-    any_kept: bool  # some rank trains this step, so every rank joins the update's collectives
-
-
-def score_step(cfg: RLConfig, episodes: list, reward_fn=None, rank: int = 0) -> ScoredStep:
-    """Rewards (env verifier or reward_fn, DAPO overlong shaping), gathered from every rank once; the
-    step's metrics, dynamic sampling and the algorithm's advantages on the global tensor; then this
-    rank's slice (its episodes are a contiguous block of the step, `rank * len(episodes)` on)."""
-    spec, G = cfg.spec, cfg.batch.samples_per_prompt
-    raw = rb.episode_rewards(episodes, reward_fn)
-    shaped = raw
-    if cfg.overlong_buffer:
-        lengths = [len(e.turns[-1].token_ids) for e in episodes]
-        shaped = shaped + overlong_penalty(lengths, cfg.sampling.max_new_tokens, cfg.overlong_buffer)
-    all_raw, all_shaped = _gather(raw), _gather(shaped)
-    metrics = _global_rollout_metrics(episodes, raw, all_raw, G)
-    dynamic = cfg.dynamic_sampling if cfg.dynamic_sampling is not None else spec.dynamic_sampling
-    keep = rb.keep_informative_groups(len(all_shaped), all_shaped, G) if dynamic else list(range(len(all_shaped)))
-    metrics["kept_fraction"] = len(keep) / len(all_shaped)
-    offset = rank * len(episodes)
-    kept = [k - offset for k in keep if offset <= k < offset + len(episodes)]
-    advantages = None
-    if spec.advantages is not None:
-        advantages = spec.advantages(all_shaped, G)[[offset + k for k in kept]]
-    return ScoredStep(metrics, kept, advantages, bool(keep))
-
-
-def _gather(values: torch.Tensor) -> torch.Tensor:
-    """The step's values from every rank, in rank (= prompt) order; `values` itself on one process."""
-    if distributed.world()[1] == 1:
-        return values
-    return torch.tensor([v for part in distributed.all_gather_objects(values.tolist()) for v in part],
-                        dtype=values.dtype)
-
-
-def _global_rollout_metrics(episodes, raw: torch.Tensor, all_raw: torch.Tensor, group_size: int) -> dict:
-    """`rollout_metrics` of the whole step: every rank plays as many episodes, so per-episode means
-    average over ranks; reward mean/std and zero-std groups come from the gathered rewards. (Per-
-    component reward std is the mean of the ranks' stds.)"""
-    m = rollout_metrics(episodes, raw, group_size)
-    if distributed.world()[1] == 1:
-        return m
-    rows = distributed.all_gather_objects(m)
-    keys = sorted({k for r in rows for k in r})  # e.g. success_turn_3 only where some episode got that far
-    m = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
-    on = _gather(torch.tensor([not e.off_policy for e in episodes])).bool()  # the policy's own episodes
-    group_size -= int((~on).sum()) * group_size // len(on)
-    all_raw = all_raw[on]
-    m.update(reward_mean=all_raw.mean().item(), reward_std=all_raw.std().item() if len(all_raw) > 1 else 0.0,
-             zero_std_groups=zero_std_groups(all_raw, group_size).float().mean().item())
-    return m
-
-
 def _slope(values: list[float]) -> float:
     """Least-squares slope of `values` against their index (0 for fewer than 2 points)."""
     n = len(values)
@@ -360,6 +280,7 @@ class UpdateParts:
     hparams: dict
     aggregation: str
     device: torch.device
+    teacher: torch.nn.Module | None = None  # on-policy distillation's frozen teacher
 
 
 def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tensor | None,
@@ -395,7 +316,12 @@ def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tens
         with torch.no_grad(), distributed.gathered(parts.ref_model):
             for b in batches:
                 b.extras["ref_logp"] = rb.packed_outputs(parts.ref_model, b).logp
-    pad = _pad_batch(pad_from, head is not None, parts.ref_model is not None, device) if not batches else None
+    if parts.teacher is not None:  # the teacher's log-prob of every sampled token (on-policy distillation)
+        with torch.no_grad(), distributed.gathered(parts.teacher):
+            for b in batches:
+                b.extras["teacher_logp"] = rb.packed_outputs(parts.teacher, b).logp
+    pad = _pad_batch(pad_from, head is not None, parts.ref_model is not None, device,
+                     parts.teacher is not None) if not batches else None
     norm = step_normalizer(batches, constant=float(cfg.sampling.max_new_tokens), device=device)
     value_fn = value_fn_for(head) if head is not None else None
     metrics: dict = {}
@@ -425,7 +351,7 @@ def _normalize_globally(advantages: list[torch.Tensor]) -> list[torch.Tensor]:
     return normed[start:start + len(advantages)]
 
 
-def _pad_batch(episodes, with_values: bool, with_ref: bool, device):
+def _pad_batch(episodes, with_values: bool, with_ref: bool, device, with_teacher: bool = False):
     """A zero-weight stand-in micro-batch for a rank with no kept episode (see _update)."""
     zeros = [torch.zeros(len(e.target_turns())) for e in episodes]
     per = {"advantages": zeros}
@@ -434,6 +360,8 @@ def _pad_batch(episodes, with_values: bool, with_ref: bool, device):
     batch = rb.pack_shared_prefix(episodes, per, with_values=with_values, device=device)
     if with_ref:
         batch.extras["ref_logp"] = torch.zeros(batch.num_targets, device=device)
+    if with_teacher:
+        batch.extras["teacher_logp"] = torch.zeros(batch.num_targets, device=device)
     return batch
 
 
@@ -453,33 +381,3 @@ def _turn_values(model, head, micro_sets, device) -> list[list[float]]:
                 cursor += len(t.token_ids)
             out.append(values)
     return out
-
-
-def rollout_metrics(episodes, rewards: torch.Tensor, group_size: int) -> dict:
-    """Reward mean/std (total and per component), zero-std groups, lengths, truncation, per-turn success,
-    of the policy's own episodes; LUFFY's expert traces (the last of each group) are counted apart
-    (`expert_success`), so training success stays what the policy itself achieved."""
-    on = [i for i, e in enumerate(episodes) if not e.off_policy]
-    expert_metrics = {}
-    if len(on) < len(episodes):
-        experts = [e for e in episodes if e.off_policy]
-        expert_metrics = {"expert_success": sum(e.success for e in experts) / len(experts)}
-        group_size -= len(experts) * group_size // len(episodes)
-        episodes, rewards = [episodes[i] for i in on], rewards[on]
-    m = {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
-         "zero_std_groups": zero_std_groups(rewards, group_size).float().mean().item(),
-         "success": sum(e.success for e in episodes) / len(episodes),
-         "completion_len": sum(len(t.token_ids) for e in episodes for t in e.turns) / len(episodes),
-         "truncation": sum(e.truncated for e in episodes) / len(episodes),
-         "turns": sum(len(e.turns) for e in episodes) / len(episodes)}
-    comps: dict[str, list[float]] = {}
-    for e in episodes:
-        for name, v in e.turns[-1].info.get("components", {}).items():
-            comps.setdefault(name, []).append(float(v))
-    for name, vs in comps.items():
-        t = torch.tensor(vs)
-        m[f"reward/{name}_mean"], m[f"reward/{name}_std"] = t.mean().item(), (t.std().item() if len(t) > 1 else 0.0)
-    horizon = max(len(e.turns) for e in episodes)
-    for k in range(horizon):
-        m[f"success_turn_{k + 1}"] = sum(len(e.turns) > k and e.turns[k].success for e in episodes) / len(episodes)
-    return m | expert_metrics

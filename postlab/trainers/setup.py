@@ -109,6 +109,27 @@ def load_reference(cfg_model: ModelConfig, device, why: str, policy=None):
     return ref
 
 
+def load_teacher(path: str, cfg_model: ModelConfig, tokenizer, device):
+    """A frozen teacher for distillation: any checkpoint (another size, another architecture) whose
+    tokenizer is the student's, token for token, since it scores the student's tokens by id."""
+    from pathlib import Path
+
+    from postlab.models.forward import set_autocast
+    from postlab.models.io import load_tokenizer
+
+    if not Path(path).is_dir():
+        raise ConfigError(f"teacher: {path!r} is not a checkpoint directory; set teacher to a local Hugging Face "
+                          "directory (e.g. a larger model trained on the task: RUN/final)")
+    theirs = load_tokenizer(path).get_vocab()
+    if theirs != tokenizer.get_vocab():
+        raise ConfigError(f"teacher: {path} has another tokenizer ({len(theirs)} tokens vs the student's "
+                          f"{len(tokenizer.get_vocab())}, or other ids); the teacher scores the student's tokens by "
+                          "id, so both need the same tokenizer")
+    teacher = load_model(path, dtype=cfg_model.dtype, device=device).eval().requires_grad_(False)
+    set_autocast(teacher, cfg_model.autocast)
+    return distributed.shard(teacher)
+
+
 @dataclasses.dataclass
 class Policy:
     """A trainer's model side after `setup_policy`."""

@@ -26,7 +26,7 @@ def _cfg(ckpt, out, **kw):
 
 
 def test_a_group_is_the_policys_samples_then_the_expert_trace(nano_checkpoint, tmp_path):
-    from postlab.trainers.rl import play_step
+    from postlab.trainers.rl_rollouts import play_step
 
     cfg = _cfg(nano_checkpoint, tmp_path / "r")
     model, tok = load_model(str(nano_checkpoint)).eval(), load_tokenizer(str(nano_checkpoint))

@@ -1,0 +1,147 @@
+"""The rollouts of one RL step: play them, score them (rewards, dynamic sampling, advantages, metrics)
+once on the whole step.
+
+`play_step` is what the RL trainer and the budget probe (postlab.studies.probe) play: the step's
+problems from the `rl` seed range, `samples_per_prompt` episodes each (with LUFFY, the last
+`expert_traces` of each group are the env's expert answers). `score_step` gathers the step's
+rewards from every rank once and decides everything that crosses groups on the global tensor,
+then slices this rank's part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import torch
+
+from postlab import distributed
+from postlab.envs.base import make
+from postlab.objectives.advantages import overlong_penalty, zero_std_groups
+from postlab.rollout.engine import stop_token_ids
+from postlab.rollout.episodes import expert_episode, run_episodes
+from postlab.seeds import rl_seed, sampling_seed
+from postlab.trainers import rl_batch as rb
+
+if TYPE_CHECKING:
+    from postlab.trainers.rl import RLConfig
+
+
+def play_step(cfg: RLConfig, model, tok, step: int, rank: int = 0, local_prompts: int | None = None,
+              backend=None) -> list:
+    """The episodes of RL step `step` (0-based) on rank `rank`: its `local_prompts` problems from the `rl`
+    seed range (never evaluation's), `samples_per_prompt` episodes each, sampled with the step's seed.
+    The trainer plays its rollouts through this, and the budget probe (postlab.studies.probe) plays the
+    frozen start model on exactly the same problems with the same sampling seeds."""
+    P, G = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
+    E = cfg.experts_per_group
+    local_prompts = P if local_prompts is None else local_prompts
+    # This rank's prompts are a contiguous block, so gathering per-rank results in rank order
+    # restores the step's prompt order.
+    first = rank * local_prompts
+    prompt_seeds = [rl_seed(cfg.run.seed, step * P + p) for p in range(first, first + local_prompts)]
+    seeds = [s for s in prompt_seeds for _ in range(G - E)]
+    env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
+    envs = [make(cfg.env.name, **env_args) for _ in seeds]
+    params = cfg.sampling_params(sampling_seed(cfg.run.seed, step, rank))
+    sampled = run_episodes(model, tok, envs, seeds, params, backend=backend)
+    if not E:
+        return sampled
+    # LUFFY's mixed groups: the policy's G - E samples of each prompt, then E expert traces of it
+    stop_id = tok.eos_token_id if tok.eos_token_id is not None else stop_token_ids(model, tok)[0]
+    groups = [sampled[i * (G - E):(i + 1) * (G - E)]
+              + [expert_episode(make(cfg.env.name, **env_args), tok, s, stop_id) for _ in range(E)]
+              for i, s in enumerate(prompt_seeds)]
+    return [e for g in groups for e in g]
+
+
+@dataclasses.dataclass
+class ScoredStep:
+    """One step's rewards, decided once on the whole step (every rank's episodes, in prompt order)."""
+
+    metrics: dict  # rollout metrics of the whole step (rewards, success, lengths, kept_fraction)
+    kept: list[int]  # this rank's episodes that train (dynamic sampling keeps groups with reward variance)
+    advantages: torch.Tensor | None  # [len(kept)] sequence-level advantages; None: a critic's GAE (PPO) in _update
+    any_kept: bool  # some rank trains this step, so every rank joins the update's collectives
+
+
+def score_step(cfg: RLConfig, episodes: list, reward_fn=None, rank: int = 0) -> ScoredStep:
+    """Rewards (env verifier or reward_fn, DAPO overlong shaping), gathered from every rank once; the
+    step's metrics, dynamic sampling and the algorithm's advantages on the global tensor; then this
+    rank's slice (its episodes are a contiguous block of the step, `rank * len(episodes)` on)."""
+    spec, G = cfg.spec, cfg.batch.samples_per_prompt
+    raw = rb.episode_rewards(episodes, reward_fn)
+    shaped = raw
+    if cfg.overlong_buffer:
+        lengths = [len(e.turns[-1].token_ids) for e in episodes]
+        shaped = shaped + overlong_penalty(lengths, cfg.sampling.max_new_tokens, cfg.overlong_buffer)
+    all_raw, all_shaped = _gather(raw), _gather(shaped)
+    metrics = _global_rollout_metrics(episodes, raw, all_raw, G)
+    dynamic = cfg.dynamic_sampling if cfg.dynamic_sampling is not None else spec.dynamic_sampling
+    keep = rb.keep_informative_groups(len(all_shaped), all_shaped, G) if dynamic else list(range(len(all_shaped)))
+    metrics["kept_fraction"] = len(keep) / len(all_shaped)
+    offset = rank * len(episodes)
+    kept = [k - offset for k in keep if offset <= k < offset + len(episodes)]
+    advantages = None
+    if spec.advantages is not None:
+        advantages = spec.advantages(all_shaped, G)[[offset + k for k in kept]]
+    return ScoredStep(metrics, kept, advantages, bool(keep))
+
+
+def _gather(values: torch.Tensor) -> torch.Tensor:
+    """The step's values from every rank, in rank (= prompt) order; `values` itself on one process."""
+    if distributed.world()[1] == 1:
+        return values
+    return torch.tensor([v for part in distributed.all_gather_objects(values.tolist()) for v in part],
+                        dtype=values.dtype)
+
+
+def _global_rollout_metrics(episodes, raw: torch.Tensor, all_raw: torch.Tensor, group_size: int) -> dict:
+    """`rollout_metrics` of the whole step: every rank plays as many episodes, so per-episode means
+    average over ranks; reward mean/std and zero-std groups come from the gathered rewards. (Per-
+    component reward std is the mean of the ranks' stds.)"""
+    m = rollout_metrics(episodes, raw, group_size)
+    if distributed.world()[1] == 1:
+        return m
+    rows = distributed.all_gather_objects(m)
+    keys = sorted({k for r in rows for k in r})  # e.g. success_turn_3 only where some episode got that far
+    m = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
+    on = _gather(torch.tensor([not e.off_policy for e in episodes])).bool()  # the policy's own episodes
+    group_size -= int((~on).sum()) * group_size // len(on)
+    all_raw = all_raw[on]
+    m.update(reward_mean=all_raw.mean().item(), reward_std=all_raw.std().item() if len(all_raw) > 1 else 0.0,
+             zero_std_groups=zero_std_groups(all_raw, group_size).float().mean().item())
+    return m
+
+
+def rollout_metrics(episodes, rewards: torch.Tensor, group_size: int) -> dict:
+    """Reward mean/std (total and per component), zero-std groups, lengths, truncation, per-turn success,
+    of the policy's own episodes; LUFFY's expert traces (the last of each group) are counted apart
+    (`expert_success`), so training success stays what the policy itself achieved."""
+    on = [i for i, e in enumerate(episodes) if not e.off_policy]
+    expert_metrics = {}
+    if len(on) < len(episodes):
+        experts = [e for e in episodes if e.off_policy]
+        expert_metrics = {"expert_success": sum(e.success for e in experts) / len(experts)}
+        group_size -= len(experts) * group_size // len(episodes)
+        episodes, rewards = [episodes[i] for i in on], rewards[on]
+    m = {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
+         "zero_std_groups": zero_std_groups(rewards, group_size).float().mean().item(),
+         "success": sum(e.success for e in episodes) / len(episodes),
+         "completion_len": sum(len(t.token_ids) for e in episodes for t in e.turns) / len(episodes),
+         "truncation": sum(e.truncated for e in episodes) / len(episodes),
+         "turns": sum(len(e.turns) for e in episodes) / len(episodes)}
+    comps: dict[str, list[float]] = {}
+    for e in episodes:
+        for name, v in e.turns[-1].info.get("components", {}).items():
+            comps.setdefault(name, []).append(float(v))
+    for name, vs in comps.items():
+        t = torch.tensor(vs)
+        m[f"reward/{name}_mean"], m[f"reward/{name}_std"] = t.mean().item(), (t.std().item() if len(t) > 1 else 0.0)
+    horizon = max(len(e.turns) for e in episodes)
+    for k in range(horizon):
+        m[f"success_turn_{k + 1}"] = sum(len(e.turns) > k and e.turns[k].success for e in episodes) / len(episodes)
+    return m | expert_metrics
+
+
+__all__ = ["ScoredStep", "play_step", "rollout_metrics", "score_step"]

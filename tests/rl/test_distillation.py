@@ -1,0 +1,85 @@
+"""On-policy distillation in the RL trainer (`algorithm: opd`): the student samples, a frozen teacher
+of another size scores every sampled token, the per-token reverse KL is the advantage."""
+
+import json
+
+import pytest
+
+import postlab.envs.toy  # noqa: F401
+from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
+from postlab.envs import make
+
+from harness import tiny_checkpoint
+
+
+def _cfg(student, teacher, out, **kw):
+    from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig
+
+    base = dict(model=ModelConfig(path=str(student)), env=RLEnvConfig(name="toy", eval_splits=()),
+                batch=RLBatchConfig(4, 4, 16, 1), sampling=RLSamplingConfig(max_new_tokens=4),
+                optim=OptimConfig(lr=1e-3, schedule="constant", weight_decay=0.0), algorithm="opd", teacher=teacher,
+                run=RunConfig(out_dir=str(out), max_steps=1, progress=False, tensorboard=False, log_every=1))
+    base.update(kw)
+    return RLConfig(**base)
+
+
+def _train_rows(run):
+    return [r for r in map(json.loads, open(run / "metrics.jsonl")) if "reward_mean" in r]
+
+
+@pytest.fixture(scope="module")
+def toy_teacher(tmp_path_factory):
+    """A `tiny` model (3.4M parameters, 5x the nano student) SFT-trained on the toy env's expert: it
+    answers in format (a single digit), ~40% of them large enough."""
+    from postlab.trainers.sft import BatchConfig, SFTConfig, train_sft
+
+    records = []
+    for s in range(2000):
+        env = make("toy")
+        obs = env.reset(seed=10_000 + s)
+        records.append({"messages": obs.messages + [{"role": "assistant", "content": env.expert()}]})
+    start = tiny_checkpoint(tmp_path_factory.mktemp("teacher") / "start", preset="tiny", seed=1)
+    cfg = SFTConfig(model=ModelConfig(path=str(start)), optim=OptimConfig(lr=2e-3, schedule="constant"),
+                    batch=BatchConfig(32, 32), run=RunConfig(out_dir=str(tmp_path_factory.mktemp("t")), max_steps=40,
+                                                             progress=False, tensorboard=False))
+    return train_sft(cfg, train_records=records)
+
+
+def test_a_teacher_equal_to_the_student_gives_no_signal(nano_checkpoint, tmp_path):
+    from postlab.trainers.rl import train_rl
+
+    train_rl(_cfg(nano_checkpoint, str(nano_checkpoint), tmp_path / "self"))
+    (row,) = _train_rows(tmp_path / "self")
+    # the sampler's and the teacher's log-probs of the same tokens agree to float noise: reverse KL ~ 0
+    assert abs(row["reverse_kl"]) < 1e-4
+
+
+def test_the_students_reverse_kl_to_the_teacher_falls(nano_checkpoint, toy_teacher, tmp_path):
+    """What distillation minimizes, measured on the student's own samples: the per-token reverse KL to
+    the SFT teacher falls (measured: 6.3 -> 4.8 nats in 20 steps at 8 x 4, lr 1e-2; at lr 1e-1 the
+    student reached reward 0.6 by step 27 in one run and stayed at -1 in another, so the test checks
+    the objective, not the reward)."""
+    from postlab.trainers.rl import RLBatchConfig, train_rl
+
+    run = tmp_path / "opd"
+    train_rl(_cfg(nano_checkpoint, str(toy_teacher), run, batch=RLBatchConfig(8, 4, 32, 1),
+                  optim=OptimConfig(lr=1e-2, schedule="constant", weight_decay=0.0),
+                  run=RunConfig(out_dir=str(run), max_steps=20, progress=False, tensorboard=False, log_every=1)))
+    kl = [r["reverse_kl"] for r in _train_rows(run)]
+    first, last = sum(kl[:5]) / 5, sum(kl[-5:]) / 5
+    print(f"\nreverse KL to the teacher per token, first / last 5 steps: {first:.3f} -> {last:.3f}")
+    assert last < 0.9 * first
+
+
+def test_distillation_config_errors(nano_checkpoint, tmp_path):
+    from postlab.trainers.rl import train_rl
+
+    with pytest.raises(ConfigError, match="teacher: 'opd' distills from a teacher"):
+        _cfg(nano_checkpoint, None, tmp_path / "a")
+    with pytest.raises(ConfigError, match="teacher: 'grpo' does not read a teacher"):
+        _cfg(nano_checkpoint, str(nano_checkpoint), tmp_path / "a", algorithm="grpo")
+    with pytest.raises(ConfigError, match="not a checkpoint directory"):
+        train_rl(_cfg(nano_checkpoint, str(tmp_path / "missing"), tmp_path / "b"))
+    other = tiny_checkpoint(tmp_path / "other", extra_special=["<extra>"])
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        train_rl(_cfg(nano_checkpoint, str(other), tmp_path / "c"))

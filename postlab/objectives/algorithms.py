@@ -32,6 +32,9 @@ class AlgorithmSpec:
     # expert traces per group (default of RLConfig.expert_traces); > 0 only for an objective that trains
     # the off-policy tokens as such (LossInputs.off_policy)
     expert_traces: int = 0
+    # an expert batch beside the groups (CHORD: RLConfig.chord.expert_ratio), trained by the objective's
+    # off-policy (SFT) term with the step's `mu` and `off_policy_share`
+    expert_batch: bool = False
     needs_teacher: bool = False  # reads a teacher's log-probs of the sampled tokens (RLConfig.teacher)
     paper: str = ""
 
@@ -73,6 +76,11 @@ register_algorithm(AlgorithmSpec("reinforce_pp", "reinforce_pp", _batch_normaliz
 # run: grpo_use_std=False), expert tokens shaped by f(p) = p/(p+0.1) (objectives.spectrum.luffy)
 register_algorithm(AlgorithmSpec("luffy", "luffy", partial(adv.grpo_advantages, std=False), needs_groups=True,
                                  expert_traces=1, paper="Yan et al. 2025 (LUFFY)"))
+# CHORD: GRPO on the policy's groups + mu x SFT on an expert batch (20% of the samples), mu on a schedule
+register_algorithm(AlgorithmSpec("chord", "chord", partial(adv.grpo_advantages, std=True), needs_groups=True,
+                                 expert_batch=True, paper="Zhang et al. 2025 (CHORD)"))
+
+
 def _no_reward_signal(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return torch.zeros_like(torch.as_tensor(rewards, dtype=torch.float32))
 

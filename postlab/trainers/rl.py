@@ -35,6 +35,7 @@ from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.objectives.advantages import normalize_turn_advantages
 from postlab.objectives.algorithms import AlgorithmSpec, get_algorithm
 from postlab.objectives.registry import AGGREGATION_MODES, get_objective
+from postlab.objectives.spectrum import chord_mu
 from postlab.progress import console
 from postlab.rollout.backends import RolloutConfig, backend_for_run
 from postlab.rollout.engine import SamplingParams
@@ -75,6 +76,26 @@ RLSamplingConfig = SamplingConfig  # the sampling section, shared with RFT (trai
 
 
 @dataclasses.dataclass
+class ChordConfig:
+    """CHORD's expert batch and mu schedule (algorithm: chord; objectives.spectrum.chord_mu). Defaults:
+    CHORD-mu of the authors' yaml comment (0.9 -> 0.05 over 200 steps); CHORD-phi is decay: 0, peak =
+    valley = 0.1 with objective_args: {phi: true}."""
+
+    expert_ratio: float = 0.2  # expert samples per step: ceil(ratio x sampled sequences) (`expert_data_ratio`)
+    warmup: int = 0
+    decay: int = 200
+    peak: float = 0.9
+    valley: float = 0.05
+
+    def __post_init__(self):
+        if not 0 < self.expert_ratio <= 1:
+            raise ConfigError(f"chord.expert_ratio must be in (0, 1], got {self.expert_ratio}")
+        if self.warmup < 0 or self.decay < 0 or not 0 <= self.valley <= 1 or not 0 <= self.peak <= 1:
+            raise ConfigError("chord: warmup and decay must be >= 0, peak and valley in [0, 1]; got "
+                              f"{self.warmup}, {self.decay}, {self.peak}, {self.valley}")
+
+
+@dataclasses.dataclass
 class RLConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)  # model.path: the SFT checkpoint
     env: RLEnvConfig = dataclasses.field(default_factory=RLEnvConfig)
@@ -103,6 +124,7 @@ class RLConfig:
     # on-policy distillation (algorithm: opd): the teacher checkpoint that scores every sampled token;
     # any size, the student's tokenizer
     teacher: str | None = None
+    chord: ChordConfig = dataclasses.field(default_factory=ChordConfig)  # algorithm: chord only
 
     def __post_init__(self):
         try:
@@ -125,7 +147,8 @@ class RLConfig:
             raise ConfigError(f"value_lr must be > 0, got {self.value_lr}")
         if self.aggregation is not None and self.aggregation not in AGGREGATION_MODES:
             raise ConfigError(f"aggregation: {self.aggregation!r}; valid: {', '.join(AGGREGATION_MODES)} or null")
-        valid = [p for p in inspect.signature(get_objective(spec.objective).fn).parameters if p not in ("inp", "beta")]
+        owned = ("inp", "beta") + (("mu", "off_policy_share") if spec.expert_batch else ())  # set per step
+        valid = [p for p in inspect.signature(get_objective(spec.objective).fn).parameters if p not in owned]
         for k in self.objective_args:
             if k not in valid:
                 raise ConfigError(f"objective_args.{k}: not a parameter of {self.algorithm!r}; valid: {valid}")
@@ -134,6 +157,9 @@ class RLConfig:
                               f"({self.sampling.max_new_tokens})")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ConfigError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}")
+        if not spec.expert_batch and self.chord != ChordConfig():
+            raise ConfigError(f"chord: the expert batch and mu schedule are CHORD's; {self.algorithm!r} does not read "
+                              "them (algorithm=chord, or drop the chord section)")
         if spec.needs_teacher and not self.teacher:
             raise ConfigError(f"teacher: {self.algorithm!r} distills from a teacher; set teacher=PATH (a checkpoint "
                               "with the student's tokenizer, e.g. a larger model trained on the task)")
@@ -231,7 +257,7 @@ def setup_rl(cfg: RLConfig, session: Session, reward_fn=None) -> Trainer:
         m, trained = scored.metrics, 0
         if scored.any_kept:  # the same decision on every rank (global rewards): they all join the update
             update, trained = _update(cfg, parts, [episodes[k] for k in scored.kept], scored.advantages,
-                                      pad_from=episodes[:1])
+                                      pad_from=episodes[:1], step=i)
             m.update(update)
             if backend is not None:  # the next rollout samples from the updated policy
                 backend.sync(model)
@@ -284,7 +310,7 @@ class UpdateParts:
 
 
 def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tensor | None,
-            pad_from: list) -> tuple[dict, int]:
+            pad_from: list, step: int = 0) -> tuple[dict, int]:
     """Micro-batches and `updates_per_batch` optimizer steps on this rank's kept episodes `eps` with
     their sequence-level `advantages` (None: the critic's turn values, then GAE over turns);
     returns (metrics, tokens that went through training forward/backward passes). A rank none of
@@ -324,9 +350,10 @@ def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tens
                      parts.teacher is not None) if not batches else None
     norm = step_normalizer(batches, constant=float(cfg.sampling.max_new_tokens), device=device)
     value_fn = value_fn_for(head) if head is not None else None
+    hparams = {**parts.hparams, **_step_hparams(cfg, eps, step)}
     metrics: dict = {}
     for _ in range(cfg.batch.updates_per_batch):
-        metrics = accumulate_gradients(model, batches, parts.objective, parts.hparams, parts.aggregation, norm,
+        metrics = accumulate_gradients(model, batches, parts.objective, hparams, parts.aggregation, norm,
                                        ref_model=None, want_entropy=True, value_fn=value_fn,
                                        forward_fn=rb.packed_outputs, pad_batch=pad)
         if head is not None:  # summed over ranks, then clipped on its own, before the shared step
@@ -338,6 +365,17 @@ def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tens
         metrics["clip_fraction"] = metrics["clip_low"] + metrics["clip_high"]
     tokens = sum(int(b.input_ids.numel()) for b in batches) * cfg.batch.updates_per_batch
     return metrics, tokens
+
+
+def _step_hparams(cfg: RLConfig, eps: list, step: int) -> dict:
+    """CHORD's per-step objective arguments: mu from its schedule, and the expert tokens' share of the
+    step's trained tokens (every rank's), so each of its two terms is its own token mean."""
+    if not cfg.spec.expert_batch:
+        return {}
+    c = cfg.chord
+    expert, total = distributed.all_reduce_sum([float(sum(len(e.target_turns()) for e in eps if e.off_policy)),
+                                                float(sum(len(e.target_turns()) for e in eps))])
+    return {"mu": chord_mu(step, c.warmup, c.decay, c.peak, c.valley), "off_policy_share": expert / max(total, 1.0)}
 
 
 def _normalize_globally(advantages: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -11,6 +11,7 @@ then slices this rank's part.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,7 +21,7 @@ from postlab.envs.base import make
 from postlab.objectives.advantages import overlong_penalty, zero_std_groups
 from postlab.rollout.engine import stop_token_ids
 from postlab.rollout.episodes import expert_episode, run_episodes
-from postlab.seeds import rl_seed, sampling_seed
+from postlab.seeds import expert_seed, rl_seed, sampling_seed
 from postlab.trainers import rl_batch as rb
 
 if TYPE_CHECKING:
@@ -45,14 +46,25 @@ def play_step(cfg: RLConfig, model, tok, step: int, rank: int = 0, local_prompts
     envs = [make(cfg.env.name, **env_args) for _ in seeds]
     params = cfg.sampling_params(sampling_seed(cfg.run.seed, step, rank))
     sampled = run_episodes(model, tok, envs, seeds, params, backend=backend)
-    if not E:
+    X = expert_batch_size(cfg, local_prompts)
+    if not E and not X:
         return sampled
-    # LUFFY's mixed groups: the policy's G - E samples of each prompt, then E expert traces of it
     stop_id = tok.eos_token_id if tok.eos_token_id is not None else stop_token_ids(model, tok)[0]
-    groups = [sampled[i * (G - E):(i + 1) * (G - E)]
-              + [expert_episode(make(cfg.env.name, **env_args), tok, s, stop_id) for _ in range(E)]
-              for i, s in enumerate(prompt_seeds)]
-    return [e for g in groups for e in g]
+    expert = lambda seed: expert_episode(make(cfg.env.name, **env_args), tok, seed, stop_id)  # noqa: E731
+    # LUFFY's mixed groups: the policy's G - E samples of each prompt, then E expert traces of it
+    groups = [sampled[i * (G - E):(i + 1) * (G - E)] + [expert(s) for _ in range(E)]
+              for i, s in enumerate(prompt_seeds)] if E else [sampled]
+    # CHORD's expert batch after the groups: X expert demonstrations on problems of the SFT data's
+    # seed range (an SFT set beside the RL prompts, as CHORD's), X per rank, distinct across steps and ranks
+    world = max(1, P // local_prompts)
+    tail = [expert(expert_seed(cfg.run.seed, (step * world + rank) * X + j)) for j in range(X)]
+    return [e for g in groups for e in g] + tail
+
+
+def expert_batch_size(cfg: RLConfig, local_prompts: int) -> int:
+    """CHORD's expert samples per rank and step: ceil(ratio x this rank's sampled sequences)."""
+    ratio = cfg.chord.expert_ratio if cfg.spec.expert_batch else 0.0
+    return math.ceil(ratio * local_prompts * cfg.batch.samples_per_prompt)
 
 
 @dataclasses.dataclass
@@ -70,6 +82,9 @@ def score_step(cfg: RLConfig, episodes: list, reward_fn=None, rank: int = 0) -> 
     step's metrics, dynamic sampling and the algorithm's advantages on the global tensor; then this
     rank's slice (its episodes are a contiguous block of the step, `rank * len(episodes)` on)."""
     spec, G = cfg.spec, cfg.batch.samples_per_prompt
+    # CHORD's expert batch (after the groups) trains with the SFT term only: no reward, advantage 0
+    n_tail = sum(e.off_policy for e in episodes) if spec.expert_batch else 0  # (no expert inside its groups)
+    episodes, tail = episodes[:len(episodes) - n_tail], episodes[len(episodes) - n_tail:]
     raw = rb.episode_rewards(episodes, reward_fn)
     shaped = raw
     if cfg.overlong_buffer:
@@ -85,7 +100,11 @@ def score_step(cfg: RLConfig, episodes: list, reward_fn=None, rank: int = 0) -> 
     advantages = None
     if spec.advantages is not None:
         advantages = spec.advantages(all_shaped, G)[[offset + k for k in kept]]
-    return ScoredStep(metrics, kept, advantages, bool(keep))
+    if tail:
+        metrics["expert_success"] = _gather(torch.tensor([float(e.success) for e in tail])).mean().item()
+        kept += [len(episodes) + j for j in range(len(tail))]
+        advantages = torch.cat([advantages, torch.zeros(len(tail))])
+    return ScoredStep(metrics, kept, advantages, bool(keep) or bool(tail))
 
 
 def _gather(values: torch.Tensor) -> torch.Tensor:

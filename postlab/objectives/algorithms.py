@@ -35,6 +35,7 @@ class AlgorithmSpec:
     # an expert batch beside the groups (CHORD: RLConfig.chord.expert_ratio), trained by the objective's
     # off-policy (SFT) term with the step's `mu` and `off_policy_share`
     expert_batch: bool = False
+    hints: bool = False  # UFT: a prefix of the expert's solution in the prompt (RLConfig.uft), trained by CE
     needs_teacher: bool = False  # reads a teacher's log-probs of the sampled tokens (RLConfig.teacher)
     paper: str = ""
 
@@ -79,6 +80,11 @@ register_algorithm(AlgorithmSpec("luffy", "luffy", partial(adv.grpo_advantages, 
 # CHORD: GRPO on the policy's groups + mu x SFT on an expert batch (20% of the samples), mu on a schedule
 register_algorithm(AlgorithmSpec("chord", "chord", partial(adv.grpo_advantages, std=True), needs_groups=True,
                                  expert_batch=True, paper="Zhang et al. 2025 (CHORD)"))
+
+
+# UFT: GRPO on the continuation of a hint whose length anneals to 0, + 0.001 x the hint's CE
+register_algorithm(AlgorithmSpec("uft", "uft", partial(adv.grpo_advantages, std=True), needs_groups=True, hints=True,
+                                 paper="Liu et al. 2025 (UFT)"))
 
 
 def _no_reward_signal(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -48,6 +48,10 @@ class Episode:
     # True: the env's expert played the turn, not the policy (LUFFY's expert trace in a group); its
     # logprobs are 0 (no behaviour probability: the objective treats pi_off as 1)
     off_policy: bool = False
+    # UFT: the first turn starts with this many tokens of a hint (a prefix of the expert's solution put
+    # in the prompt); they are the turn's first token_ids, trained as off-policy targets (logprobs 0)
+    hint_tokens: int = 0
+    hint: str = ""
     _rendered: str = ""
 
     @property
@@ -92,17 +96,32 @@ def start_episode(env: Env, tokenizer, seed: int) -> Episode:
     return ep
 
 
+def start_hint(ep: Episode, tokenizer, hint: str) -> None:
+    """Put a hint in the episode's prompt, as the first words of the model's answer (UFT): the model
+    continues it, and the hint's tokens become the first trained tokens of the first turn."""
+    ids = tokenizer.encode(hint, add_special_tokens=False)
+    ep.input_ids += ids
+    ep.loss_mask += [1] * len(ids)
+    ep.logprobs += [0.0] * len(ids)
+    ep._rendered += hint
+    ep.hint_tokens, ep.hint = len(ids), hint
+
+
 def _after_turn(ep: Episode, env: Env, tokenizer, completion, max_turns: int, stop_ids: set) -> None:
     """Record the model's turn, score it with the env, append feedback or finish."""
-    turn = Turn(len(ep.input_ids), completion.token_ids, completion.logprobs, completion.text, completion.finish_reason)
+    hint = ep.hint if not ep.turns else ""  # a hint is the start of the first answer: scored with it
+    turn = Turn(len(ep.input_ids) - (ep.hint_tokens if hint else 0),
+                (ep.input_ids[-ep.hint_tokens:] if hint else []) + completion.token_ids,
+                ([0.0] * ep.hint_tokens if hint else []) + completion.logprobs, hint + completion.text,
+                completion.finish_reason)
     ep.input_ids += completion.token_ids
     ep.loss_mask += [1] * len(completion.token_ids)
     ep.logprobs += completion.logprobs
     ep.turns.append(turn)
     ended_by_token = bool(completion.token_ids) and completion.token_ids[-1] in stop_ids
     ep._rendered += completion.text + (tokenizer.decode(completion.token_ids[-1:]) if ended_by_token else "")
-    ep.messages.append({"role": "assistant", "content": completion.text})
-    res = env.step(completion.text)
+    ep.messages.append({"role": "assistant", "content": turn.text})
+    res = env.step(turn.text)
     turn.reward, turn.success, turn.info = float(res.reward), bool(res.success), dict(res.info or {})
     turn.env_done = bool(res.done)
     ep.success = ep.success or turn.success
@@ -134,7 +153,7 @@ def expert_episode(env: Env, tokenizer, seed: int, stop_id: int) -> Episode:
 
 def run_episodes(model, tokenizer, envs: Sequence[Env], seeds: Sequence[int], params: SamplingParams,
                  max_turns: int | None = None, backend=None, max_context: int | None = None,
-                 prefix_cache: bool = True) -> list[Episode]:
+                 prefix_cache: bool = True, hints: Sequence[str] | None = None) -> list[Episode]:
     """Play one episode per (env, seed) in lock-step; `params.n` must be 1 (pass one env per sample).
 
     Episodes whose envs share a seed start from the same prompt, which the engine prefills once.
@@ -142,7 +161,7 @@ def run_episodes(model, tokenizer, envs: Sequence[Env], seeds: Sequence[int], pa
     `max_context` keeps only the last tokens of a dialogue as the prompt (long multi-turn
     evaluation on a small-context model); the episode itself keeps every token.
     `prefix_cache=False` re-encodes every dialogue each turn (the reference the cached path is
-    tested against).
+    tested against). `hints` (UFT): per episode, text the first answer starts with (`start_hint`).
     """
     if params.n != 1:
         raise ValueError("run_episodes samples once per env; for G samples per prompt pass G envs with the same seed")
@@ -152,6 +171,9 @@ def run_episodes(model, tokenizer, envs: Sequence[Env], seeds: Sequence[int], pa
 
     stop_ids = set(stop_token_ids(model, tokenizer))
     eps = [start_episode(env, tokenizer, s) for env, s in zip(envs, seeds)]
+    for ep, hint in zip(eps, hints or ()):
+        if hint:
+            start_hint(ep, tokenizer, hint)
     limits = [max_turns or env.max_turns for env in envs]
     # the local engine keeps each dialogue's KV cache between turns (re-encoding a 10-turn dialogue
     # every turn was 80% of multi-turn sampling time); an external backend gets whole prompts

@@ -96,6 +96,24 @@ class ChordConfig:
 
 
 @dataclasses.dataclass
+class UFTConfig:
+    """UFT's hint schedule (algorithm: uft; objectives.spectrum): the expert solution cut into at most
+    `max_chunks` chunks, k ~ Binomial(chunks, p_t) of them in the prompt, p_t a cosine from p_high to p_low
+    over `hint_steps` steps, no hint after. Defaults: the authors' code (ad3c8ec)."""
+
+    hint_steps: int = 300
+    p_low: float = 0.05
+    p_high: float = 0.95
+    max_chunks: int = 5
+    staged: bool = False  # the staged variant: k = chunks - t // (hint_steps // (chunks + 1))
+
+    def __post_init__(self):
+        if self.hint_steps < 1 or self.max_chunks < 1 or not 0 <= self.p_low <= self.p_high <= 1:
+            raise ConfigError(f"uft: hint_steps and max_chunks must be >= 1 and 0 <= p_low <= p_high <= 1; got "
+                              f"{self.hint_steps}, {self.max_chunks}, {self.p_low}, {self.p_high}")
+
+
+@dataclasses.dataclass
 class RLConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)  # model.path: the SFT checkpoint
     env: RLEnvConfig = dataclasses.field(default_factory=RLEnvConfig)
@@ -125,6 +143,7 @@ class RLConfig:
     # any size, the student's tokenizer
     teacher: str | None = None
     chord: ChordConfig = dataclasses.field(default_factory=ChordConfig)  # algorithm: chord only
+    uft: UFTConfig = dataclasses.field(default_factory=UFTConfig)  # algorithm: uft only
 
     def __post_init__(self):
         try:
@@ -147,7 +166,8 @@ class RLConfig:
             raise ConfigError(f"value_lr must be > 0, got {self.value_lr}")
         if self.aggregation is not None and self.aggregation not in AGGREGATION_MODES:
             raise ConfigError(f"aggregation: {self.aggregation!r}; valid: {', '.join(AGGREGATION_MODES)} or null")
-        owned = ("inp", "beta") + (("mu", "off_policy_share") if spec.expert_batch else ())  # set per step
+        owned = ("inp", "beta") + (("mu", "off_policy_share") if spec.expert_batch else ()) \
+            + (("off_policy_share",) if spec.hints else ())  # set per step by the trainer
         valid = [p for p in inspect.signature(get_objective(spec.objective).fn).parameters if p not in owned]
         for k in self.objective_args:
             if k not in valid:
@@ -160,6 +180,12 @@ class RLConfig:
         if not spec.expert_batch and self.chord != ChordConfig():
             raise ConfigError(f"chord: the expert batch and mu schedule are CHORD's; {self.algorithm!r} does not read "
                               "them (algorithm=chord, or drop the chord section)")
+        if not spec.hints and self.uft != UFTConfig():
+            raise ConfigError(f"uft: the hint schedule is UFT's; {self.algorithm!r} does not read it (algorithm=uft, "
+                              "or drop the uft section)")
+        if spec.hints and self.env.max_turns != 1:
+            raise ConfigError(f"env.max_turns: UFT's hint starts a single answer; multi-turn episodes with hints are "
+                              f"not built (got {self.env.max_turns}); set env.max_turns=1")
         if spec.needs_teacher and not self.teacher:
             raise ConfigError(f"teacher: {self.algorithm!r} distills from a teacher; set teacher=PATH (a checkpoint "
                               "with the student's tokenizer, e.g. a larger model trained on the task)")
@@ -331,8 +357,8 @@ def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tens
                   "old_values": rb.broadcast([torch.tensor(v) for v in turn_values], eps)}
     else:
         extras = {"advantages": rb.broadcast(list(advantages), eps)}
-    if any(e.off_policy for e in eps):  # LUFFY's expert traces: their tokens are trained as off-policy
-        extras["off_policy"] = rb.broadcast([float(e.off_policy) for e in eps], eps)
+    if any(e.off_policy or e.hint_tokens for e in eps):  # expert traces (LUFFY, CHORD), hints (UFT)
+        extras["off_policy"] = [rb.off_policy_mask(e) for e in eps]
     batches, start = [], 0
     for group in micro_sets:
         per = {k: v[start:start + len(group)] for k, v in extras.items()}
@@ -370,12 +396,16 @@ def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tens
 def _step_hparams(cfg: RLConfig, eps: list, step: int) -> dict:
     """CHORD's per-step objective arguments: mu from its schedule, and the expert tokens' share of the
     step's trained tokens (every rank's), so each of its two terms is its own token mean."""
-    if not cfg.spec.expert_batch:
+    spec = cfg.spec
+    if not (spec.expert_batch or spec.hints):
         return {}
-    c = cfg.chord
-    expert, total = distributed.all_reduce_sum([float(sum(len(e.target_turns()) for e in eps if e.off_policy)),
-                                                float(sum(len(e.target_turns()) for e in eps))])
-    return {"mu": chord_mu(step, c.warmup, c.decay, c.peak, c.valley), "off_policy_share": expert / max(total, 1.0)}
+    off = sum(len(e.target_turns()) if e.off_policy else e.hint_tokens for e in eps)
+    off, total = distributed.all_reduce_sum([float(off), float(sum(len(e.target_turns()) for e in eps))])
+    out = {"off_policy_share": off / max(total, 1.0)}
+    if spec.expert_batch:
+        c = cfg.chord
+        out["mu"] = chord_mu(step, c.warmup, c.decay, c.peak, c.valley)
+    return out
 
 
 def _normalize_globally(advantages: list[torch.Tensor]) -> list[torch.Tensor]:

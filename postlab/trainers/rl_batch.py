@@ -187,3 +187,14 @@ def broadcast(values_per_episode: Sequence[torch.Tensor | float], episodes: Sequ
         turns = torch.tensor(e.target_turns(), dtype=torch.long)
         out.append(v.expand(len(turns)).clone() if v.dim() == 0 else v[turns])
     return out
+
+
+def off_policy_mask(episode: Episode) -> torch.Tensor:
+    """[n] 1.0 on the trained tokens the policy did not sample: every token of an expert trace (LUFFY,
+    CHORD), the hint at the start of the first turn (UFT); 0.0 on the policy's own tokens."""
+    n = len(episode.target_turns())
+    if episode.off_policy:
+        return torch.ones(n)
+    mask = torch.zeros(n)
+    mask[:episode.hint_tokens] = 1.0
+    return mask

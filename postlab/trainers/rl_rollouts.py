@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +20,7 @@ import torch
 from postlab import distributed
 from postlab.envs.base import make
 from postlab.objectives.advantages import overlong_penalty, zero_std_groups
+from postlab.objectives.spectrum import hint_boundaries, sample_hint_chunks, staged_hint_chunks, uft_hint_probability
 from postlab.rollout.engine import stop_token_ids
 from postlab.rollout.episodes import expert_episode, run_episodes
 from postlab.seeds import expert_seed, rl_seed, sampling_seed
@@ -45,7 +47,12 @@ def play_step(cfg: RLConfig, model, tok, step: int, rank: int = 0, local_prompts
     env_args = dict(split=cfg.env.split, style=cfg.env.style, max_turns=cfg.env.max_turns, **cfg.env.kwargs)
     envs = [make(cfg.env.name, **env_args) for _ in seeds]
     params = cfg.sampling_params(sampling_seed(cfg.run.seed, step, rank))
-    sampled = run_episodes(model, tok, envs, seeds, params, backend=backend)
+    hints = None
+    if cfg.spec.hints:  # UFT: one hint per prompt, shared by its group (drawn as the prompt is loaded)
+        per_prompt = [uft_hint(cfg, make(cfg.env.name, **env_args), s, step, rank * P + i)
+                      for i, s in enumerate(prompt_seeds)]
+        hints = [h for h in per_prompt for _ in range(G - E)]
+    sampled = run_episodes(model, tok, envs, seeds, params, backend=backend, hints=hints)
     X = expert_batch_size(cfg, local_prompts)
     if not E and not X:
         return sampled
@@ -59,6 +66,35 @@ def play_step(cfg: RLConfig, model, tok, step: int, rank: int = 0, local_prompts
     world = max(1, P // local_prompts)
     tail = [expert(expert_seed(cfg.run.seed, (step * world + rank) * X + j)) for j in range(X)]
     return [e for g in groups for e in g] + tail
+
+
+def solution_segments(text: str) -> list[str]:
+    """The units a UFT hint is cut from [recon: the authors' data gives each solution as a list whose
+    unit the code does not say]: lines of a worked solution, else words, else characters."""
+    lines = text.splitlines(keepends=True)
+    if len(lines) > 1:
+        return lines
+    words = text.split(" ")
+    if len(words) > 1:
+        return [w + " " for w in words[:-1]] + [words[-1]]
+    return list(text)
+
+
+def uft_hint(cfg: RLConfig, env, seed: int, step: int, prompt: int) -> str:
+    """The hint of one prompt at `step`: the first k of at most `max_chunks` chunks of the env's expert
+    solution, k ~ Binomial(chunks, p_t) (or the staged k), drawn from a generator seeded by the run, step
+    and prompt, so a resumed run draws the same hints."""
+    u = cfg.uft
+    env.reset(seed=seed)
+    segments = solution_segments(env.expert())
+    sep = hint_boundaries(len(segments), u.max_chunks)
+    num = len(sep) - 1
+    if u.staged:
+        k = staged_hint_chunks(step, u.hint_steps, num)
+    else:
+        p = uft_hint_probability(step, u.hint_steps, u.p_low, u.p_high)
+        k = sample_hint_chunks(p, num, random.Random(sampling_seed(cfg.run.seed, step, 0) * 1_000_003 + prompt))
+    return "".join(segments[:sep[k]])
 
 
 def expert_batch_size(cfg: RLConfig, local_prompts: int) -> int:

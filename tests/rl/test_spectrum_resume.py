@@ -1,6 +1,6 @@
-"""LUFFY, CHORD and on-policy distillation resume bit-identically: a run stopped at step 2 and resumed to
-step 4 ends with the weights of one uninterrupted 4-step run (CHORD's mu and LUFFY's expert traces
-are functions of the step, so nothing but the step index has to survive)."""
+"""LUFFY, CHORD, UFT and on-policy distillation resume bit-identically: a run stopped at step 2 and resumed to
+step 4 ends with the weights of one uninterrupted 4-step run (CHORD's mu, LUFFY's expert traces and UFT's
+hints are functions of the step, so nothing but the step index has to survive)."""
 
 import dataclasses
 
@@ -13,9 +13,10 @@ from postlab.config import ModelConfig, OptimConfig, RunConfig
 
 
 def _cfg(ckpt, out, algorithm, steps, **kw):
-    from postlab.trainers.rl import ChordConfig, RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig
+    from postlab.trainers.rl import ChordConfig, RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig, UFTConfig
 
-    extra = {"luffy": {}, "chord": {"chord": ChordConfig(decay=3)}, "opd": {"teacher": str(ckpt)}}[algorithm]
+    extra = {"luffy": {}, "chord": {"chord": ChordConfig(decay=3)}, "opd": {"teacher": str(ckpt)},
+             "uft": {"uft": UFTConfig(hint_steps=3)}}[algorithm]
     return RLConfig(model=ModelConfig(path=str(ckpt)), env=RLEnvConfig(name="toy", eval_splits=()),
                     batch=RLBatchConfig(2, 4, 4, 1), sampling=RLSamplingConfig(max_new_tokens=4),
                     optim=OptimConfig(lr=1e-2, schedule="constant"), algorithm=algorithm,
@@ -23,7 +24,7 @@ def _cfg(ckpt, out, algorithm, steps, **kw):
                     **extra)
 
 
-@pytest.mark.parametrize("algorithm", ["luffy", "chord", "opd"])
+@pytest.mark.parametrize("algorithm", ["luffy", "chord", "opd", "uft"])
 def test_resume_is_bit_identical(nano_checkpoint, tmp_path, algorithm):
     from postlab.trainers.rl import train_rl
 

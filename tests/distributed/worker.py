@@ -24,7 +24,7 @@ opts, cli = args[:split], args[split + 1:]
 if "--frozen-rollouts" in opts:
     from postlab.models.io import load_model
     from postlab.rollout import episodes as episodes_mod
-    from postlab.trainers import rl
+    from postlab.trainers import rl_rollouts
 
     frozen = load_model(opts[opts.index("--frozen-rollouts") + 1]).eval()
 
@@ -40,7 +40,7 @@ if "--frozen-rollouts" in opts:
             j = k
         return out
 
-    rl.run_episodes = per_group
+    rl_rollouts.run_episodes = per_group  # what the RL step's play_step samples with
 
     if "--parity-verifier" in opts:
         from postlab.trainers import rft

@@ -32,7 +32,22 @@ def rl_stage_data(ctx) -> dict:
     probe = _probe_input(ctx)
     if probe is not None:
         apply_choice(data, probe)
+    teacher = _teacher_input(ctx, data)
+    if teacher is not None:
+        data.setdefault("teacher", teacher)
     return data
+
+
+def _teacher_input(ctx, data: dict) -> str | None:
+    """On-policy distillation's teacher: the checkpoint of the stage's second input (``after: [START,
+    TEACHER]``, e.g. a larger model trained on the task); None for other algorithms."""
+    if data.get("algorithm") != "opd" or data.get("teacher"):
+        return None
+    if len(ctx.stage.after) != 2 or ctx.study.stages[ctx.stage.after[1]].kind == "rl-probe":
+        raise ConfigError(f"stages.{ctx.stage.name}.after: an opd stage distills from a teacher: after: [START, "
+                          f"TEACHER] (the teacher a training stage's checkpoint), or config.teacher: PATH; got "
+                          f"{ctx.stage.after}")
+    return str(ctx.input_checkpoint(1))
 
 
 def _probe_input(ctx) -> dict | None:

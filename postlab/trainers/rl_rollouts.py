@@ -49,7 +49,7 @@ def play_step(cfg: RLConfig, model, tok, step: int, rank: int = 0, local_prompts
     params = cfg.sampling_params(sampling_seed(cfg.run.seed, step, rank))
     hints = None
     if cfg.spec.hints:  # UFT: one hint per prompt, shared by its group (drawn as the prompt is loaded)
-        per_prompt = [uft_hint(cfg, make(cfg.env.name, **env_args), s, step, rank * P + i)
+        per_prompt = [uft_hint(cfg, make(cfg.env.name, **env_args), s, step, first + i)
                       for i, s in enumerate(prompt_seeds)]
         hints = [h for h in per_prompt for _ in range(G - E)]
     sampled = run_episodes(model, tok, envs, seeds, params, backend=backend, hints=hints)

@@ -150,7 +150,9 @@ def rl_base(tmp_path_factory):
 # PPO whitens turn advantages over the batch; on the toy env every turn reward is -1, so the
 # advantages' std is ~2e-4 and whitening multiplies float rounding (1e-8) by ~5000. The gathered
 # whitening itself is the same function on the same numbers; the comparison runs without it.
-@pytest.mark.parametrize("algorithm,extra", [("grpo", []), ("ppo", ["normalize_advantages=false"])])
+@pytest.mark.parametrize("algorithm,extra", [("grpo", []), ("ppo", ["normalize_advantages=false"]),
+                                             ("luffy", []), ("chord", ["chord.decay=3"]),
+                                             ("uft", ["uft.hint_steps=2", "uft.staged=true"])])
 def test_rl_two_processes_match_one(rl_base, algorithm, extra):
     tmp, cfg = rl_base
     frozen = ["--frozen-rollouts", str(tmp / "base")]

@@ -35,8 +35,10 @@ if "--frozen-rollouts" in opts:
             k = j
             while k < len(seeds) and seeds[k] == seeds[j]:
                 k += 1
+            hints = kw.get("hints")
             out += episodes_mod.run_episodes(model, tokenizer, envs[j:k], seeds[j:k],
-                                             dataclasses.replace(params, seed=seeds[j] % 1_000_003), **kw)
+                                             dataclasses.replace(params, seed=seeds[j] % 1_000_003),
+                                             **{**kw, "hints": hints[j:k] if hints else None})
             j = k
         return out
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from typing import TYPE_CHECKING
-
 import torch
 
 from postlab import distributed
@@ -26,11 +24,10 @@ from postlab.rollout.episodes import expert_episode, run_episodes
 from postlab.seeds import expert_seed, rl_seed, sampling_seed
 from postlab.trainers import rl_batch as rb
 
-if TYPE_CHECKING:
-    from postlab.trainers.rl import RLConfig
+# `cfg` below is the RL trainer's RLConfig (postlab.trainers.rl, which imports this module: not imported here)
 
 
-def play_step(cfg: RLConfig, model, tok, step: int, rank: int = 0, local_prompts: int | None = None,
+def play_step(cfg, model, tok, step: int, rank: int = 0, local_prompts: int | None = None,
               backend=None) -> list:
     """The episodes of RL step `step` (0-based) on rank `rank`: its `local_prompts` problems from the `rl`
     seed range (never evaluation's), `samples_per_prompt` episodes each, sampled with the step's seed.
@@ -80,7 +77,7 @@ def solution_segments(text: str) -> list[str]:
     return list(text)
 
 
-def uft_hint(cfg: RLConfig, env, seed: int, step: int, prompt: int) -> str:
+def uft_hint(cfg, env, seed: int, step: int, prompt: int) -> str:
     """The hint of one prompt at `step`: the first k of at most `max_chunks` chunks of the env's expert
     solution, k ~ Binomial(chunks, p_t) (or the staged k), drawn from a generator seeded by the run, step
     and prompt, so a resumed run draws the same hints."""
@@ -97,7 +94,7 @@ def uft_hint(cfg: RLConfig, env, seed: int, step: int, prompt: int) -> str:
     return "".join(segments[:sep[k]])
 
 
-def expert_batch_size(cfg: RLConfig, local_prompts: int) -> int:
+def expert_batch_size(cfg, local_prompts: int) -> int:
     """CHORD's expert samples per rank and step: ceil(ratio x this rank's sampled sequences)."""
     ratio = cfg.chord.expert_ratio if cfg.spec.expert_batch else 0.0
     return math.ceil(ratio * local_prompts * cfg.batch.samples_per_prompt)
@@ -113,7 +110,7 @@ class ScoredStep:
     any_kept: bool  # some rank trains this step, so every rank joins the update's collectives
 
 
-def score_step(cfg: RLConfig, episodes: list, reward_fn=None, rank: int = 0) -> ScoredStep:
+def score_step(cfg, episodes: list, reward_fn=None, rank: int = 0) -> ScoredStep:
     """Rewards (env verifier or reward_fn, DAPO overlong shaping), gathered from every rank once; the
     step's metrics, dynamic sampling and the algorithm's advantages on the global tensor; then this
     rank's slice (its episodes are a contiguous block of the step, `rank * len(episodes)` on)."""

@@ -132,3 +132,13 @@ RANK_SEED_STRIDE = 1_000_000_007
 
 def sampling_seed(run_seed: int, step: int, rank: int = 0) -> int:
     return run_seed * 7_919 + step + RANK_SEED_STRIDE * rank
+
+
+# Per-item draws inside a step (the RNG of a choice, not a problem): UFT's hint length per prompt.
+ITEM_SEED_STRIDE = 1_000_003
+
+
+def item_draw_seed(run_seed: int, step: int, item: int) -> int:
+    """RNG seed of one item's random draw at `step` (item = the prompt's index in the step, over all
+    ranks), the same on every rank and after a resume."""
+    return sampling_seed(run_seed, step) * ITEM_SEED_STRIDE + item

@@ -21,7 +21,7 @@ from postlab.objectives.advantages import overlong_penalty, zero_std_groups
 from postlab.objectives.spectrum import hint_boundaries, sample_hint_chunks, staged_hint_chunks, uft_hint_probability
 from postlab.rollout.engine import stop_token_ids
 from postlab.rollout.episodes import expert_episode, run_episodes
-from postlab.seeds import expert_seed, rl_seed, sampling_seed
+from postlab.seeds import expert_seed, item_draw_seed, rl_seed, sampling_seed
 from postlab.trainers import rl_batch as rb
 
 # `cfg` below is the RL trainer's RLConfig (postlab.trainers.rl, which imports this module: not imported here)
@@ -90,7 +90,7 @@ def uft_hint(cfg, env, seed: int, step: int, prompt: int) -> str:
         k = staged_hint_chunks(step, u.hint_steps, num)
     else:
         p = uft_hint_probability(step, u.hint_steps, u.p_low, u.p_high)
-        k = sample_hint_chunks(p, num, random.Random(sampling_seed(cfg.run.seed, step, 0) * 1_000_003 + prompt))
+        k = sample_hint_chunks(p, num, random.Random(item_draw_seed(cfg.run.seed, step, prompt)))
     return "".join(segments[:sep[k]])
 
 

@@ -141,4 +141,6 @@ def test_every_algorithm_spec_names_a_registered_objective():
 
     for spec in ALGORITHMS.values():
         assert get_objective(spec.objective).needs_old_logp
-        assert spec.needs_groups == (spec.advantages is not None and spec.name not in ("reinforce_pp",))
+        # group baselines need groups; REINFORCE++ normalizes over the batch, on-policy distillation takes
+        # its per-token advantages from the teacher (its estimator ignores the rewards)
+        assert spec.needs_groups == (spec.advantages is not None and spec.name not in ("reinforce_pp", "opd"))

@@ -94,6 +94,15 @@ def _two_part_scales(off: torch.Tensor, share: float | None) -> tuple[float, flo
     return (1.0 / (1.0 - share) if share < 1 else 0.0), (1.0 / share if share > 0 else 0.0)
 
 
+def _policy_term(inp: LossInputs, epsilon: float, beta: float) -> tuple[torch.Tensor, dict]:
+    """The RL term of CHORD and UFT: PPO's clipped surrogate (+ beta k3), with advantage 0 where a batch
+    carries none (an expert-only batch trains the SFT term alone)."""
+    ratio = torch.exp(inp.logp - behaviour_logp(inp))
+    adv = inp.advantages if inp.advantages is not None else torch.zeros_like(inp.logp)
+    loss, metrics = clipped_surrogate(ratio, adv, epsilon, epsilon)
+    return add_kl(loss, inp, beta, metrics), metrics
+
+
 @register_objective("chord", needs_old_logp=True, default_aggregation="token_mean")
 def chord(inp: LossInputs, mu: float = 0.9, phi: bool = False, epsilon: float = 0.2, beta: float = 0.0,
           off_policy_share: float | None = None):
@@ -104,10 +113,7 @@ def chord(inp: LossInputs, mu: float = 0.9, phi: bool = False, epsilon: float = 
         raise ValueError(f"chord: mu must be in [0, 1], got {mu}")
     off = _off_mask(inp, "chord")
     on_scale, off_scale = _two_part_scales(off, off_policy_share)
-    ratio = torch.exp(inp.logp - behaviour_logp(inp))
-    adv = inp.advantages if inp.advantages is not None else torch.zeros_like(inp.logp)
-    rl_loss, metrics = clipped_surrogate(ratio, adv, epsilon, epsilon)
-    rl_loss = add_kl(rl_loss, inp, beta, metrics)
+    rl_loss, metrics = _policy_term(inp, epsilon, beta)
     sft = -inp.logp
     if phi:
         p = inp.logp.detach().exp()
@@ -162,10 +168,7 @@ def uft(inp: LossInputs, epsilon: float = 0.2, sft_coef: float = 0.001, beta: fl
     run also adds a 0.001 low-variance KL to the reference (`beta`, k3) and an entropy bonus."""
     off = _off_mask(inp, "uft")
     _, off_scale = _two_part_scales(off, off_policy_share)
-    ratio = torch.exp(inp.logp - behaviour_logp(inp))
-    adv = inp.advantages if inp.advantages is not None else torch.zeros_like(inp.logp)
-    rl_loss, metrics = clipped_surrogate(ratio, adv, epsilon, epsilon)
-    rl_loss = add_kl(rl_loss, inp, beta, metrics)
+    rl_loss, metrics = _policy_term(inp, epsilon, beta)
     # the continuation's tokens keep the plain token mean over the step; the hint CE its own mean
     loss = torch.where(off, sft_coef * off_scale * -inp.logp, rl_loss)
     if off.any():

@@ -102,11 +102,16 @@ def load_reference(cfg_model: ModelConfig, device, why: str, policy=None):
             raise ConfigError(f"model.lora: {why} reads a reference, which with LoRA is the policy with its adapters "
                               "disabled, and this trainer did not pass its policy (load_reference(..., policy=model))")
         return lora.Reference(policy)
+    return load_frozen(cfg_model.path, cfg_model, device)  # computes as the policy does (KL 0 at step 0)
+
+
+def load_frozen(path: str, cfg_model: ModelConfig, device):
+    """A frozen model (reference, teacher) in the policy's dtype and autocast."""
     from postlab.models.forward import set_autocast
 
-    ref = load_model(cfg_model.path, dtype=cfg_model.dtype, device=device).eval().requires_grad_(False)
-    set_autocast(ref, cfg_model.autocast)  # the reference computes as the policy does (KL 0 at step 0)
-    return ref
+    model = load_model(path, dtype=cfg_model.dtype, device=device).eval().requires_grad_(False)
+    set_autocast(model, cfg_model.autocast)
+    return model
 
 
 def load_teacher(path: str, cfg_model: ModelConfig, tokenizer, device):
@@ -114,7 +119,6 @@ def load_teacher(path: str, cfg_model: ModelConfig, tokenizer, device):
     tokenizer is the student's, token for token, since it scores the student's tokens by id."""
     from pathlib import Path
 
-    from postlab.models.forward import set_autocast
     from postlab.models.io import load_tokenizer
 
     if not Path(path).is_dir():
@@ -125,9 +129,7 @@ def load_teacher(path: str, cfg_model: ModelConfig, tokenizer, device):
         raise ConfigError(f"teacher: {path} has another tokenizer ({len(theirs)} tokens vs the student's "
                           f"{len(tokenizer.get_vocab())}, or other ids); the teacher scores the student's tokens by "
                           "id, so both need the same tokenizer")
-    teacher = load_model(path, dtype=cfg_model.dtype, device=device).eval().requires_grad_(False)
-    set_autocast(teacher, cfg_model.autocast)
-    return distributed.shard(teacher)
+    return distributed.shard(load_frozen(path, cfg_model, device))
 
 
 @dataclasses.dataclass

@@ -124,7 +124,7 @@ def score_step(cfg, episodes: list, reward_fn=None, rank: int = 0) -> ScoredStep
         lengths = [len(e.turns[-1].token_ids) for e in episodes]
         shaped = shaped + overlong_penalty(lengths, cfg.sampling.max_new_tokens, cfg.overlong_buffer)
     all_raw, all_shaped = _gather(raw), _gather(shaped)
-    metrics = _global_rollout_metrics(episodes, raw, all_raw, G)
+    metrics = _global_rollout_metrics(episodes, raw, all_raw, G, cfg.experts_per_group)
     dynamic = cfg.dynamic_sampling if cfg.dynamic_sampling is not None else spec.dynamic_sampling
     keep = rb.keep_informative_groups(len(all_shaped), all_shaped, G) if dynamic else list(range(len(all_shaped)))
     metrics["kept_fraction"] = len(keep) / len(all_shaped)
@@ -148,19 +148,20 @@ def _gather(values: torch.Tensor) -> torch.Tensor:
                         dtype=values.dtype)
 
 
-def _global_rollout_metrics(episodes, raw: torch.Tensor, all_raw: torch.Tensor, group_size: int) -> dict:
+def _global_rollout_metrics(episodes, raw: torch.Tensor, all_raw: torch.Tensor, group_size: int,
+                            experts: int = 0) -> dict:
     """`rollout_metrics` of the whole step: every rank plays as many episodes, so per-episode means
-    average over ranks; reward mean/std and zero-std groups come from the gathered rewards. (Per-
-    component reward std is the mean of the ranks' stds.)"""
+    average over ranks; reward mean/std and zero-std groups come from the gathered rewards of the
+    policy's own samples (LUFFY's `experts` traces are the last of each group). (Per-component reward
+    std is the mean of the ranks' stds.)"""
     m = rollout_metrics(episodes, raw, group_size)
     if distributed.world()[1] == 1:
         return m
     rows = distributed.all_gather_objects(m)
     keys = sorted({k for r in rows for k in r})  # e.g. success_turn_3 only where some episode got that far
     m = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
-    on = _gather(torch.tensor([not e.off_policy for e in episodes])).bool()  # the policy's own episodes
-    group_size -= int((~on).sum()) * group_size // len(on)
-    all_raw = all_raw[on]
+    all_raw = all_raw.view(-1, group_size)[:, :group_size - experts].flatten()
+    group_size -= experts
     m.update(reward_mean=all_raw.mean().item(), reward_std=all_raw.std().item() if len(all_raw) > 1 else 0.0,
              zero_std_groups=zero_std_groups(all_raw, group_size).float().mean().item())
     return m

@@ -37,6 +37,27 @@ def tiny_checkpoint(out: Path, preset: str = "nano", seed: int = 0, chat_templat
     return out
 
 
+def rl_config(ckpt, out, *, env="toy", algorithm: str | None = None, prompts: int = 3, samples: int = 4,
+              micro: int = 6, max_new_tokens: int = 4, lr: float = 5e-4, steps: int = 2, save_every: int = 0,
+              **fields):
+    """A small RLConfig for a CPU test: `ckpt` as the policy, `prompts` x `samples` episodes a step (micro-batches
+    of `micro`), one update per batch, constant lr, `steps` steps logged each step, no periodic evaluation.
+    `env` is an env name or a whole RLEnvConfig; `fields` replace whole RLConfig fields (batch=, run=, optim=, ...)."""
+    from postlab.config import ModelConfig, OptimConfig, RunConfig
+    from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig
+
+    if isinstance(env, str):
+        env = RLEnvConfig(name=env, eval_splits=())
+    base = dict(model=ModelConfig(path=str(ckpt)), env=env, batch=RLBatchConfig(prompts, samples, micro, 1),
+                sampling=RLSamplingConfig(max_new_tokens=max_new_tokens), optim=OptimConfig(lr=lr, schedule="constant"),
+                run=RunConfig(out_dir=str(out), max_steps=steps, save_every=save_every, progress=False,
+                              tensorboard=False, log_every=1))
+    if algorithm is not None:
+        base["algorithm"] = algorithm
+    base.update(fields)
+    return RLConfig(**base)
+
+
 # ----------------------------------------------------------------------------- the CLI in a subprocess
 
 

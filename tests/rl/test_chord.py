@@ -3,26 +3,20 @@ batch beside them, mu on its schedule, each term its own token mean over the ste
 
 import dataclasses
 import json
+from functools import partial
 import math
 
 import pytest
 import torch
 
 import postlab.envs.toy  # noqa: F401
-from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
+from postlab.config import ConfigError, OptimConfig, RunConfig
 from postlab.models.io import load_model, load_tokenizer
 from postlab.seeds import RL, SFT_EXPERT
 
+from harness import rl_config
 
-def _cfg(ckpt, out, **kw):
-    from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig
-
-    base = dict(model=ModelConfig(path=str(ckpt)), env=RLEnvConfig(name="toy", eval_splits=()),
-                batch=RLBatchConfig(3, 4, 6, 1), sampling=RLSamplingConfig(max_new_tokens=4),
-                optim=OptimConfig(lr=5e-4, schedule="constant"), algorithm="chord",
-                run=RunConfig(out_dir=str(out), max_steps=2, progress=False, tensorboard=False, log_every=1))
-    base.update(kw)
-    return RLConfig(**base)
+_cfg = partial(rl_config, algorithm="chord")
 
 
 def test_the_expert_batch_follows_the_groups_on_sft_problems(nano_checkpoint, tmp_path):

@@ -9,18 +9,13 @@ import postlab.envs.toy  # noqa: F401
 from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 from postlab.envs import make
 
-from harness import tiny_checkpoint
+from harness import rl_config, tiny_checkpoint
 
 
 def _cfg(student, teacher, out, **kw):
-    from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig
-
-    base = dict(model=ModelConfig(path=str(student)), env=RLEnvConfig(name="toy", eval_splits=()),
-                batch=RLBatchConfig(4, 4, 16, 1), sampling=RLSamplingConfig(max_new_tokens=4),
-                optim=OptimConfig(lr=1e-3, schedule="constant", weight_decay=0.0), algorithm="opd", teacher=teacher,
-                run=RunConfig(out_dir=str(out), max_steps=1, progress=False, tensorboard=False, log_every=1))
-    base.update(kw)
-    return RLConfig(**base)
+    kw.setdefault("optim", OptimConfig(lr=1e-3, schedule="constant", weight_decay=0.0))
+    kw.setdefault("algorithm", "opd")
+    return rl_config(student, out, teacher=teacher, prompts=4, micro=16, steps=1, **kw)
 
 
 def _train_rows(run):

@@ -4,25 +4,19 @@ trace and the clip on it is Dr. GRPO, bit for bit."""
 
 import dataclasses
 import json
+from functools import partial
 
 import pytest
 import torch
 
 import postlab.envs.toy  # noqa: F401
-from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
+from postlab.config import ConfigError, OptimConfig, RunConfig
 from postlab.envs import make
 from postlab.models.io import load_model, load_tokenizer
 
+from harness import rl_config
 
-def _cfg(ckpt, out, **kw):
-    from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig
-
-    base = dict(model=ModelConfig(path=str(ckpt)), env=RLEnvConfig(name="toy", eval_splits=()),
-                batch=RLBatchConfig(3, 4, 6, 1), sampling=RLSamplingConfig(max_new_tokens=4),
-                optim=OptimConfig(lr=5e-4, schedule="constant"), algorithm="luffy",
-                run=RunConfig(out_dir=str(out), max_steps=2, progress=False, tensorboard=False, log_every=1))
-    base.update(kw)
-    return RLConfig(**base)
+_cfg = partial(rl_config, algorithm="luffy")
 
 
 def test_a_group_is_the_policys_samples_then_the_expert_trace(nano_checkpoint, tmp_path):

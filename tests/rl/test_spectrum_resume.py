@@ -9,19 +9,17 @@ import torch
 from safetensors.torch import load_file
 
 import postlab.envs.toy  # noqa: F401
-from postlab.config import ModelConfig, OptimConfig, RunConfig
+
+from harness import rl_config
 
 
-def _cfg(ckpt, out, algorithm, steps, **kw):
-    from postlab.trainers.rl import ChordConfig, RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig, UFTConfig
+def _cfg(ckpt, out, algorithm, steps, save_every=0):
+    from postlab.trainers.rl import ChordConfig, UFTConfig
 
     extra = {"luffy": {}, "chord": {"chord": ChordConfig(decay=3)}, "opd": {"teacher": str(ckpt)},
              "uft": {"uft": UFTConfig(hint_steps=3)}}[algorithm]
-    return RLConfig(model=ModelConfig(path=str(ckpt)), env=RLEnvConfig(name="toy", eval_splits=()),
-                    batch=RLBatchConfig(2, 4, 4, 1), sampling=RLSamplingConfig(max_new_tokens=4),
-                    optim=OptimConfig(lr=1e-2, schedule="constant"), algorithm=algorithm,
-                    run=RunConfig(out_dir=str(out), max_steps=steps, progress=False, tensorboard=False, **kw),
-                    **extra)
+    return rl_config(ckpt, out, algorithm=algorithm, prompts=2, micro=4, lr=1e-2, steps=steps, save_every=save_every,
+                     **extra)
 
 
 @pytest.mark.parametrize("algorithm", ["luffy", "chord", "opd", "uft"])

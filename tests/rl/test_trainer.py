@@ -12,6 +12,8 @@ from postlab.trainers.common import TrainingError
 from postlab.envs import make
 from postlab.eval.evaluate import evaluate
 
+from harness import rl_config
+
 
 @pytest.fixture(scope="module")
 def sft_checkpoint(tmp_path_factory):
@@ -30,14 +32,10 @@ def sft_checkpoint(tmp_path_factory):
 
 
 def _cfg(ckpt, out, **kw):
-    from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig
+    from postlab.trainers.rl import RLEnvConfig
 
-    base = dict(model=ModelConfig(path=str(ckpt)), env=RLEnvConfig(name="toy", eval_episodes=16),
-                batch=RLBatchConfig(4, 4, 8, 1), sampling=RLSamplingConfig(max_new_tokens=4),
-                optim=OptimConfig(lr=5e-4, schedule="constant"),
-                run=RunConfig(out_dir=str(out), max_steps=2, progress=False, tensorboard=False, log_every=1))
-    base.update(kw)
-    return RLConfig(**base)
+    kw.setdefault("env", RLEnvConfig(name="toy", eval_episodes=16))
+    return rl_config(ckpt, out, prompts=4, micro=8, **kw)
 
 
 def test_config_rejects_invalid_combinations(tmp_path):

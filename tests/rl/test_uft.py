@@ -3,25 +3,19 @@ length annealed to nothing; GRPO on the continuation, the hint's CE beside it.""
 
 import dataclasses
 import json
+from functools import partial
 
 import pytest
 import torch
 
 import postlab.envs.toy  # noqa: F401
-from postlab.config import ConfigError, ModelConfig, OptimConfig, RunConfig
+from postlab.config import ConfigError, RunConfig
 from postlab.envs import make
 from postlab.models.io import load_model, load_tokenizer
 
+from harness import rl_config
 
-def _cfg(ckpt, out, **kw):
-    from postlab.trainers.rl import RLBatchConfig, RLConfig, RLEnvConfig, RLSamplingConfig
-
-    base = dict(model=ModelConfig(path=str(ckpt)), env=RLEnvConfig(name="math", eval_splits=()),
-                batch=RLBatchConfig(3, 4, 6, 1), sampling=RLSamplingConfig(max_new_tokens=6),
-                optim=OptimConfig(lr=5e-4, schedule="constant"), algorithm="uft",
-                run=RunConfig(out_dir=str(out), max_steps=2, progress=False, tensorboard=False, log_every=1))
-    base.update(kw)
-    return RLConfig(**base)
+_cfg = partial(rl_config, env="math", max_new_tokens=6, algorithm="uft")
 
 
 def _uft(**kw):

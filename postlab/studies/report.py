@@ -15,10 +15,10 @@ from pathlib import Path
 import yaml
 
 from postlab.studies.report_data import load_run
-from postlab.studies.report_plots import plot_curves, plot_diagnostics
+from postlab.studies.report_plots import plot_curves, plot_diagnostics, plot_scatter
 from postlab.studies.report_stats import findings
 from postlab.studies.report_tables import (compute_table, delta_tables, diagnostics_tables, dynamics_tables,
-                                           final_tables, probe_tables)
+                                           final_tables, probe_tables, scatter_tables)
 
 
 def _md_table(t: dict) -> str:
@@ -158,9 +158,10 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[P
     out = Path(out_dir or root)
     out.mkdir(parents=True, exist_ok=True)
     fs = findings(run)
-    tables = final_tables(run) + delta_tables(run) + diagnostics_tables(run) + dynamics_tables(run) + probe_tables(run)
+    tables = final_tables(run) + delta_tables(run) + scatter_tables(run) + diagnostics_tables(run) + \
+        dynamics_tables(run) + probe_tables(run)
     comp = compute_table(run)
-    figs, diag_figs = plot_curves(run), plot_diagnostics(run)
+    figs, diag_figs, scatter_figs = plot_curves(run), plot_diagnostics(run), plot_scatter(run)
     study = run["study"]
     title = f"postlab study {run['name']} — preset {run['preset']}, seeds {run['seeds']}"
     fig_dir = out / "report_files"
@@ -185,9 +186,11 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[P
         if t.get("paper"):
             md.append(f"Paper: {t['paper']}\n")
             h.append(f"<p>Paper: {html.escape(str(t['paper']))}</p>")
-    for section, stem, figures in (("Success vs compute", "curves", figs), ("Diagnostics", "diagnostics", diag_figs)):
+    for section, stem, figures in (("Success vs compute", "curves", figs), ("Gain against drift", "scatter", scatter_figs),
+                                   ("Diagnostics", "diagnostics", diag_figs)):
         _figure_section(md, h, fig_dir, section, stem, figures)
-    _not_run_section(md, h, [t for t in tables if not t["rows"]] + [f for f in figs + diag_figs if f["png"] is None])
+    _not_run_section(md, h, [t for t in tables if not t["rows"]] +
+                     [f for f in figs + scatter_figs + diag_figs if f["png"] is None])
     md += ["## Compute", "", _md_table(comp)]
     h += ["<h2>Compute</h2>", _html_table(comp)]
     env_md, env_html = _environment_sections(run)

@@ -34,7 +34,32 @@ def load_run(root: str | Path) -> dict:
                 results[seed][stage] = json.loads((d / "result.json").read_text())
     manifest["results"] = results
     manifest["root"] = str(root)
+    unsolved_by = ((manifest.get("study") or {}).get("report") or {}).get("unsolved_by")
+    if unsolved_by:
+        mark_unsolved(manifest, unsolved_by)
     return manifest
+
+
+def mark_unsolved(run: dict, stage: str) -> None:
+    """Give every evaluated point of each seed the mask of the problems `stage` (the reference, e.g. the
+    warm-up's evaluation) solved in none of its N samples: pass@N = 0 on ``SPLIT@sampled`` of its final
+    point. ``SPLIT:unsolved`` and ``SPLIT@sampled:unsolved`` then read success on those problems only, the
+    problems where LUFFY and UFT claim their gains (imitation reaches answers the policy never samples).
+    Every stage of a seed evaluates the same problems in the same order, so one mask fits all; a split the
+    reference did not sample has no mask, and its ``:unsolved`` reads nothing."""
+    for res in run["results"].values():
+        points = (res.get(stage) or {}).get("points") or []
+        if not points:
+            continue
+        masks = {key.partition("@")[0]: [f == 0 for f in r["per_problem"]]
+                 for key, r in points[-1]["results"].items()
+                 if key.endswith("@sampled") and r.get("per_problem") is not None}
+        for result in res.values():
+            for point in (result or {}).get("points") or []:
+                for key, r in point["results"].items():
+                    mask = masks.get(key.partition("@")[0])
+                    if mask is not None and len(mask) == len(r.get("per_problem") or []):
+                        r["unsolved_mask"] = mask
 
 
 def split_metric(results: dict, split: str) -> tuple[float | None, list | None]:
@@ -51,6 +76,8 @@ def split_metric(results: dict, split: str) -> tuple[float | None, list | None]:
         return None, None
     if not diag:
         return r["success_rate"], r.get("per_problem")
+    if diag in ("unsolved", "unsolved_share"):
+        return _unsolved(r, diag)
     if diag.startswith("pass@") and "=" not in diag:
         return _pass_at(r, int(diag[len("pass@"):]))
     if "=" not in diag:
@@ -65,6 +92,18 @@ def split_metric(results: dict, split: str) -> tuple[float | None, list | None]:
     per_problem = None if cats is None else [
         None if not (seen := [c for c in cs if c is not None]) else sum(c == cat for c in seen) / len(seen) for cs in cats]
     return r["diagnostics"][key].get(cat, 0.0), per_problem
+
+
+def _unsolved(r: dict, diag: str) -> tuple[float | None, list | None]:
+    """Success on the problems the reference never solved (`mark_unsolved`), or their share of the split."""
+    mask, per_problem = r.get("unsolved_mask"), r.get("per_problem")
+    if mask is None or per_problem is None:
+        return None, None
+    if diag == "unsolved_share":
+        return sum(mask) / len(mask), None
+    subset = [x for x, hard in zip(per_problem, mask) if hard]  # Nones kept: paired findings align by position
+    seen = [x for x in subset if x is not None]
+    return (sum(seen) / len(seen), subset) if seen else (None, None)
 
 
 def _pass_at(r: dict, k: int) -> tuple[float | None, list | None]:
@@ -108,6 +147,40 @@ def values(run: dict, stage: str, split: str) -> list[float]:
         if v is not None:
             out.append(v)
     return out
+
+
+def scatter_points(run: dict, spec: dict) -> dict[str, list[tuple[float, float]]]:
+    """label -> one (x, y) per seed that has both of a `scatter` item: each axis is its split's final
+    value for the point's stage (x from the first and y from the second of a pair [X_STAGE, Y_STAGE]),
+    minus the same seed's `change_from` stage where the axis names one (e.g. y = ID gain over the
+    warm-up, x = KL to the warm-up, or the change on an earlier task evaluated by another stage)."""
+    from postlab.studies.report_schema import scatter_axis
+
+    axes = [scatter_axis(spec.get(a)) for a in ("x", "y")]
+    out: dict[str, list[tuple[float, float]]] = {}
+    for label, point in column_map(spec.get("points")).items():
+        stages = scatter_stages(point)
+        pts = []
+        for seed in sorted(run["results"], key=int):
+            res = run["results"][seed]
+            xy = []
+            for ax, stage in zip(axes, stages):
+                v = final_value(res.get(stage), ax["split"]) if res.get(stage) else None
+                if v is not None and ax.get("change_from"):
+                    base = res.get(ax["change_from"])
+                    v0 = final_value(base, ax["split"]) if base else None
+                    v = None if v0 is None else v - v0
+                xy.append(v)
+            if None not in xy:
+                pts.append((xy[0], xy[1]))
+        if pts:
+            out[label] = pts
+    return out
+
+
+def scatter_stages(point) -> tuple[str, str]:
+    """(x stage, y stage) of a scatter point: one stage for both axes, or a pair [X_STAGE, Y_STAGE]."""
+    return (point, point) if isinstance(point, str) else (point[0], point[1])
 
 
 def column_map(spec) -> dict[str, str]:

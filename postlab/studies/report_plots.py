@@ -1,5 +1,6 @@
 """The figures of a study report (matplotlib, rendered to PNG bytes): success vs training compute
-per `report.curves` item, and diagnose stages' numbers per diagnostics table with `plot: true`.
+per `report.curves` item, one point per method and seed per `report.scatter` item (e.g. gain against
+forgetting), and diagnose stages' numbers per diagnostics table with `plot: true`.
 
 Each figure is {title, png, notes}: a figure of stages this preset does not run has no png, only
 the note naming them, like a table none of whose rows ran (postlab.studies.report_tables).
@@ -9,8 +10,8 @@ from __future__ import annotations
 
 import io
 
-from postlab.studies.report_data import column_map, diagnostic_values, point_metric, values
-from postlab.studies.report_schema import check_run_reads, left_out_note
+from postlab.studies.report_data import column_map, diagnostic_values, point_metric, scatter_points, scatter_stages, values
+from postlab.studies.report_schema import check_run_reads, left_out_note, scatter_axis
 from postlab.studies.report_stats import mean_std
 from postlab.studies.report_tables import diagnostic_specs
 
@@ -110,6 +111,51 @@ def plot_diagnostics(run: dict) -> list[dict]:
             ax.set_title(panel, fontsize=9)
             ax.grid(alpha=0.3)
         fig.suptitle(t.get("title", ""))
+        fig.tight_layout()
+        figs.append({"title": title, "png": _png(plt, fig), "notes": notes})
+    return figs
+
+
+def axis_label(axis: dict) -> str:
+    """A scatter axis's label: its own, else the split, "change in" it where it has a change_from."""
+    if axis.get("label"):
+        return axis["label"]
+    return f"change in {axis['split']} from {axis['change_from']}" if axis.get("change_from") else axis["split"]
+
+
+def _axis_scale(split: str) -> float:
+    """Success and fractions plot in %, drift (KL, parameter distance) as it is."""
+    return 1.0 if split.startswith("drift:") else 100.0
+
+
+def plot_scatter(run: dict) -> list[dict]:
+    """Each `scatter` figure: one marker per point (method) and seed, a method's seeds in one colour."""
+    check_run_reads(run, "scatter")
+    figs = []
+    for spec in (run["study"].get("report") or {}).get("scatter") or []:
+        title = spec.get("title", "scatter")
+        not_run = [(label, st) for label, p in column_map(spec.get("points")).items()
+                   for st in dict.fromkeys(scatter_stages(p)) if st not in run["stages"]]
+        notes = [n for n in [left_out_note("not run in this preset", not_run)] if n]
+        data = scatter_points(run, spec)
+        if not data:
+            figs.append({"title": title, "png": None, "notes": notes})
+            continue
+        x_axis, y_axis = scatter_axis(spec["x"]), scatter_axis(spec["y"])
+        sx, sy = _axis_scale(x_axis["split"]), _axis_scale(y_axis["split"])
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(5.6, 4.2))
+        for label, pts in data.items():
+            ax.scatter([sx * x for x, _ in pts], [sy * y for _, y in pts], label=label, s=28, alpha=0.8)
+        if y_axis.get("change_from"):
+            ax.axhline(0, color="grey", lw=0.8)
+        if x_axis.get("change_from"):
+            ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlabel(axis_label(x_axis) + (" (points of %)" if sx == 100 and x_axis.get("change_from") else ""))
+        ax.set_ylabel(axis_label(y_axis) + (" (points of %)" if sy == 100 and y_axis.get("change_from") else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=9)
         fig.tight_layout()
         figs.append({"title": title, "png": _png(plt, fig), "notes": notes})
     return figs

@@ -72,11 +72,16 @@ REPORT_SECTIONS = {
     "findings": ("claim", "paper", "metric", "expect"),
     "diagnostics": ("title", "rows", "columns", "plot"),
     "dynamics": ("title", "rows", "columns", "paper"),
+    "scatter": ("title", "points", "x", "y"),
 }
+# report.unsolved_by: STAGE (an eval stage with a sampled evaluation, e.g. the warm-up's): the problems
+# it solved in none of its samples (pass@N = 0) are what ``SPLIT[@sampled]:unsolved`` reads, per seed
+UNSOLVED_KEYS = ("unsolved", "unsolved_share")
+SCATTER_AXIS_KEYS = ("split", "change_from", "label")
 # The built-in stage kinds whose results each section reads (a custom `module:function` kind may
 # stand for any of them): eval points, a diagnose stage's summary, a trainer's run/metrics.jsonl.
 SECTION_KINDS = {"tables": ("eval",), "deltas": ("eval",), "curves": ("eval",), "findings": ("eval",),
-                 "diagnostics": ("diagnose",), "dynamics": ("pretrain", *TRAINERS)}
+                 "scatter": ("eval",), "diagnostics": ("diagnose",), "dynamics": ("pretrain", *TRAINERS)}
 FINDING_METRICS = ("delta", "diff", "gain_diff", "value")  # a finding's metric is exactly one of these
 FINDING_METRIC_OPTIONS = ("split", "match_compute", "match_kl")
 FINDING_EXPECT = ("positive", "negative")  # or a number: the value must be >= it
@@ -116,6 +121,11 @@ def _check_items(report, source) -> None:
     if not isinstance(report, dict):
         raise ConfigError(f"{source}: report must be a mapping of section -> list of items, got {report!r}")
     for section, items in report.items():
+        if section == "unsolved_by":
+            if not isinstance(items, str):
+                raise ConfigError(f"{source}: report.unsolved_by must be the name of an eval stage with a sampled "
+                                  f"evaluation (e.g. eval-warmup), got {items!r}")
+            continue
         if section not in REPORT_SECTIONS:
             raise ConfigError(f"{source}: report.{section}: unknown section.{suggest(str(section), list(REPORT_SECTIONS))} "
                               f"Valid: {', '.join(REPORT_SECTIONS)}")
@@ -132,6 +142,8 @@ def _check_items(report, source) -> None:
                                       f"Valid in report.{section}: {', '.join(REPORT_SECTIONS[section])}")
             if section == "findings":
                 _check_finding(item, where, source)
+            if section == "scatter":
+                _check_scatter(item, where, source)
             for column in as_list(item.get("columns")) if section == "dynamics" else []:
                 key, at, window = str(column).partition("@")
                 if not key or not at or window not in DYNAMICS_WINDOWS:
@@ -184,6 +196,31 @@ def _labelled(x) -> list[tuple[str, object]]:
     return [(str(k), v) for k, v in x.items()] if isinstance(x, dict) else [(str(v), v) for v in as_list(x)]
 
 
+def scatter_axis(axis) -> dict:
+    """A scatter axis as {split, change_from, label}: a bare reference is {split: REF}."""
+    return {"split": axis} if isinstance(axis, str) else dict(axis or {})
+
+
+def _check_scatter(item: dict, where: str, source) -> None:
+    """points: label -> eval stage (or [X_STAGE, Y_STAGE]); x and y: a split reference, or {split, change_from:
+    STAGE, label}."""
+    points = item.get("points")
+    if not isinstance(points, dict) or not points or not all(
+            isinstance(p, str) or (isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p))
+            for p in points.values()):
+        raise ConfigError(f"{source}: {where}: points must be a mapping of label -> eval stage, or label -> "
+                          f"[X_STAGE, Y_STAGE] where the axes read different stages (one point per seed)")
+    for name in ("x", "y"):
+        axis = item.get(name)
+        if not isinstance(axis, (str, dict)) or not scatter_axis(axis).get("split"):
+            raise ConfigError(f"{source}: {where}: {name} must be a split reference (e.g. drift:kl) or a mapping "
+                              f"with keys {', '.join(SCATTER_AXIS_KEYS)} (split required), got {axis!r}")
+        for key in scatter_axis(axis):
+            if key not in SCATTER_AXIS_KEYS:
+                raise ConfigError(f"{source}: {where}: {name}.{key}: unknown key.{suggest(str(key), list(SCATTER_AXIS_KEYS))}"
+                                  f" Valid: {', '.join(SCATTER_AXIS_KEYS)}")
+
+
 def report_reads(report: dict):
     """(section, where, stage, split reference or None) for every stage each item of a `report`
     section reads, with the split it reads it at: a table reads each row's stage at each column's
@@ -207,6 +244,13 @@ def report_reads(report: dict):
                          for ref in splits or [None]]
             elif section == "dynamics":  # rows: trainer stages; columns are KEY@WINDOW of their metrics
                 reads = [(f"row {label!r}", s, None) for label, s in _labelled(item.get("rows"))]
+            elif section == "scatter":  # every point's stage at both axes' splits, and each axis's change_from
+                axes = [scatter_axis(item.get(a)) for a in ("x", "y")]
+                points = (item.get("points") or {}).items() if isinstance(item.get("points"), dict) else []
+                reads = [(f"point {label!r}", s, ax.get("split")) for label, p in points
+                         for ax, s in zip(axes, [p, p] if isinstance(p, str) else p)]
+                reads += [(f"change_from of {a}", ax["change_from"], ax.get("split"))
+                          for a, ax in zip("xy", axes) if ax.get("change_from")]
             else:  # a finding: its claim names it
                 m = item.get("metric") or {}
                 if "value" in m:
@@ -262,14 +306,22 @@ def check_report_references(data: dict, presets: dict, source) -> None:
         if kinds and all(":" not in str(k) and k not in SECTION_KINDS[section] for k in kinds):
             raise ConfigError(f"{source}: {where}: stage {st!r} has kind {'/'.join(sorted(map(str, kinds)))}; "
                               f"report.{section} reads stages of kind {', '.join(SECTION_KINDS[section])}")
+    unsolved_by = (data.get("report") or {}).get("unsolved_by")
+    if unsolved_by is not None and unsolved_by not in stage_names:
+        raise ConfigError(f"{source}: report.unsolved_by: unknown stage {unsolved_by!r}."
+                          f"{suggest(str(unsolved_by), sorted(stage_names))} Stages: {', '.join(sorted(stage_names))}")
     for _, where, _, ref in reads:
         if ref is not None:
-            _check_split_reference(str(ref), where, splits, diagnostics, source)
+            _check_split_reference(str(ref), where, splits, diagnostics, source, unsolved_by is not None)
 
 
-def _check_split_reference(ref: str, where: str, splits: set | None, diagnostics: set | None, source) -> None:
-    """One split reference (``SPLIT[@sampled][:pass@K | :KEY | :KEY=CATEGORY]`` or ``drift:KEY``)."""
+def _check_split_reference(ref: str, where: str, splits: set | None, diagnostics: set | None, source,
+                           unsolved: bool = False) -> None:
+    """One split reference (``SPLIT[@sampled][:pass@K | :KEY | :KEY=CATEGORY | :unsolved]`` or ``drift:KEY``)."""
     name, _, diag = ref.partition(":")
+    if diag in UNSOLVED_KEYS and not unsolved:
+        raise ConfigError(f"{source}: {where}: {ref!r} reads the problems a reference stage never solved; name that "
+                          f"stage in report.unsolved_by (an eval stage with a sampled evaluation, e.g. eval-warmup)")
     if name == "drift":  # a point's drift from its start (postlab.eval.drift.DRIFT_KEYS)
         if diag not in DRIFT_KEYS:
             raise ConfigError(f"{source}: {where}: {ref!r}: unknown drift key {diag!r}.{suggest(diag, list(DRIFT_KEYS))}"

@@ -10,8 +10,8 @@ note. A row that reads a split its stage cannot have is an error (postlab.studie
 
 from __future__ import annotations
 
-from postlab.studies.report_data import column_map, diagnostic_values, dynamics_values, values
-from postlab.studies.report_schema import check_run_reads, left_out_note
+from postlab.studies.report_data import column_map, diagnostic_values, dynamics_values, scatter_points, scatter_stages, values
+from postlab.studies.report_schema import check_run_reads, left_out_note, scatter_axis
 from postlab.studies.report_stats import format_mean_std, format_number, mean_std, paired_differences
 
 
@@ -98,6 +98,25 @@ def delta_tables(run: dict) -> list[dict]:
             rows.append([label, *cells])
         out.append(_table(t.get("title", "change from baseline"), ["", *cols] if rows else [], rows,
                           [left_out_note("not run in this preset", not_run)], paper=t.get("paper")))
+    return out
+
+
+def scatter_tables(run: dict) -> list[dict]:
+    """The numbers behind each `scatter` figure: per point (method), x and y as mean ± std over seeds."""
+    from postlab.studies.report_plots import axis_label
+
+    check_run_reads(run, "scatter")
+    out = []
+    for spec in (run["study"].get("report") or {}).get("scatter") or []:
+        axes = [scatter_axis(spec[a]) for a in ("x", "y")]
+        data = scatter_points(run, spec)
+        not_run = [(label, st) for label, p in column_map(spec.get("points")).items()
+                   for st in dict.fromkeys(scatter_stages(p)) if st not in run["stages"]]
+        rows = [[label, *[format_mean_std(*mean_std([p[i] for p in data[label]]), len(data[label]),
+                                          pct=not ax["split"].startswith("drift:"), signed=bool(ax.get("change_from")))
+                          for i, ax in enumerate(axes)], len(data[label])] for label in data]
+        out.append(_table(spec.get("title", "scatter"), ["", *[axis_label(ax) for ax in axes], "seeds"], rows,
+                          [n for n in [left_out_note("not run in this preset", not_run)] if n]))
     return out
 
 

@@ -186,7 +186,8 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[P
         if t.get("paper"):
             md.append(f"Paper: {t['paper']}\n")
             h.append(f"<p>Paper: {html.escape(str(t['paper']))}</p>")
-    for section, stem, figures in (("Success vs compute", "curves", figs), ("Gain against drift", "scatter", scatter_figs),
+    for section, stem, figures in (("Success vs compute", "curves", figs),
+                                   ("Gain against drift", "scatter", scatter_figs),
                                    ("Diagnostics", "diagnostics", diag_figs)):
         _figure_section(md, h, fig_dir, section, stem, figures)
     _not_run_section(md, h, [t for t in tables if not t["rows"]] +

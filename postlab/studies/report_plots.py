@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 
-from postlab.studies.report_data import column_map, diagnostic_values, point_metric, scatter_points, scatter_stages, values
+from postlab.studies.report_data import (column_map, diagnostic_values, point_metric, scatter_points, scatter_stages,
+                                         values)
 from postlab.studies.report_schema import check_run_reads, left_out_note, scatter_axis
 from postlab.studies.report_stats import mean_std
 from postlab.studies.report_tables import diagnostic_specs

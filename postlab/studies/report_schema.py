@@ -217,8 +217,8 @@ def _check_scatter(item: dict, where: str, source) -> None:
                               f"with keys {', '.join(SCATTER_AXIS_KEYS)} (split required), got {axis!r}")
         for key in scatter_axis(axis):
             if key not in SCATTER_AXIS_KEYS:
-                raise ConfigError(f"{source}: {where}: {name}.{key}: unknown key.{suggest(str(key), list(SCATTER_AXIS_KEYS))}"
-                                  f" Valid: {', '.join(SCATTER_AXIS_KEYS)}")
+                raise ConfigError(f"{source}: {where}: {name}.{key}: unknown key."
+                                  f"{suggest(str(key), list(SCATTER_AXIS_KEYS))} Valid: {', '.join(SCATTER_AXIS_KEYS)}")
 
 
 def report_reads(report: dict):

@@ -10,7 +10,8 @@ note. A row that reads a split its stage cannot have is an error (postlab.studie
 
 from __future__ import annotations
 
-from postlab.studies.report_data import column_map, diagnostic_values, dynamics_values, scatter_points, scatter_stages, values
+from postlab.studies.report_data import (column_map, diagnostic_values, dynamics_values, scatter_points,
+                                         scatter_stages, values)
 from postlab.studies.report_schema import check_run_reads, left_out_note, scatter_axis
 from postlab.studies.report_stats import format_mean_std, format_number, mean_std, paired_differences
 

@@ -132,6 +132,9 @@ def rl_base(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rl")
     subprocess.run([sys.executable, "-m", "postlab.cli.main", "model", "init", "--preset", "nano", "--out",
                     str(tmp / "base")], env=_env(), cwd=REPO, check=True, capture_output=True)
+    # on-policy distillation's teacher: another size (micro), the same tokenizer (postlab's char one)
+    subprocess.run([sys.executable, "-m", "postlab.cli.main", "model", "init", "--preset", "micro", "--seed", "7",
+                    "--out", str(tmp / "teacher")], env=_env(), cwd=REPO, check=True, capture_output=True)
     cfg = tmp / "rl.yaml"
     # 4 prompts x 4 samples, micro-batches of 3: the two ranks split groups differently from one process.
     cfg.write_text(textwrap.dedent(f"""
@@ -152,9 +155,11 @@ def rl_base(tmp_path_factory):
 # whitening itself is the same function on the same numbers; the comparison runs without it.
 @pytest.mark.parametrize("algorithm,extra", [("grpo", []), ("ppo", ["normalize_advantages=false"]),
                                              ("luffy", []), ("chord", ["chord.decay=3"]),
-                                             ("uft", ["uft.hint_steps=2", "uft.staged=true"])])
+                                             ("uft", ["uft.hint_steps=2", "uft.staged=true"]),
+                                             ("opd", ["teacher={teacher}"])])
 def test_rl_two_processes_match_one(rl_base, algorithm, extra):
     tmp, cfg = rl_base
+    extra = [e.format(teacher=tmp / "teacher") for e in extra]
     frozen = ["--frozen-rollouts", str(tmp / "base")]
     for procs in (1, 2):
         run(["train", "rl", str(cfg), f"algorithm={algorithm}", f"run.out_dir={tmp / f'{algorithm}{procs}'}", *extra],

@@ -69,14 +69,15 @@ def forward_costs(config) -> tuple[float, float]:
 
 
 def outputs_from_logits(logits: torch.Tensor, targets: torch.Tensor, want_logits: bool = False,
-                        want_entropy: bool = False, hidden: torch.Tensor | None = None) -> TokenOutputs:
-    """Per-target log-probs (and optionally logits, detached entropy) from [n, V] logits."""
+                        want_entropy: bool | str = False, hidden: torch.Tensor | None = None) -> TokenOutputs:
+    """Per-target log-probs (and optionally logits, entropy) from [n, V] logits. The entropy is detached (a
+    metric) unless `want_entropy == "grad"` (an entropy bonus in the loss)."""
     logits = logits.float()
     logz = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
     entropy = None
     if want_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(want_entropy == "grad" and torch.is_grad_enabled()):
             entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return TokenOutputs(logp=logp, logits=logits if want_logits else None, entropy=entropy, hidden=hidden)
 
@@ -120,7 +121,7 @@ def length_chunks(seq_lengths: list[int], per_token: float, per_pair: float, cal
     return chunks[::-1]
 
 
-def _padded_token_outputs(model, batch: PackedBatch, want_logits: bool, want_entropy: bool,
+def _padded_token_outputs(model, batch: PackedBatch, want_logits: bool, want_entropy: bool | str,
                           want_hidden: bool) -> TokenOutputs:
     lengths = batch.seq_lengths.tolist()
     device = batch.input_ids.device
@@ -154,7 +155,7 @@ def _padded_token_outputs(model, batch: PackedBatch, want_logits: bool, want_ent
     return outputs_from_logits(logits, batch.targets, want_logits, want_entropy, hidden=packed_hidden)
 
 
-def token_outputs(model, batch: PackedBatch, want_logits: bool = False, want_entropy: bool = False,
+def token_outputs(model, batch: PackedBatch, want_logits: bool = False, want_entropy: bool | str = False,
                   want_hidden: bool = False) -> TokenOutputs:
     """Log-probabilities of the trained tokens of a packed batch.
 

@@ -37,6 +37,7 @@ class AlgorithmSpec:
     expert_batch: bool = False
     hints: bool = False  # UFT: a prefix of the expert's solution in the prompt (RLConfig.uft), trained by CE
     needs_teacher: bool = False  # reads a teacher's log-probs of the sampled tokens (RLConfig.teacher)
+    entropy_coef: float = 0.0  # the published run's entropy bonus (default of RLConfig.entropy_coef)
     paper: str = ""
 
     @property
@@ -74,17 +75,19 @@ register_algorithm(AlgorithmSpec("rloo", "rloo", adv.rloo_advantages, needs_grou
 register_algorithm(AlgorithmSpec("reinforce_pp", "reinforce_pp", _batch_normalized, needs_groups=False,
                                  paper="Hu 2025 (REINFORCE++)"))
 # LUFFY: 1 expert trace + G-1 samples per group, advantages r - mean over the mixed group (the published
-# run: grpo_use_std=False), expert tokens shaped by f(p) = p/(p+0.1) (objectives.spectrum.luffy)
+# run: grpo_use_std=False), expert tokens shaped by f(p) = p/(p+0.1) (objectives.spectrum.luffy), - 0.001 x the
+# mean entropy of every response token (expert traces included)
 register_algorithm(AlgorithmSpec("luffy", "luffy", partial(adv.grpo_advantages, std=False), needs_groups=True,
-                                 expert_traces=1, paper="Yan et al. 2025 (LUFFY)"))
+                                 expert_traces=1, entropy_coef=0.001, paper="Yan et al. 2025 (LUFFY)"))
 # CHORD: GRPO on the policy's groups + mu x SFT on an expert batch (20% of the samples), mu on a schedule
 register_algorithm(AlgorithmSpec("chord", "chord", partial(adv.grpo_advantages, std=True), needs_groups=True,
                                  expert_batch=True, paper="Zhang et al. 2025 (CHORD)"))
 
 
-# UFT: GRPO on the continuation of a hint whose length anneals to 0, + 0.001 x the hint's CE
+# UFT: GRPO on the continuation of a hint whose length anneals to 0, + 0.001 x the hint's CE, - 0.001 x the
+# continuation's entropy
 register_algorithm(AlgorithmSpec("uft", "uft", partial(adv.grpo_advantages, std=True), needs_groups=True, hints=True,
-                                 paper="Liu et al. 2025 (UFT)"))
+                                 entropy_coef=0.001, paper="Liu et al. 2025 (UFT)"))
 
 
 def _no_reward_signal(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

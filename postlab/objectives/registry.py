@@ -51,6 +51,7 @@ class Normalizer:
     tokens: float  # trained tokens in the step
     seqs: float  # sequences in the step
     constant: float = 1.0  # the constant normalizer (e.g. max completion length, Dr. GRPO)
+    entropy_tokens: float = 0.0  # the tokens an entropy bonus averages over (all trained ones but UFT's hints)
 
 
 def aggregate(loss: torch.Tensor, seq_idx: torch.Tensor, num_seqs: int, mode: str, norm: Normalizer) -> torch.Tensor:

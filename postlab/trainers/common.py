@@ -128,8 +128,10 @@ def step_normalizer(micro_batches: Sequence[PackedBatch], constant: float = 1.0,
     """Global counts of one optimizer step: all micro-batches here, summed over ranks."""
     tokens = sum(b.num_targets for b in micro_batches)
     seqs = sum(b.num_seqs for b in micro_batches)
-    tokens, seqs = distributed.all_reduce_sum([float(tokens), float(seqs)], device)
-    return Normalizer(tokens=tokens, seqs=seqs, constant=constant)
+    entropy_tokens = sum(float(b.extras["entropy_mask"].sum()) if "entropy_mask" in b.extras else b.num_targets
+                         for b in micro_batches)
+    tokens, seqs, entropy_tokens = distributed.all_reduce_sum([float(tokens), float(seqs), entropy_tokens], device)
+    return Normalizer(tokens=tokens, seqs=seqs, constant=constant, entropy_tokens=entropy_tokens)
 
 
 # Per-target extras a PackedBatch may carry, copied to the LossInputs field of the same name.
@@ -137,7 +139,7 @@ _TOKEN_FIELDS = ("token_weights", "advantages", "old_logp", "ref_logp", "returns
                  "teacher_logp")
 
 
-def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None, want_entropy: bool = False,
+def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None, want_entropy: bool | str = False,
                 value_fn=None, forward_fn=None) -> tuple[LossInputs, torch.Tensor | None]:
     """Run the policy (and the reference when the objective needs it) on one micro-batch.
 
@@ -164,8 +166,13 @@ def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None,
 
 def accumulate_gradients(model, micro_batches: Sequence[PackedBatch], objective: Objective, hparams: dict,
                          aggregation: str, norm: Normalizer, ref_model=None, want_entropy: bool = False,
-                         value_fn=None, forward_fn=None, pad_batch: PackedBatch | None = None) -> dict:
+                         value_fn=None, forward_fn=None, pad_batch: PackedBatch | None = None,
+                         entropy_coef: float = 0.0) -> dict:
     """Forward/backward every micro-batch of one optimizer step; gradients add up to the step's loss.
+
+    `entropy_coef` > 0 adds an entropy bonus (verl's entropy_coeff, LUFFY's and UFT's 0.001): minus
+    entropy_coef x the policy's mean token entropy over the step's trained tokens (those a batch's
+    `entropy_mask` keeps, where it has one), with its gradient.
 
     Data parallel: the returned metrics are the step's (summed over ranks, so `loss` is the
     global loss). A sharded (FSDP2) model's forward and backward are collectives, so every rank
@@ -185,9 +192,15 @@ def accumulate_gradients(model, micro_batches: Sequence[PackedBatch], objective:
         runs += [(filler, False)] * (most - len(runs))
     for mb, real in runs:
         mb = mb.to(device)
-        inp, entropy = loss_inputs(model, mb, objective, ref_model, want_entropy, value_fn, forward_fn)
+        inp, entropy = loss_inputs(model, mb, objective, ref_model, "grad" if entropy_coef else want_entropy,
+                                   value_fn, forward_fn)
         per_token, m = objective.fn(inp, **hparams)
         loss = aggregate(per_token, inp.seq_idx, inp.num_seqs, aggregation, norm)
+        if entropy_coef:
+            mask = mb.extras.get("entropy_mask")
+            kept = entropy if mask is None else entropy * mask
+            loss = loss - entropy_coef * kept.sum() / max(norm.entropy_tokens, 1.0)
+            entropy = entropy.detach()
         if not real:
             (loss * 0.0).backward()  # joins the collectives, adds zero gradient
             continue

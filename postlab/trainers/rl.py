@@ -139,6 +139,9 @@ class RLConfig:
     # expert traces in each group of samples_per_prompt (LUFFY: 1, the env's expert answer, scored by the
     # same reward, trained off-policy); None: the algorithm's own (0 except luffy)
     expert_traces: int | None = None
+    # entropy bonus: - entropy_coef x the policy's mean token entropy over the step's trained tokens (UFT's
+    # hints left out); None: the algorithm's published value (0.001 for luffy and uft, else 0)
+    entropy_coef: float | None = None
     # on-policy distillation (algorithm: opd): the teacher checkpoint that scores every sampled token;
     # any size, the student's tokenizer
     teacher: str | None = None
@@ -162,6 +165,9 @@ class RLConfig:
                               f"samples_per_prompt ({b.sequences_per_step})")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if self.entropy_coef is not None and not (isinstance(self.entropy_coef, (int, float)) and self.entropy_coef >= 0):
+            raise ConfigError(f"entropy_coef must be a number >= 0 (or null: the algorithm's own, "
+                              f"{spec.entropy_coef} for {self.algorithm!r}), got {self.entropy_coef!r}")
         if self.value_lr <= 0:
             raise ConfigError(f"value_lr must be > 0, got {self.value_lr}")
         if self.aggregation is not None and self.aggregation not in AGGREGATION_MODES:
@@ -198,6 +204,10 @@ class RLConfig:
         if not 0 <= experts < b.samples_per_prompt:
             raise ConfigError(f"expert_traces must be in [0, batch.samples_per_prompt) (the policy samples the rest "
                               f"of each group), got {experts} of {b.samples_per_prompt}")
+
+    @property
+    def entropy_bonus(self) -> float:
+        return self.spec.entropy_coef if self.entropy_coef is None else float(self.entropy_coef)
 
     @property
     def experts_per_group(self) -> int:
@@ -359,6 +369,9 @@ def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tens
         extras = {"advantages": rb.broadcast(list(advantages), eps)}
     if any(e.off_policy or e.hint_tokens for e in eps):  # expert traces (LUFFY, CHORD), hints (UFT)
         extras["off_policy"] = [rb.off_policy_mask(e) for e in eps]
+        if cfg.entropy_bonus and any(e.hint_tokens for e in eps):  # UFT's bonus: the continuation's entropy only
+            extras["entropy_mask"] = [1.0 - m if e.hint_tokens else torch.ones_like(m)
+                                      for e, m in zip(eps, extras["off_policy"])]
     batches, start = [], 0
     for group in micro_sets:
         per = {k: v[start:start + len(group)] for k, v in extras.items()}
@@ -381,7 +394,7 @@ def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tens
     for _ in range(cfg.batch.updates_per_batch):
         metrics = accumulate_gradients(model, batches, parts.objective, hparams, parts.aggregation, norm,
                                        ref_model=None, want_entropy=True, value_fn=value_fn,
-                                       forward_fn=rb.packed_outputs, pad_batch=pad)
+                                       forward_fn=rb.packed_outputs, pad_batch=pad, entropy_coef=cfg.entropy_bonus)
         if head is not None:  # summed over ranks, then clipped on its own, before the shared step
             all_reduce_gradients(head)
             metrics["value_grad_norm"] = clip_gradients(head, cfg.optim.grad_clip)

@@ -164,7 +164,7 @@ def pack_shared_prefix(episodes: Sequence[Episode], per_token: dict[str, list[to
     return batch.to(device)
 
 
-def packed_outputs(model, batch: PackedBatch, want_logits: bool = False, want_entropy: bool = False,
+def packed_outputs(model, batch: PackedBatch, want_logits: bool = False, want_entropy: bool | str = False,
                    want_hidden: bool = False):
     """`models.forward.token_outputs`, passing the batch's 4-D attention mask when it has one."""
     from postlab.models.forward import autocast, outputs_from_logits, token_outputs

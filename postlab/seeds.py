@@ -111,17 +111,26 @@ def city_seed(world_seed: int, index: int, unseen: bool = False) -> int:
     return world_seed * CITY_STRIDE + (UNSEEN_CITY_OFFSET if unseen else 0) + index
 
 
-# Base-corpus generator seeds: pre-training draws `seed`, the SFT base mix `BASE_MIX_OFFSET + seed`.
+# Base-corpus generator seeds: pre-training draws `seed`, the SFT base mix `BASE_MIX_OFFSET + seed`, and the
+# held-out items that measure forgetting of the base corpus (postlab.eval.drift) one fixed seed below the base
+# mix, which no pre-training seed reaches.
 BASE_MIX_OFFSET = 7_919
+HELD_OUT_CORPUS = BASE_MIX_OFFSET - 1
 
 
 def corpus_generator_seed(run_seed: int, purpose: str = "pretrain") -> int:
-    """RNG seed of `Env.base_corpus` for pre-training or for the items mixed into SFT (`base_mix`)."""
+    """RNG seed of `Env.base_corpus` for pre-training, for the items mixed into SFT (`base_mix`), or for the
+    held-out items forgetting is measured on (`held_out`: the same for every run seed, like evaluation problems)."""
+    if purpose in ("pretrain", "base_mix") and not 0 <= run_seed < HELD_OUT_CORPUS:
+        raise ValueError(f"run seed {run_seed}: base corpora are drawn for run seeds 0..{HELD_OUT_CORPUS - 1} "
+                         f"(seed {HELD_OUT_CORPUS} draws the held-out items)")
     if purpose == "pretrain":
         return run_seed
     if purpose == "base_mix":
         return BASE_MIX_OFFSET + run_seed
-    raise ValueError(f"corpus purpose {purpose!r}; valid: 'pretrain', 'base_mix'")
+    if purpose == "held_out":
+        return HELD_OUT_CORPUS
+    raise ValueError(f"corpus purpose {purpose!r}; valid: 'pretrain', 'base_mix', 'held_out'")
 
 
 # Sampling seeds (the RNG of a sampler, not a problem): one per (run seed, step), and per

@@ -21,6 +21,13 @@ Per problem the value is the mean over its samples of the sequence log-ratio (na
 sequence); ``kl`` is their mean, ``kl_per_token`` divides by the mean completion length.
 ``param_distance`` is ||theta - theta_0||_2 over the parameters both models share, and
 ``param_distance_rel`` that divided by ||theta_0||_2.
+
+Forgetting of what pre-training taught (`corpus_items` > 0, for an env with a base corpus): the
+mean per-token negative log-likelihood of `corpus_items` held-out base-corpus items (drawn with
+`seeds.corpus_generator_seed(..., "held_out")`, never a training item), ``corpus_nll``, and its
+increase over the start's on the same items, ``corpus_nll_increase`` (per item, for paired CIs).
+At lab scale the base corpus is the "earlier task": arithmetic, card values under both rules,
+card games to other targets; a continuation that forgets it moves its NLL up.
 """
 
 from __future__ import annotations
@@ -30,15 +37,17 @@ import dataclasses
 import torch
 
 from postlab.data.batching import pack
-from postlab.data.records import Encoded
+from postlab.data.records import Encoded, encode_all
 from postlab.eval.metrics import mean_ci
 from postlab.models.forward import token_outputs
 from postlab.rollout.engine import SamplingParams, generate
 from postlab.rollout.episodes import start_episode
-from postlab.seeds import eval_seed
+from postlab.seeds import corpus_generator_seed, eval_seed
 
 # what a point's drift record holds that a report can name as ``drift:KEY``
-DRIFT_KEYS = ("kl", "kl_per_token", "param_distance", "param_distance_rel")
+DRIFT_KEYS = ("kl", "kl_per_token", "param_distance", "param_distance_rel", "corpus_nll", "corpus_nll_increase")
+# the keys whose per-problem (per-item) values a record also holds, for paired CIs
+DRIFT_PER_PROBLEM = {"kl": "kl_per_problem", "corpus_nll_increase": "corpus_nll_increase_per_item"}
 
 
 @dataclasses.dataclass
@@ -51,11 +60,14 @@ class DriftOptions:
     max_new_tokens: int = 64
     micro_batch_sequences: int = 32  # sequences per teacher-forced forward
     seed: int = 0
+    corpus_items: int = 128  # held-out base-corpus items for corpus_nll (0: not measured)
 
     def __post_init__(self):
         for k in ("n_problems", "samples", "max_new_tokens", "micro_batch_sequences"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
                 raise ValueError(f"drift.{k} must be an integer >= 1, got {getattr(self, k)!r}")
+        if not isinstance(self.corpus_items, int) or self.corpus_items < 0:
+            raise ValueError(f"drift.corpus_items must be an integer >= 0, got {self.corpus_items!r}")
 
 
 class DriftReference:
@@ -75,6 +87,10 @@ class DriftReference:
         self.lengths = [len(c.token_ids) for c in completions]
         self.start_logp = self._sequence_logp(start_model)
         self.start_params = {n: p.detach().clone() for n, p in start_model.named_parameters()}
+        records = env_factory().base_corpus_records(o.corpus_items, seed=corpus_generator_seed(0, "held_out")) \
+            if o.corpus_items else []
+        self.corpus = [e for e in encode_all(tokenizer, records) if any(e.loss_mask)] if records else []
+        self.start_corpus_nll = self._corpus_nll(start_model) if self.corpus else []
 
     @torch.no_grad()
     def _sequence_logp(self, model) -> list[float]:
@@ -97,6 +113,26 @@ class DriftReference:
             model.train(was_training)
         return out
 
+    @torch.no_grad()
+    def _corpus_nll(self, model) -> list[float]:
+        """Mean negative log-likelihood per trained token of every held-out corpus item."""
+        was_training = model.training
+        model.eval()
+        out: list[float] = []
+        mb = self.options.micro_batch_sequences
+        try:
+            for lo in range(0, len(self.corpus), mb):
+                batch = pack(self.corpus[lo:lo + mb]).to(next(model.parameters()).device)
+                logp = token_outputs(model, batch).logp.double()
+                n = len(self.corpus[lo:lo + mb])
+                sums = torch.zeros(n, dtype=torch.float64, device=logp.device).index_add_(0, batch.seq_idx, logp)
+                counts = torch.zeros(n, dtype=torch.float64, device=logp.device).index_add_(
+                    0, batch.seq_idx, torch.ones_like(logp))
+                out += (-sums / counts).tolist()
+        finally:
+            model.train(was_training)
+        return out
+
     def measure(self, model, n_boot: int = 2000) -> dict:
         """KL(pi_start || model) per problem and overall, and the parameter distance (a JSON-ready dict)."""
         logp = self._sequence_logp(model)
@@ -106,10 +142,16 @@ class DriftReference:
         kl = mean_ci(per_problem, n_boot=n_boot, seed=self.options.seed)
         mean_len = sum(self.lengths) / len(self.lengths)
         dist, ref = parameter_distance(self.start_params, model)
-        return {"kl": kl["mean"], "kl_ci": [kl["ci_low"], kl["ci_high"]], "kl_per_problem": per_problem,
-                "kl_per_token": kl["mean"] / mean_len if mean_len else 0.0, "mean_completion_tokens": mean_len,
-                "param_distance": dist, "param_distance_rel": dist / ref if ref else 0.0,
-                "split": self.options.split, "n_problems": n, "samples": s, "max_new_tokens": self.options.max_new_tokens}
+        out = {"kl": kl["mean"], "kl_ci": [kl["ci_low"], kl["ci_high"]], "kl_per_problem": per_problem,
+               "kl_per_token": kl["mean"] / mean_len if mean_len else 0.0, "mean_completion_tokens": mean_len,
+               "param_distance": dist, "param_distance_rel": dist / ref if ref else 0.0,
+               "split": self.options.split, "n_problems": n, "samples": s, "max_new_tokens": self.options.max_new_tokens}
+        if self.corpus:
+            nll = self._corpus_nll(model)
+            increase = [a - b for a, b in zip(nll, self.start_corpus_nll)]
+            out.update(corpus_nll=sum(nll) / len(nll), corpus_nll_increase=sum(increase) / len(increase),
+                       corpus_nll_increase_per_item=increase, corpus_items=len(nll))
+        return out
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from postlab.eval.drift import DRIFT_KEYS
+from postlab.eval.drift import DRIFT_KEYS, DRIFT_PER_PROBLEM
 from postlab.eval.metrics import pass_at_k
 from postlab.studies.report_schema import DYNAMICS_WINDOWS
 
@@ -117,13 +117,14 @@ def _pass_at(r: dict, k: int) -> tuple[float | None, list | None]:
 
 def point_metric(point: dict, split: str) -> tuple[float | None, list | None]:
     """`_metric` of one evaluated point; ``drift:KEY`` reads its drift from the start instead
-    (``drift:kl``: KL(start || model) in nats per sequence, per problem; ``drift:param_distance``...)."""
+    (``drift:kl``: KL(start || model) in nats per sequence, per problem; ``drift:corpus_nll_increase``: the
+    held-out base corpus's NLL per token minus the start's, per item; ``drift:param_distance``...)."""
     name, _, key = split.partition(":")
     if name == "drift":
         d = point.get("drift")
-        if d is None or key not in DRIFT_KEYS:
+        if d is None or key not in DRIFT_KEYS or d.get(key) is None:
             return None, None
-        return d[key], (d.get("kl_per_problem") if key == "kl" else None)
+        return d[key], (d.get(DRIFT_PER_PROBLEM[key]) if key in DRIFT_PER_PROBLEM else None)
     return split_metric(point["results"], split)
 
 

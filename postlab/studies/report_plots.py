@@ -12,7 +12,7 @@ import io
 
 from postlab.studies.report_data import (column_map, diagnostic_values, point_metric, scatter_points, scatter_stages,
                                          values)
-from postlab.studies.report_schema import check_run_reads, left_out_note, scatter_axis
+from postlab.studies.report_schema import axis_label, check_run_reads, left_out_note, scatter_axis
 from postlab.studies.report_stats import mean_std
 from postlab.studies.report_tables import diagnostic_specs
 
@@ -115,13 +115,6 @@ def plot_diagnostics(run: dict) -> list[dict]:
         fig.tight_layout()
         figs.append({"title": title, "png": _png(plt, fig), "notes": notes})
     return figs
-
-
-def axis_label(axis: dict) -> str:
-    """A scatter axis's label: its own, else the split, "change in" it where it has a change_from."""
-    if axis.get("label"):
-        return axis["label"]
-    return f"change in {axis['split']} from {axis['change_from']}" if axis.get("change_from") else axis["split"]
 
 
 def _axis_scale(split: str) -> float:

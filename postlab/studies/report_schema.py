@@ -201,6 +201,13 @@ def scatter_axis(axis) -> dict:
     return {"split": axis} if isinstance(axis, str) else dict(axis or {})
 
 
+def axis_label(axis: dict) -> str:
+    """A scatter axis's label: its own, else the split, "change in" it where it has a change_from."""
+    if axis.get("label"):
+        return axis["label"]
+    return f"change in {axis['split']} from {axis['change_from']}" if axis.get("change_from") else axis["split"]
+
+
 def _check_scatter(item: dict, where: str, source) -> None:
     """points: label -> eval stage (or [X_STAGE, Y_STAGE]); x and y: a split reference, or {split, change_from:
     STAGE, label}."""

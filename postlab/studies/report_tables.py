@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from postlab.studies.report_data import (column_map, diagnostic_values, dynamics_values, scatter_points,
                                          scatter_stages, values)
-from postlab.studies.report_schema import check_run_reads, left_out_note, scatter_axis
+from postlab.studies.report_schema import axis_label, check_run_reads, left_out_note, scatter_axis
 from postlab.studies.report_stats import format_mean_std, format_number, mean_std, paired_differences
 
 
@@ -104,8 +104,6 @@ def delta_tables(run: dict) -> list[dict]:
 
 def scatter_tables(run: dict) -> list[dict]:
     """The numbers behind each `scatter` figure: per point (method), x and y as mean ± std over seeds."""
-    from postlab.studies.report_plots import axis_label
-
     check_run_reads(run, "scatter")
     out = []
     for spec in (run["study"].get("report") or {}).get("scatter") or []:

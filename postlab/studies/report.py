@@ -35,7 +35,10 @@ def _html_table(t: dict) -> str:
 
 def _findings_table(fs: list[dict]) -> dict:
     def ci(f: dict) -> str:
-        return f"[{f['ci'][0] * 100:+.1f}, {f['ci'][1] * 100:+.1f}]" if f.get("ci") else "–"
+        if not f.get("ci"):
+            return "–"
+        lo, hi = f["ci"]
+        return f"[{lo * 100:+.1f}, {hi * 100:+.1f}]" if f.get("percent", True) else f"[{lo:+.3g}, {hi:+.3g}]"
 
     return {"title": "paper headline vs this run",
             "header": ["finding", "paper", "measured", "95% CI (paired, problems × seeds)", "reproduced"],

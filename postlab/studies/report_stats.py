@@ -210,12 +210,17 @@ def findings(run: dict) -> list[dict]:
             agree = sum(map(_expected(expect), per_seed))
             verdict = _verdict(mean, ci, expect, agree, len(per_seed))
         signed = "value" not in m
-        measured = format_mean_std(mean, sd, len(per_seed), signed=signed)
+        # success rates and fractions in percent points; drift (KL, NLL, distances) in its own units
+        splits = [m.get("split")] + [s for _, s in m.get("diff") or []] + ([m["value"][1]] if "value" in m else [])
+        percent = not any(str(s).startswith("drift:") for s in splits if s)
+        measured = format_mean_std(mean, sd, len(per_seed), pct=percent, signed=signed)
+        if not percent and per_seed:
+            measured = f"{mean:+.3g}" + (f" ± {sd:.2g}" if len(per_seed) > 1 else "")
         if matched:  # which points were compared: KL of a's final point, and b's nearest point
             measured += " (KL " + "; ".join(
                 f"{x['a_kl']:.2f} vs {x['b_kl']:.2f} at step {x['b_step']}" if x["b_kl"] is not None else "n/a"
                 for x in matched) + ")"
-        out.append({"claim": f["claim"], "paper": str(f.get("paper", "")), "expect": expect,
+        out.append({"claim": f["claim"], "paper": str(f.get("paper", "")), "expect": expect, "percent": percent,
                     "measured": measured, "mean": mean, "seeds": len(per_seed),
                     "ci": ci, "seeds_agree": agree, "reproduced": verdict, "matched_kl": matched})
     return out

@@ -111,9 +111,13 @@ def scatter_tables(run: dict) -> list[dict]:
         data = scatter_points(run, spec)
         not_run = [(label, st) for label, p in column_map(spec.get("points")).items()
                    for st in dict.fromkeys(scatter_stages(p)) if st not in run["stages"]]
-        rows = [[label, *[format_mean_std(*mean_std([p[i] for p in data[label]]), len(data[label]),
-                                          pct=not ax["split"].startswith("drift:"), signed=bool(ax.get("change_from")))
-                          for i, ax in enumerate(axes)], len(data[label])] for label in data]
+        def cell(xs: list[float], axis: dict) -> str:  # drift (KL, NLL) to 3 significant digits; success in %
+            if axis["split"].startswith("drift:"):
+                return format_number(xs)
+            return format_mean_std(*mean_std(xs), len(xs), signed=bool(axis.get("change_from")))
+
+        rows = [[label, *[cell([p[i] for p in data[label]], ax) for i, ax in enumerate(axes)], len(data[label])]
+                for label in data]
         out.append(_table(spec.get("title", "scatter"), ["", *[axis_label(ax) for ax in axes], "seeds"], rows,
                           [n for n in [left_out_note("not run in this preset", not_run)] if n]))
     return out

@@ -64,7 +64,19 @@ def test_a_paired_finding_on_the_unsolved_problems():
     mark_unsolved(run, "eval-warm")
     by = {f["claim"]: f for f in findings(run)}
     assert by["hard"]["mean"] == pytest.approx(0.25) and by["all"]["mean"] == pytest.approx(0.0)
-    assert by["hard"]["seeds"] == 2
+    assert by["hard"]["seeds"] == 2 and by["hard"]["measured"] == "+25.0 ± 0.0%"
+
+
+def test_a_finding_on_drift_reads_in_its_own_units():
+    """A KL or NLL difference is not a success rate: no percent, 3 significant digits, the CI likewise."""
+    from postlab.studies.report import _findings_table
+
+    run = _run()
+    run["study"]["report"] = {"findings": [{"claim": "kl", "metric": {"diff": [["eval-luffy", "drift:kl"],
+                                                                              ["eval-grpo", "drift:kl"]]}}]}
+    [f] = findings(run)
+    assert f["percent"] is False and f["measured"] == "+0.2 ± 0" and f["mean"] == pytest.approx(0.2)
+    assert _findings_table([{**f, "ci": (0.1234, 0.2345)}])["rows"][0][3] == "[+0.123, +0.234]"
 
 
 def test_load_run_marks_the_unsolved_problems_the_report_names(tmp_path):
@@ -109,7 +121,7 @@ def test_scatter_figure_and_its_table(tmp_path):
     assert fig["png"][:8] == b"\x89PNG\r\n\x1a\n" and "UFT (eval-uft)" in fig["notes"][0]
     [table] = scatter_tables(run)
     assert table["header"] == ["", "KL to the warm-up", "change in id@sampled from eval-warm", "seeds"]
-    assert table["rows"] == [["LUFFY", "0.4 ± 0.0", "+20.0 ± 0.0%", 2], ["GRPO", "0.2 ± 0.0", "+20.0 ± 0.0%", 2]]
+    assert table["rows"] == [["LUFFY", "0.4 ± 0", "+20.0 ± 0.0%", 2], ["GRPO", "0.2 ± 0", "+20.0 ± 0.0%", 2]]
 
 
 def test_report_checks_name_the_mistake():

@@ -108,14 +108,18 @@ def paired_problem_outcomes(run: dict, a: str, b: str, split: str, split_b: str 
                             match: str | None = None) -> tuple[list, list]:
     """Per-problem values of final(a) and final(b), aligned and pooled over seeds, where both
     sides were evaluated on the same problems (eval results with per-problem values); ([], [])
-    otherwise. Problems where either side has no value (a diagnostic with no verdict) are left out.
-    With `match` ("compute" or "kl"), b's values are those of its point nearest a's final compute or KL."""
+    otherwise. Problems where either side has no value (a diagnostic with no verdict) are left out,
+    and so are seeds where either side has not run (a study still running: the CI is over the seeds
+    its per-seed values come from). With `match` ("compute" or "kl"), b's values are those of its point
+    nearest a's final compute or KL."""
     xs: list[float] = []
     ys: list[float] = []
     for seed in sorted(run["results"], key=int):
         pa = final_metric(run["results"][seed].get(a), split)[1]
         pb = _side_b(run, seed, a, b, split_b or split, match)[1]
-        if pa is None or pb is None or len(pa) != len(pb):
+        if pa is None or pb is None:
+            continue
+        if len(pa) != len(pb):  # not the same problems: no paired CI
             return [], []
         pairs = [(x, y) for x, y in zip(pa, pb) if x is not None and y is not None]
         xs += [x for x, _ in pairs]

@@ -144,3 +144,15 @@ def test_report_checks_name_the_mistake():
             ({"scatter": [{"points": {"x": ["ev"]}, "x": "drift:kl", "y": "id"}]}, r"\[X_STAGE, Y_STAGE\]")):
         with pytest.raises(ConfigError, match=words):
             check_report_references(study(report), {}, "s")
+
+
+def test_a_study_still_running_gets_its_paired_ci_from_the_seeds_that_ran():
+    """Seed 1 has not evaluated the warm-up yet: the finding is measured on seed 0 alone, and so is its CI
+    (before, one missing seed dropped the CI for all)."""
+    run = _run()
+    run["results"]["1"].pop("eval-warm")
+    run["study"]["report"] = {"findings": [{"claim": "x", "metric": {"diff": [["eval-luffy", "id"], ["eval-warm", "id"]]}}]}
+    [f] = findings(run)
+    assert f["seeds"] == 1 and f["mean"] == pytest.approx(0.4 - 0.2) and f["ci"] is not None
+    run["results"]["1"]["eval-warm"] = _eval([0.0] * 4, [1, 0, 0, 0])  # another problem set: no paired CI at all
+    assert findings(run)[0]["ci"] is None

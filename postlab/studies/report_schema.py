@@ -26,6 +26,13 @@ The ``report`` section says what to show::
           expect: positive          # or {diff: [[stage, split], [stage, split]]}; positive | negative | a number
                                     # or {gain_diff: [[a, a0], [b, b0]], split: s}: (a - a0) - (b - b0),
                                     # e.g. RL gain after 16x SFT minus RL gain after 1x SFT
+      scatter:                     # one point per label and seed, with a table of the numbers beside it
+        - title: ID gain against KL to the warm-up
+          points: {SFT: eval-sft, RL: eval-rl}          # label -> eval stage, or [X_STAGE, Y_STAGE]
+          x: drift:kl                                   # a split reference, or {split, change_from, label}
+          y: {split: id@sampled, change_from: eval-warmup}   # the value minus change_from's, per seed
+      unsolved_by: eval-warmup     # SPLIT[@sampled]:unsolved = success on the problems this stage's
+                                   # samples never solved (pass@N = 0); SPLIT:unsolved_share, their share
       diagnostics:                 # numbers of `diagnose` stages (postlab.studies.stages_interventions), mean ± std over seeds
         - title: Plasticity diagnostics vs SFT amount
           rows: {base: "diag-1x:base", SFT 1x: diag-1x, SFT 16x: diag-16x}   # STAGE, or STAGE:base (its base model)

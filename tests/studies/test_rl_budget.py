@@ -109,6 +109,23 @@ def test_report_check_accepts_sampled_splits_and_drift_keys_and_rejects_typos():
 # ----------------------------------------------------------------------------- drift
 
 
+def _nudged(model, seed: int):
+    """A copy of `model` with its LM head moved by 0.05 x Gaussian noise: a continuation that moved a little."""
+    other = type(model)(model.config)
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other.lm_head.weight.add_(0.05 * torch.randn_like(other.lm_head.weight,
+                                                          generator=torch.Generator().manual_seed(seed)))
+    return other.eval()
+
+
+def _target_logps(m, enc) -> list[float]:
+    """log p of every trained token of one encoded sequence, by a plain transformers forward."""
+    ids = torch.tensor([enc.input_ids])
+    logp = torch.log_softmax(m(input_ids=ids).logits[0, :-1].double(), -1)
+    return [float(logp[t, ids[0, t + 1]]) for t in range(len(enc.input_ids) - 1) if enc.loss_mask[t + 1]]
+
+
 def test_drift_is_zero_against_itself_and_equals_a_plain_forward_kl_estimate(nano_model, char_tokenizer):
     from postlab.envs import make
     from postlab.eval.drift import DriftOptions, DriftReference
@@ -118,21 +135,10 @@ def test_drift_is_zero_against_itself_and_equals_a_plain_forward_kl_estimate(nan
     ref = DriftReference(model, tok, lambda: make("toy-copy", split="id"), opts)
     same = ref.measure(model)
     assert same["kl"] == 0.0 and same["kl_per_problem"] == [0.0] * 3 and same["param_distance"] == 0.0
-    other = type(model)(model.config)
-    other.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        other.lm_head.weight.add_(0.05 * torch.randn_like(other.lm_head.weight, generator=torch.Generator().manual_seed(1)))
-    d = ref.measure(other.eval())
-
-    # the same Monte Carlo estimate written out with plain transformers forwards
-    def seq_logp(m, enc):
-        ids = torch.tensor([enc.input_ids])
-        logp = torch.log_softmax(m(input_ids=ids).logits[0, :-1].double(), -1)
-        tgt = ids[0, 1:]
-        return sum(float(logp[t, tgt[t]]) for t in range(len(tgt)) if enc.loss_mask[t + 1])
-
-    with torch.no_grad():
-        ratios = [seq_logp(model, e) - seq_logp(other, e) for e in ref.sequences]
+    other = _nudged(model, 1)
+    d = ref.measure(other)
+    with torch.no_grad():  # the same Monte Carlo estimate written out with plain transformers forwards
+        ratios = [sum(_target_logps(model, e)) - sum(_target_logps(other, e)) for e in ref.sequences]
     expect = [sum(ratios[p * 2:(p + 1) * 2]) / 2 for p in range(3)]
     assert d["kl_per_problem"] == pytest.approx(expect, abs=1e-5)
     assert d["kl"] == pytest.approx(sum(expect) / 3, abs=1e-5)
@@ -154,17 +160,12 @@ def test_corpus_nll_is_the_held_out_base_corpus_nll_and_its_increase_over_the_st
     same = ref.measure(model)
     assert same["corpus_items"] == 5 and same["corpus_nll_increase"] == 0.0 and same["corpus_nll"] > 0
     assert same["corpus_nll_increase_per_item"] == [0.0] * 5
-    other = type(model)(model.config)
-    other.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        other.lm_head.weight.add_(0.05 * torch.randn_like(other.lm_head.weight, generator=torch.Generator().manual_seed(2)))
-    d = ref.measure(other.eval())
+    other = _nudged(model, 2)
+    d = ref.measure(other)
 
     def nll(m, enc):
-        ids = torch.tensor([enc.input_ids])
-        logp = torch.log_softmax(m(input_ids=ids).logits[0, :-1].double(), -1)
-        kept = [-float(logp[t, ids[0, t + 1]]) for t in range(len(enc.input_ids) - 1) if enc.loss_mask[t + 1]]
-        return sum(kept) / len(kept)
+        logps = _target_logps(m, enc)
+        return -sum(logps) / len(logps)
 
     items = encode_all(tok, env().base_corpus_records(5, seed=HELD_OUT_CORPUS))
     with torch.no_grad():

@@ -92,43 +92,34 @@ class DriftReference:
         self.corpus = [e for e in encode_all(tokenizer, records) if any(e.loss_mask)] if records else []
         self.start_corpus_nll = self._corpus_nll(start_model) if self.corpus else []
 
-    @torch.no_grad()
     def _sequence_logp(self, model) -> list[float]:
         """log pi(y|x) of every sample, summed over its completion tokens (0 for an empty completion)."""
-        was_training = model.training
-        model.eval()
+        kept = [i for i, n in enumerate(self.lengths) if n]
         out = [0.0] * len(self.sequences)
-        mb = self.options.micro_batch_sequences
-        try:
-            for lo in range(0, len(self.sequences), mb):
-                idx = [i for i in range(lo, min(lo + mb, len(self.sequences))) if self.lengths[i]]
-                if not idx:
-                    continue
-                batch = pack([self.sequences[i] for i in idx]).to(next(model.parameters()).device)
-                logp = token_outputs(model, batch).logp.double()
-                sums = torch.zeros(len(idx), dtype=torch.float64, device=logp.device).index_add_(0, batch.seq_idx, logp)
-                for j, i in enumerate(idx):
-                    out[i] = float(sums[j])
-        finally:
-            model.train(was_training)
+        for i, (total, _) in zip(kept, self._logp_sums(model, [self.sequences[i] for i in kept])):
+            out[i] = total
         return out
 
-    @torch.no_grad()
     def _corpus_nll(self, model) -> list[float]:
         """Mean negative log-likelihood per trained token of every held-out corpus item."""
+        return [-total / count for total, count in self._logp_sums(model, self.corpus)]
+
+    @torch.no_grad()
+    def _logp_sums(self, model, sequences: list[Encoded]) -> list[tuple[float, int]]:
+        """(sum of log p over its trained tokens, their number) of each sequence: teacher-forced forwards in
+        eval mode, `micro_batch_sequences` at a time (every sequence has a trained token)."""
         was_training = model.training
         model.eval()
-        out: list[float] = []
+        out: list[tuple[float, int]] = []
         mb = self.options.micro_batch_sequences
         try:
-            for lo in range(0, len(self.corpus), mb):
-                batch = pack(self.corpus[lo:lo + mb]).to(next(model.parameters()).device)
+            for lo in range(0, len(sequences), mb):
+                batch = pack(sequences[lo:lo + mb]).to(next(model.parameters()).device)
                 logp = token_outputs(model, batch).logp.double()
-                n = len(self.corpus[lo:lo + mb])
+                n = batch.num_seqs
                 sums = torch.zeros(n, dtype=torch.float64, device=logp.device).index_add_(0, batch.seq_idx, logp)
-                counts = torch.zeros(n, dtype=torch.float64, device=logp.device).index_add_(
-                    0, batch.seq_idx, torch.ones_like(logp))
-                out += (-sums / counts).tolist()
+                counts = torch.bincount(batch.seq_idx, minlength=n)
+                out += [(float(t), int(c)) for t, c in zip(sums, counts)]
         finally:
             model.train(was_training)
         return out

@@ -184,6 +184,12 @@ def scatter_stages(point) -> tuple[str, str]:
     return (point, point) if isinstance(point, str) else (point[0], point[1])
 
 
+def scatter_not_run(run: dict, spec: dict) -> list[tuple[str, str]]:
+    """(label, stage) of every stage a `scatter` item's points read that this preset does not run."""
+    return [(label, st) for label, p in column_map(spec.get("points")).items()
+            for st in dict.fromkeys(scatter_stages(p)) if st not in run["stages"]]
+
+
 def column_map(spec) -> dict[str, str]:
     """label -> reference of a rows/columns/splits entry: a mapping as it is, a list labelled by its values."""
     if isinstance(spec, dict):

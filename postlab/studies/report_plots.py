@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 
-from postlab.studies.report_data import (column_map, diagnostic_values, point_metric, scatter_points, scatter_stages,
+from postlab.studies.report_data import (column_map, diagnostic_values, point_metric, scatter_not_run, scatter_points,
                                          values)
 from postlab.studies.report_schema import axis_label, check_run_reads, left_out_note, scatter_axis
 from postlab.studies.report_stats import mean_std
@@ -128,8 +128,7 @@ def plot_scatter(run: dict) -> list[dict]:
     figs = []
     for spec in (run["study"].get("report") or {}).get("scatter") or []:
         title = spec.get("title", "scatter")
-        not_run = [(label, st) for label, p in column_map(spec.get("points")).items()
-                   for st in dict.fromkeys(scatter_stages(p)) if st not in run["stages"]]
+        not_run = scatter_not_run(run, spec)
         notes = [n for n in [left_out_note("not run in this preset", not_run)] if n]
         data = scatter_points(run, spec)
         if not data:

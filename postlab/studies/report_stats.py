@@ -217,8 +217,9 @@ def findings(run: dict) -> list[dict]:
         # success rates and fractions in percent points; drift (KL, NLL, distances) in its own units
         splits = [m.get("split")] + [s for _, s in m.get("diff") or []] + ([m["value"][1]] if "value" in m else [])
         percent = not any(str(s).startswith("drift:") for s in splits if s)
-        measured = format_mean_std(mean, sd, len(per_seed), pct=percent, signed=signed)
-        if not percent and per_seed:
+        if percent or not per_seed:
+            measured = format_mean_std(mean, sd, len(per_seed), signed=signed)
+        else:
             measured = f"{mean:+.3g}" + (f" ± {sd:.2g}" if len(per_seed) > 1 else "")
         if matched:  # which points were compared: KL of a's final point, and b's nearest point
             measured += " (KL " + "; ".join(

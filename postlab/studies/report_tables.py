@@ -10,8 +10,8 @@ note. A row that reads a split its stage cannot have is an error (postlab.studie
 
 from __future__ import annotations
 
-from postlab.studies.report_data import (column_map, diagnostic_values, dynamics_values, scatter_points,
-                                         scatter_stages, values)
+from postlab.studies.report_data import (column_map, diagnostic_values, dynamics_values, scatter_not_run,
+                                         scatter_points, values)
 from postlab.studies.report_schema import axis_label, check_run_reads, left_out_note, scatter_axis
 from postlab.studies.report_stats import format_mean_std, format_number, mean_std, paired_differences
 
@@ -102,6 +102,13 @@ def delta_tables(run: dict) -> list[dict]:
     return out
 
 
+def _scatter_cell(xs: list[float], axis: dict) -> str:
+    """Drift (KL, NLL) to 3 significant digits; success in percent points, signed where it is a change."""
+    if axis["split"].startswith("drift:"):
+        return format_number(xs)
+    return format_mean_std(*mean_std(xs), len(xs), signed=bool(axis.get("change_from")))
+
+
 def scatter_tables(run: dict) -> list[dict]:
     """The numbers behind each `scatter` figure: per point (method), x and y as mean ± std over seeds."""
     check_run_reads(run, "scatter")
@@ -109,15 +116,9 @@ def scatter_tables(run: dict) -> list[dict]:
     for spec in (run["study"].get("report") or {}).get("scatter") or []:
         axes = [scatter_axis(spec[a]) for a in ("x", "y")]
         data = scatter_points(run, spec)
-        not_run = [(label, st) for label, p in column_map(spec.get("points")).items()
-                   for st in dict.fromkeys(scatter_stages(p)) if st not in run["stages"]]
-        def cell(xs: list[float], axis: dict) -> str:  # drift (KL, NLL) to 3 significant digits; success in %
-            if axis["split"].startswith("drift:"):
-                return format_number(xs)
-            return format_mean_std(*mean_std(xs), len(xs), signed=bool(axis.get("change_from")))
-
-        rows = [[label, *[cell([p[i] for p in data[label]], ax) for i, ax in enumerate(axes)], len(data[label])]
-                for label in data]
+        not_run = scatter_not_run(run, spec)
+        rows = [[label, *[_scatter_cell([p[i] for p in data[label]], ax) for i, ax in enumerate(axes)],
+                 len(data[label])] for label in data]
         out.append(_table(spec.get("title", "scatter"), ["", *[axis_label(ax) for ax in axes], "seeds"], rows,
                           [n for n in [left_out_note("not run in this preset", not_run)] if n]))
     return out

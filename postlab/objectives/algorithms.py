@@ -36,7 +36,9 @@ class AlgorithmSpec:
     # off-policy (SFT) term with the step's `mu` and `off_policy_share`
     expert_batch: bool = False
     hints: bool = False  # UFT: a prefix of the expert's solution in the prompt (RLConfig.uft), trained by CE
-    needs_teacher: bool = False  # reads a teacher's log-probs of the sampled tokens (RLConfig.teacher)
+    needs_teacher: bool = False  # reads a teacher (RLConfig.teacher): its log-probs of the sampled tokens
+    # ... or its full-vocabulary logits at every trained position (GKD), computed per micro-batch
+    teacher_logits: bool = False
     entropy_coef: float = 0.0  # the published run's entropy bonus (default of RLConfig.entropy_coef)
     paper: str = ""
 
@@ -98,5 +100,9 @@ def _no_reward_signal(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 # logged, not trained: A_env = 0), objectives.spectrum.opd
 register_algorithm(AlgorithmSpec("opd", "opd", _no_reward_signal, needs_groups=False, needs_teacher=True,
                                  paper="Agarwal et al. 2024 (GKD); Thinking Machines 2025 (reverse-KL form)"))
+# GKD on-policy (lambda = 1: every batch the student's own samples): the generalized JSD to the teacher over
+# the full vocabulary at every sampled position, differentiated through the student (objectives.spectrum.gkd)
+register_algorithm(AlgorithmSpec("gkd", "gkd", _no_reward_signal, needs_groups=False, needs_teacher=True,
+                                 teacher_logits=True, paper="Agarwal et al. 2024 (GKD), on-policy (lambda = 1)"))
 register_algorithm(AlgorithmSpec("ppo", "ppo", None, needs_groups=False, value_head=True,
                                  paper="Schulman et al. 2017; Chu et al. 2025's turn-level GAE"))

@@ -198,13 +198,16 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 
 @register_objective("gkd", needs_logits=True, default_aggregation="token_mean")
-def gkd(inp: LossInputs, beta: float = 0.5, temperature: float = 1.0):
-    """GKD: the generalized JSD between student and teacher at every trained position, differentiated
-    through the student (exact over the vocabulary, not a policy gradient); TRL's defaults beta 0.5."""
+def gkd(inp: LossInputs, jsd_beta: float = 0.5, temperature: float = 1.0, beta: float = 0.0):
+    """GKD: the generalized JSD_jsd_beta between student and teacher at every trained position,
+    differentiated through the student (exact over the vocabulary, not a policy gradient); TRL's defaults
+    jsd_beta 0.5, temperature 1 (TRL calls jsd_beta `beta`; here `beta` is the RL trainer's KL to the
+    reference, as in every RL objective)."""
     if inp.teacher_logits is None:
         raise ValueError("objective 'gkd' needs the teacher's logits at the trained positions (teacher_logits)")
-    div = generalized_jsd(inp.logits, inp.teacher_logits, beta, temperature)
-    return div, {"jsd": div.detach().mean().item()}
+    div = generalized_jsd(inp.logits, inp.teacher_logits, jsd_beta, temperature)
+    metrics = {"jsd": div.detach().mean().item()}
+    return add_kl(div, inp, beta, metrics), metrics
 
 
 def reverse_kl_advantages(sample_logp: torch.Tensor, teacher_logp: torch.Tensor, coef: float = 1.0) -> torch.Tensor:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from postlab.progress import console
 from postlab.studies.compute import flops
 from postlab.studies.kinds import STAGE_KINDS
 from postlab.studies.spec import Stage, Study, stage_hash
+from postlab.studies.stage_common import write_json_atomic
 
 DEFAULT_OUT = "runs/studies"
 
@@ -49,12 +49,6 @@ def environment() -> dict:
     except ImportError:
         return {}
     return info()
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 class StageContext:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,13 @@ from postlab.config import ConfigError, suggest
 from postlab.naming import Registry
 from postlab.seeds import corpus_generator_seed, expert_seed
 from postlab.studies.compute import count_params, cumulative_tokens, flops
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON so a reader (or a resumed stage) sees the old file or the new one, never a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- the registry

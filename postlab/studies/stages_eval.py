@@ -2,7 +2,8 @@
 training with ``points: all``) on the stage's splits, greedy and, with ``sampled:``, with N samples
 per problem (``SPLIT@sampled``); where the input records its start, the drift from it (KL and
 parameter distance, postlab.eval.drift). Its result is what the report's tables, curves and
-findings read (postlab.studies.report_data).
+findings read (postlab.studies.report_data). Each point is kept as it is measured (``points/``): an
+interrupted stage resumes at the first point it had not finished.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from postlab.config import ConfigError
 from postlab.progress import console
 from postlab.studies.compute import count_params, flops
-from postlab.studies.stage_common import StageKind, check_keys, check_splits, register_stage_kind, stage_env
+from postlab.studies.stage_common import (StageKind, check_keys, check_splits, register_stage_kind, stage_env,
+                                          write_json_atomic)
 
 SAMPLED_KEYS = ("samples", "temperature", "k")
 
@@ -105,7 +107,17 @@ def run_eval(ctx) -> dict:
         drift_ref = _drift_reference(ctx, ctx.input_dirs[0] / src["start"], drift_opts, opts, device)
     generated = 0
     out_points = []
+    measured = ctx.path / "points"  # one file per point: a killed stage resumes after its last whole point
+    measured.mkdir(exist_ok=True)
     for p in points:
+        done = measured / f"step_{p['step']}.json"
+        if done.exists():
+            kept = json.loads(done.read_text())
+            console.print(f"  step {p['step']}: measured before the interruption ({done})", highlight=False)
+            out_points.append(kept["point"])
+            generated += kept["generated_tokens"]
+            continue
+        generated_before = generated
         model = load_model(str(p["path"]), device=device)
         tok = load_tokenizer(str(p["path"]))
         results = {}
@@ -130,6 +142,7 @@ def run_eval(ctx) -> dict:
         out_points.append(point)
         (ctx.path / f"examples_step_{p['step']}.json").write_text(
             json.dumps({s: r["examples"] for s, r in results.items()}, indent=2, ensure_ascii=False))
+        write_json_atomic(done, {"point": point, "generated_tokens": generated - generated_before})
         del model
     final = out_points[-1]["results"]
     return {"env": spec["env"], "splits": splits, "points": out_points,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from postlab.config import ConfigError
+from postlab.objectives.algorithms import ALGORITHMS, get_algorithm
 from postlab.progress import console
 from postlab.seeds import corpus_generator_seed
 from postlab.studies.compute import count_params
@@ -39,12 +40,13 @@ def rl_stage_data(ctx) -> dict:
 
 
 def _teacher_input(ctx, data: dict) -> str | None:
-    """On-policy distillation's teacher: the checkpoint of the stage's second input (``after: [START,
-    TEACHER]``, e.g. a larger model trained on the task); None for other algorithms."""
-    if data.get("algorithm") != "opd" or data.get("teacher"):
-        return None
+    """On-policy distillation's teacher (opd, gkd): the checkpoint of the stage's second input (``after:
+    [START, TEACHER]``, e.g. a larger model trained on the task); None for other algorithms."""
+    algorithm = data.get("algorithm", "grpo")
+    if data.get("teacher") or algorithm not in ALGORITHMS or not get_algorithm(algorithm).needs_teacher:
+        return None  # an unknown algorithm: RLConfig's validation names it
     if len(ctx.stage.after) != 2 or ctx.study.stages[ctx.stage.after[1]].kind == "rl-probe":
-        raise ConfigError(f"stages.{ctx.stage.name}.after: an opd stage distills from a teacher: after: [START, "
+        raise ConfigError(f"stages.{ctx.stage.name}.after: a {algorithm} stage distills from a teacher: after: [START, "
                           f"TEACHER] (the teacher a training stage's checkpoint), or config.teacher: PATH; got "
                           f"{ctx.stage.after}")
     return str(ctx.input_checkpoint(1))

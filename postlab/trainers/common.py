@@ -140,10 +140,11 @@ _TOKEN_FIELDS = ("token_weights", "advantages", "old_logp", "ref_logp", "returns
 
 
 def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None, want_entropy: bool | str = False,
-                value_fn=None, forward_fn=None) -> tuple[LossInputs, torch.Tensor | None]:
+                value_fn=None, forward_fn=None, teacher=None) -> tuple[LossInputs, torch.Tensor | None]:
     """Run the policy (and the reference when the objective needs it) on one micro-batch.
 
-    `forward_fn` replaces `token_outputs` (same signature), e.g. RL's shared-prompt packing.
+    `forward_fn` replaces `token_outputs` (same signature), e.g. RL's shared-prompt packing. `teacher`: a
+    frozen model whose logits (and log-probs) at the trained positions the objective reads (GKD).
     """
     forward_fn = forward_fn or token_outputs
     out = forward_fn(model, batch, want_logits=objective.needs_logits, want_entropy=want_entropy,
@@ -159,6 +160,15 @@ def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None,
         with torch.no_grad():
             ref = forward_fn(ref_model, batch, want_logits=objective.needs_logits)
         inp.ref_logp, inp.ref_logits = ref.logp, ref.logits
+    if teacher is not None:
+        with torch.no_grad():
+            t = forward_fn(teacher, batch, want_logits=True)
+        inp.teacher_logp, inp.teacher_logits = t.logp, t.logits
+        if inp.logits is not None and t.logits.shape[-1] != inp.logits.shape[-1]:
+            # models of two sizes may pad their embeddings differently past the shared tokenizer: compare
+            # the ids both have (the rows past the tokenizer are never sampled)
+            v = min(t.logits.shape[-1], inp.logits.shape[-1])
+            inp.logits, inp.teacher_logits = inp.logits[:, :v], t.logits[:, :v]
     if value_fn is not None:
         inp.values = value_fn(out.hidden, batch)
     return inp, out.entropy
@@ -167,12 +177,12 @@ def loss_inputs(model, batch: PackedBatch, objective: Objective, ref_model=None,
 def accumulate_gradients(model, micro_batches: Sequence[PackedBatch], objective: Objective, hparams: dict,
                          aggregation: str, norm: Normalizer, ref_model=None, want_entropy: bool = False,
                          value_fn=None, forward_fn=None, pad_batch: PackedBatch | None = None,
-                         entropy_coef: float = 0.0) -> dict:
+                         entropy_coef: float = 0.0, teacher=None) -> dict:
     """Forward/backward every micro-batch of one optimizer step; gradients add up to the step's loss.
 
     `entropy_coef` > 0 adds an entropy bonus (verl's entropy_coeff, LUFFY's and UFT's 0.001): minus
     entropy_coef x the policy's mean token entropy over the step's trained tokens (those a batch's
-    `entropy_mask` keeps, where it has one), with its gradient.
+    `entropy_mask` keeps, where it has one), with its gradient. `teacher`: see `loss_inputs`.
 
     Data parallel: the returned metrics are the step's (summed over ranks, so `loss` is the
     global loss). A sharded (FSDP2) model's forward and backward are collectives, so every rank
@@ -193,7 +203,7 @@ def accumulate_gradients(model, micro_batches: Sequence[PackedBatch], objective:
     for mb, real in runs:
         mb = mb.to(device)
         inp, entropy = loss_inputs(model, mb, objective, ref_model, "grad" if entropy_coef else want_entropy,
-                                   value_fn, forward_fn)
+                                   value_fn, forward_fn, teacher)
         per_token, m = objective.fn(inp, **hparams)
         loss = aggregate(per_token, inp.seq_idx, inp.num_seqs, aggregation, norm)
         if entropy_coef:

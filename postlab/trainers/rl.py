@@ -122,7 +122,8 @@ class RLConfig:
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)  # backend: local | vllm
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-4, schedule="constant"))
     run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(out_dir="runs/rl"))
-    algorithm: str = "grpo"  # grpo | dr_grpo | dapo | rloo | reinforce_pp | gspo | ppo (docs/rl.md)
+    # grpo | dr_grpo | dapo | rloo | reinforce_pp | gspo | ppo | luffy | chord | uft | opd | gkd (docs/rl.md)
+    algorithm: str = "grpo"
     objective_args: dict = dataclasses.field(default_factory=dict)  # e.g. {epsilon: 0.2}; see docs/rl.md
     beta: float = 0.0  # k3 KL to the frozen initial policy; the reference model is loaded only when > 0
     aggregation: str | None = None  # None: the algorithm's own (grpo: seq_mean_token_mean, dapo: token_mean, ...)
@@ -142,8 +143,8 @@ class RLConfig:
     # entropy bonus: - entropy_coef x the policy's mean token entropy over the step's trained tokens (UFT's
     # hints left out); None: the algorithm's published value (0.001 for luffy and uft, else 0)
     entropy_coef: float | None = None
-    # on-policy distillation (algorithm: opd): the teacher checkpoint that scores every sampled token;
-    # any size, the student's tokenizer
+    # on-policy distillation (algorithm: opd, or gkd over the full vocabulary): the teacher checkpoint that
+    # scores every sampled token; any size, the student's tokenizer
     teacher: str | None = None
     chord: ChordConfig = dataclasses.field(default_factory=ChordConfig)  # algorithm: chord only
     uft: UFTConfig = dataclasses.field(default_factory=UFTConfig)  # algorithm: uft only
@@ -196,7 +197,8 @@ class RLConfig:
             raise ConfigError(f"teacher: {self.algorithm!r} distills from a teacher; set teacher=PATH (a checkpoint "
                               "with the student's tokenizer, e.g. a larger model trained on the task)")
         if self.teacher and not spec.needs_teacher:
-            raise ConfigError(f"teacher: {self.algorithm!r} does not read a teacher; use algorithm=opd, or unset it")
+            raise ConfigError(f"teacher: {self.algorithm!r} does not read a teacher; use algorithm=opd or gkd, "
+                              "or unset it")
         experts = self.experts_per_group
         if experts and not spec.expert_traces:
             raise ConfigError(f"expert_traces: {self.algorithm!r} trains every token as its own sample; expert "
@@ -381,12 +383,16 @@ def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tens
         with torch.no_grad(), distributed.gathered(parts.ref_model):
             for b in batches:
                 b.extras["ref_logp"] = rb.packed_outputs(parts.ref_model, b).logp
-    if parts.teacher is not None:  # the teacher's log-prob of every sampled token (on-policy distillation)
+    # On-policy distillation: the teacher's log-prob of every sampled token, once for all updates. GKD reads
+    # its [tokens, vocabulary] logits instead: a whole step's would not fit at paper scale (V ~ 150k), so
+    # accumulate_gradients runs the teacher per micro-batch (again for each of updates_per_batch).
+    per_token_teacher = parts.teacher is not None and not cfg.spec.teacher_logits
+    if per_token_teacher:
         with torch.no_grad(), distributed.gathered(parts.teacher):
             for b in batches:
                 b.extras["teacher_logp"] = rb.packed_outputs(parts.teacher, b).logp
     pad = _pad_batch(pad_from, head is not None, parts.ref_model is not None, device,
-                     parts.teacher is not None) if not batches else None
+                     per_token_teacher) if not batches else None
     norm = step_normalizer(batches, constant=float(cfg.sampling.max_new_tokens), device=device)
     value_fn = value_fn_for(head) if head is not None else None
     hparams = {**parts.hparams, **_step_hparams(cfg, eps, step)}
@@ -394,7 +400,8 @@ def _update(cfg: RLConfig, parts: UpdateParts, eps: list, advantages: torch.Tens
     for _ in range(cfg.batch.updates_per_batch):
         metrics = accumulate_gradients(model, batches, parts.objective, hparams, parts.aggregation, norm,
                                        ref_model=None, want_entropy=True, value_fn=value_fn,
-                                       forward_fn=rb.packed_outputs, pad_batch=pad, entropy_coef=cfg.entropy_bonus)
+                                       forward_fn=rb.packed_outputs, pad_batch=pad, entropy_coef=cfg.entropy_bonus,
+                                       teacher=parts.teacher if cfg.spec.teacher_logits else None)
         if head is not None:  # summed over ranks, then clipped on its own, before the shared step
             all_reduce_gradients(head)
             metrics["value_grad_norm"] = clip_gradients(head, cfg.optim.grad_clip)

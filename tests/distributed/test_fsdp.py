@@ -156,7 +156,7 @@ def rl_base(tmp_path_factory):
 @pytest.mark.parametrize("algorithm,extra", [("grpo", []), ("ppo", ["normalize_advantages=false"]),
                                              ("luffy", []), ("chord", ["chord.decay=3"]),
                                              ("uft", ["uft.hint_steps=2", "uft.staged=true"]),
-                                             ("opd", ["teacher={teacher}"])])
+                                             ("opd", ["teacher={teacher}"]), ("gkd", ["teacher={teacher}"])])
 def test_rl_two_processes_match_one(rl_base, algorithm, extra):
     tmp, cfg = rl_base
     extra = [e.format(teacher=tmp / "teacher") for e in extra]
@@ -164,7 +164,8 @@ def test_rl_two_processes_match_one(rl_base, algorithm, extra):
     for procs in (1, 2):
         run(["train", "rl", str(cfg), f"algorithm={algorithm}", f"run.out_dir={tmp / f'{algorithm}{procs}'}", *extra],
             procs, frozen)
-    keys = ("loss", "reward_mean", "reward_std", "kl", "grad_norm") + (("value_grad_norm",) if algorithm == "ppo" else ())
+    keys = ("loss", "reward_mean", "reward_std", "kl", "grad_norm") \
+        + {"ppo": ("value_grad_norm",), "gkd": ("jsd",)}.get(algorithm, ())
     assert_same_run(tmp / f"{algorithm}1", tmp / f"{algorithm}2", keys=keys)
     if algorithm == "ppo":
         a = load_file(str(tmp / "ppo1" / "final" / "value_head.safetensors"))

@@ -172,7 +172,7 @@ def test_distillation_from_itself_has_zero_loss_and_gradient(beta):
     logp = torch.log_softmax(logits, -1)[:, 0]
     inp = LossInputs(logp=logp, seq_idx=torch.zeros(4, dtype=torch.long), num_seqs=1, logits=logits,
                      teacher_logits=logits.detach().clone())
-    loss = loss_of("gkd", inp, beta=beta)
+    loss = loss_of("gkd", inp, jsd_beta=beta)
     assert loss.abs().max().item() < 1e-12
     loss.sum().backward()
     assert logits.grad.abs().max().item() < 1e-12

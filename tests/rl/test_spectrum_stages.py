@@ -1,5 +1,5 @@
 """The spectrum's arms as study stages with real (nano) trainers: one warm-up, then GRPO, LUFFY, CHORD,
-UFT and on-policy distillation from it (the teacher a second SFT stage, `after: [warmup, teacher]`),
+UFT and on-policy distillation (reverse KL, GKD) from it (the teacher a second SFT stage, `after: [warmup, teacher]`),
 each evaluated: what `postlab study spectrum` runs, at one step each."""
 
 import pytest
@@ -23,9 +23,10 @@ STUDY = {
         "chord": {"kind": "rl", "after": "warmup", "config": {**RL, "algorithm": "chord", "chord": {"decay": 2}}},
         "uft": {"kind": "rl", "after": "warmup", "config": {**RL, "algorithm": "uft", "uft": {"hint_steps": 2}}},
         "opd": {"kind": "rl", "after": ["warmup", "teacher"], "config": {**RL, "algorithm": "opd"}},
+        "gkd": {"kind": "rl", "after": ["warmup", "teacher"], "config": {**RL, "algorithm": "gkd"}},
         **{f"eval-{a}": {"kind": "eval", "after": a, "splits": ["id"], "eval": {"n_episodes": 2, "max_new_tokens": 4},
                          "drift": {"n_problems": 2, "samples": 1}}
-           for a in ("grpo", "luffy", "chord", "uft", "opd")},
+           for a in ("grpo", "luffy", "chord", "uft", "opd", "gkd")},
     },
 }
 
@@ -36,10 +37,10 @@ def test_every_arm_runs_as_a_stage(tmp_path):
     runner = StudyRunner(resolve(STUDY), tmp_path)
     res = runner.run()[0]
     dirs = runner.plan()[0]
-    for arm in ("grpo", "luffy", "chord", "uft", "opd"):
+    for arm in ("grpo", "luffy", "chord", "uft", "opd", "gkd"):
         assert res[arm]["steps"] == 1 and res[f"eval-{arm}"]["points"]
-    cfg = (dirs["opd"] / "run" / "config.yaml").read_text()
-    assert "teacher: " + str(dirs["teacher"]) in cfg  # the teacher is the second input's checkpoint
+    for arm in ("opd", "gkd"):  # the teacher is the second input's checkpoint
+        assert "teacher: " + str(dirs["teacher"]) in (dirs[arm] / "run" / "config.yaml").read_text()
     rows = [json.loads(x) for x in open(dirs["luffy"] / "run" / "metrics.jsonl")]
     assert any("expert_success" in r for r in rows)
 
@@ -48,8 +49,8 @@ def test_an_opd_stage_without_a_teacher_fails_before_anything_runs(tmp_path):
     import copy
 
     study = copy.deepcopy(STUDY)
-    study["stages"]["opd"]["after"] = "warmup"
+    study["stages"]["gkd"]["after"] = "warmup"
     runner = StudyRunner(resolve(study), tmp_path)
-    with pytest.raises(ConfigError, match=r"opd.after: an opd stage distills from a teacher"):
+    with pytest.raises(ConfigError, match=r"gkd.after: a gkd stage distills from a teacher"):
         runner.run()
     assert not runner.calls

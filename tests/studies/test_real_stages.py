@@ -50,3 +50,32 @@ def test_pretrain_sft_eval_and_trainer_resume(tmp_path):
     assert res2["warm"]["compute"]["tokens_trained"] == warm["compute"]["tokens_trained"]  # bit-identical data order
     metrics = [json.loads(x) for x in (wdir / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m["kind"] == "train"] == [1, 2, 3, 4]
+
+
+def test_an_interrupted_eval_stage_resumes_at_its_first_unfinished_point(tmp_path, monkeypatch):
+    """Killed while measuring its second point, the eval stage reruns that point only: the first one's
+    results are read back (the same numbers), not measured again."""
+    import functools
+    import importlib
+
+    import pytest
+
+    evaluation = importlib.import_module("postlab.eval.evaluate")  # the module (the package exports the function)
+    runner = StudyRunner(resolve(STUDY), tmp_path)
+    full = runner.run()[0]["eval-warm"]
+    edir = runner.plan()[0]["eval-warm"]
+    for name in ("DONE", "result.json"):
+        (edir / name).unlink()
+    (edir / "points" / "step_4.json").unlink()  # as if killed during step 4
+    real, calls = evaluation.evaluate, []
+
+    @functools.wraps(real)  # the stage validates its options against evaluate's signature
+    def counted(model, tok, env, split, **kw):
+        calls.append(split)
+        return real(model, tok, env, split, **kw)
+
+    monkeypatch.setattr(evaluation, "evaluate", counted)
+    again = StudyRunner(resolve(STUDY), tmp_path).run()[0]["eval-warm"]
+    assert calls == ["id", "ood"]  # step 4's two splits; step 2 was read back
+    assert again["points"] == json.loads(json.dumps(full["points"]))
+    assert again["compute"]["tokens_generated"] == pytest.approx(full["compute"]["tokens_generated"])

@@ -95,12 +95,12 @@ def run_eval(ctx) -> dict:
     in_compute = src.get("compute") or {}
     final_point = {"step": src.get("steps", 0), "path": final_path, "tokens_trained": in_compute.get("tokens_trained", 0),
                    "tokens_generated": in_compute.get("tokens_generated", 0)}
-    points = []
+    # the final checkpoint first: a stage interrupted after it already holds what most findings read
+    points = [final_point]
     if spec.get("points", "final") == "all":
         for p in src.get("checkpoints") or []:
             if p["step"] != final_point["step"]:
                 points.append({**p, "path": ctx.input_dirs[0] / p["path"]})
-    points.append(final_point)
     params = count_params(final_path)
     drift_ref = None
     if drift_opts is not None and src.get("start"):
@@ -144,6 +144,7 @@ def run_eval(ctx) -> dict:
             json.dumps({s: r["examples"] for s, r in results.items()}, indent=2, ensure_ascii=False))
         write_json_atomic(done, {"point": point, "generated_tokens": generated - generated_before})
         del model
+    out_points.sort(key=lambda point: point["step"])
     final = out_points[-1]["results"]
     return {"env": spec["env"], "splits": splits, "points": out_points,
             "success": {s: final[s]["success_rate"] for s in splits},

@@ -185,7 +185,8 @@ def step_rates(run_dir: Path, name: str) -> dict:
             "turns": med(r.get("turns", 1.0) for r in timed)}
 
 
-def bench_trl(path: Path, args, workdir: Path, tokens: int) -> float:
+def bench_trl(path: Path, args, workdir: Path, tokens: int) -> dict:
+    """TRL's GRPOTrainer s/step (median after the first step), and the part of it inside `model.generate`."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -215,10 +216,24 @@ def bench_trl(path: Path, args, workdir: Path, tokens: int) -> float:
                      use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
                      shuffle_dataset=False, seed=0, disable_tqdm=True)
     timer = Timer()
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), reward_funcs=reward, args=cfg,
-                          train_dataset=ds, processing_class=AutoTokenizer.from_pretrained(path), callbacks=[timer])
+    model = AutoModelForCausalLM.from_pretrained(path)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=ds,
+                          processing_class=AutoTokenizer.from_pretrained(path), callbacks=[timer])
+    generate, gen_times = model.generate, []
+
+    def timed_generate(*a, **k):  # TRL samples through the (unwrapped, on CPU the same) model's generate
+        t = time.perf_counter()
+        out = generate(*a, **k)
+        gen_times.append(time.perf_counter() - t)
+        return out
+
+    model.generate = timed_generate
     trainer.train()
-    return statistics.median(timer.times[1:] or timer.times)
+    timed = slice(1, None) if len(timer.times) > 1 else slice(None)
+    per_step = len(gen_times) // max(len(timer.times), 1)  # generate calls per optimizer step
+    gen = [sum(gen_times[i * per_step:(i + 1) * per_step]) for i in range(len(timer.times))] if per_step else []
+    return {"s_per_step": statistics.median(timer.times[timed]),
+            "generation_s": statistics.median(gen[timed]) if gen else None}
 
 
 def bench_ppo_multiturn(path: Path, args, workdir: Path) -> dict:
@@ -299,7 +314,7 @@ def main(argv=None) -> dict:
             r["postlab"]["sequence_tokens_per_update_s"] = seq_tokens / r["postlab"]["update_s"]
             if args.sft:
                 r["sft"] = bench_sft(tmp / "model", args, encoded_prompts(tok, args.prompts), completions)
-            r["trl_s_per_step"] = None if args.skip_trl else bench_trl(tmp / "model", args, tmp, T)
+            r["trl"] = None if args.skip_trl else bench_trl(tmp / "model", args, tmp, T)
             res["lengths"][T] = r
         if args.ppo_multiturn:
             res["ppo_multiturn"] = bench_ppo_multiturn(tmp / "model", args, tmp)
@@ -311,13 +326,15 @@ def main(argv=None) -> dict:
 
 def report(res: dict, args) -> None:
     print(f"\nGRPO step: tiny Qwen2 3.4M, {args.prompts} prompts x {args.samples} samples; {res['machine']}")
-    print("| new tokens | postlab s/step (generation + update) | TRL s/step | ratio | engine tok/s | "
+    print("| new tokens | postlab s/step (generation + update) | TRL s/step (generation + rest) | ratio | engine tok/s | "
           "model.generate tok/s | ratio |\n|---|---|---|---|---|---|---|")
     for T, r in res["lengths"].items():
-        p, g, trl = r["postlab"], r["generation"], r["trl_s_per_step"]
+        p, g, trl = r["postlab"], r["generation"], r["trl"]
         hf = g.get("model.generate")
+        trl_split = f" ({trl['generation_s']:.3f} + {trl['s_per_step'] - trl['generation_s']:.3f})" \
+            if trl and trl["generation_s"] is not None else ""
         print(f"| {T} | {p['s_per_step']:.3f} ({p['generation_s']:.3f} + {p['update_s']:.3f}) | "
-              + (f"{trl:.3f} | {trl / p['s_per_step']:.2f}x" if trl else "- | -")
+              + (f"{trl['s_per_step']:.3f}{trl_split} | {trl['s_per_step'] / p['s_per_step']:.2f}x" if trl else "- | -")
               + f" | {g['engine']:,.0f} | " + (f"{hf:,.0f} | {g['engine'] / hf:.2f}x |" if hf else "- | - |"))
     if args.sft:
         print("\n| new tokens | RL update: sequence tokens/s | SFT step: tokens/s | RL / SFT | "

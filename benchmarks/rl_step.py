@@ -326,8 +326,8 @@ def main(argv=None) -> dict:
 
 def report(res: dict, args) -> None:
     print(f"\nGRPO step: tiny Qwen2 3.4M, {args.prompts} prompts x {args.samples} samples; {res['machine']}")
-    print("| new tokens | postlab s/step (generation + update) | TRL s/step (generation + rest) | ratio | engine tok/s | "
-          "model.generate tok/s | ratio |\n|---|---|---|---|---|---|---|")
+    print("| new tokens | postlab s/step (generation + update) | TRL s/step (generation + rest) | ratio | "
+          "engine tok/s | model.generate tok/s | ratio |\n|---|---|---|---|---|---|---|")
     for T, r in res["lengths"].items():
         p, g, trl = r["postlab"], r["generation"], r["trl"]
         hf = g.get("model.generate")

@@ -78,8 +78,8 @@ def test_an_interrupted_eval_stage_resumes_at_its_first_unfinished_point(tmp_pat
     again = StudyRunner(resolve(STUDY), tmp_path).run()[0]["eval-warm"]
     assert calls == ["id", "ood"]  # step 2's two splits; step 4 was read back
     def measured(points):  # what a rerun reproduces: everything but wall times
-        return [{**p, "results": {s: {k: v for k, v in r.items() if k != "wall_time_s"} for s, r in p["results"].items()}}
-                for p in json.loads(json.dumps(points))]
+        return [{**p, "results": {s: {k: v for k, v in r.items() if k != "wall_time_s"}
+                                  for s, r in p["results"].items()}} for p in json.loads(json.dumps(points))]
 
     assert measured(again["points"]) == measured(full["points"])
     kept = json.loads((edir / "points" / "step_4.json").read_text())["point"]

@@ -99,6 +99,15 @@ def first_attempt_diagnostics(by_problem: list[list[Episode]], keys) -> dict:
     return {"diagnostics": fractions, "diagnostics_per_problem": per_problem} if keys else {}
 
 
+def truncated_shares(episodes: list[Episode]) -> tuple[float, float]:
+    """(share of episodes with any answer cut at max_new_tokens, share whose first answer was cut). Apart,
+    as a multi-turn model may run on in the retries after a wrong first answer (a cap that costs time,
+    not success) while its first answers, what most findings read, all end."""
+    n = max(len(episodes), 1)
+    return (sum(e.truncated for e in episodes) / n,
+            sum(bool(e.turns) and e.turns[0].finish_reason == "length" for e in episodes) / n)
+
+
 def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64,
              decoding: Literal["greedy", "sampled"] = "greedy", temperature: float = 1.0, k: int = 1,
              n_samples: int = 0, max_turns: int | None = None, style: str = "compact", seed: int = 0,
@@ -152,7 +161,7 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
     result["attempt_failure_reasons"] = dict(attempts.most_common())
     result.update(first_attempt_diagnostics(by_problem, env_class(env).diagnostics))
     # answers cut at max_new_tokens fail for a reason no verifier names: count them separately
-    result["truncated_fraction"] = sum(e.truncated for e in episodes) / len(episodes)
+    result["truncated_fraction"], result["truncated_first_turn_fraction"] = truncated_shares(episodes)
     result["mean_reward"] = sum(e.reward for e in episodes) / len(episodes)
     result["mean_turns"] = sum(len(e.turns) for e in episodes) / len(episodes)
     result["generated_tokens"] = sum(len(t.token_ids) for e in episodes for t in e.turns)

@@ -155,9 +155,13 @@ def _report_split(split: str, r: dict) -> None:
     ci = f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
     extra = f", pass@{r['k']} {r['pass_at_k']:.3f}" if "pass_at_k" in r else ""
     console.print(f"  {split} success {r['success_rate']:.3f} {ci}{extra}", highlight=False)
-    if r["truncated_fraction"] > 0.25:
-        console.print(f"  [yellow]warning: {r['truncated_fraction']:.0%} of {split} episodes hit the "
-                      "generation cap; raise the stage's eval.max_new_tokens[/yellow]")
+    first = r.get("truncated_first_turn_fraction", r["truncated_fraction"])
+    if first > 0.25:
+        console.print(f"  [yellow]warning: {first:.0%} of {split} first answers hit the generation cap; raise the "
+                      "stage's eval.max_new_tokens[/yellow]")
+    elif r["truncated_fraction"] > 0.25:
+        console.print(f"  {r['truncated_fraction']:.0%} of {split} episodes hit the generation cap in a retry after "
+                      f"a wrong answer ({first:.0%} of first answers)", highlight=False)
 
 
 def _drift_reference(ctx, start: Path, drift_opts: dict, opts: dict, device):

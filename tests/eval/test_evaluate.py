@@ -53,6 +53,19 @@ def test_answers_cut_by_max_new_tokens_are_counted(nano_model, char_tokenizer):
     r = evaluate(model, tok, "toy-copy", "id", n_episodes=6, max_turns=1, max_new_tokens=1)
     # an untrained model never stops after one token; every episode is cut (and fails for it)
     assert r["truncated_fraction"] == 1.0 and r["success_rate"] == 0.0
+    assert r["truncated_first_turn_fraction"] == 1.0
+
+
+def test_truncation_of_first_answers_and_of_retries_apart():
+    from postlab.eval.evaluate import truncated_shares
+    from postlab.rollout.episodes import Episode, Turn
+
+    def episode(*reasons):
+        return Episode(seed=0, messages=[], input_ids=[], loss_mask=[], logprobs=[],
+                       turns=[Turn(start=0, token_ids=[1], logprobs=[0.0], text="", finish_reason=f) for f in reasons])
+
+    eps = [episode("stop"), episode("stop", "length"), episode("length"), episode("stop", "stop", "length")]
+    assert truncated_shares(eps) == (0.75, 0.25)
 
 
 def test_nav_decision_probe_groups_and_scores_decisions(monkeypatch, char_tokenizer):

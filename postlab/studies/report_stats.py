@@ -12,8 +12,9 @@ from postlab.eval.metrics import paired_difference_ci
 from postlab.studies.report_data import final_metric, final_value, point_metric, values
 from postlab.studies.report_schema import check_run_reads
 
-# "matched KL" needs a point that moved about as far: within this factor of the other model's KL
-KL_MATCH_FACTOR = 2.0
+# "matched KL" needs a point that moved about as far: within this factor of the other model's KL; "matched
+# compute" one that trained about as much: within this factor of its FLOPs
+MATCH_FACTOR = 2.0
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -44,53 +45,55 @@ def format_number(xs: list[float]) -> str:
     return f"{m:.3g}" + (f" ± {sd:.2g}" if len(xs) > 1 else "")
 
 
-def _matched_metric(res: dict | None, split: str, flops: float | None) -> tuple[float | None, list | None]:
-    """`split_metric` at the evaluated point whose training compute is nearest `flops` (the other
-    model's final compute): "at matched compute". The final point when `flops` is None."""
+# what a point is matched on ("at matched KL" / "at matched compute"), and how it is named in a report
+MATCHES = {"kl": "KL", "compute": "training compute"}
+
+
+def _match_value(point: dict, match: str) -> float | None:
+    """The point's KL to the start ("kl") or its training FLOPs ("compute"); None where it has none."""
+    if match == "kl":
+        return (point.get("drift") or {}).get("kl")
+    return point.get("flops")
+
+
+def _final_match_value(res: dict | None, match: str) -> float | None:
     pts = (res or {}).get("points") or []
-    if not pts or flops is None:
-        return final_metric(res, split)
-    p = min(pts, key=lambda p: (abs(p.get("flops", 0.0) - flops), -p.get("step", 0)))
-    return point_metric(p, split)
+    return _match_value(pts[-1], match) if pts else None
 
 
-def _nearest_kl_point(res: dict | None, kl: float | None) -> dict | None:
-    """The evaluated point of `res` whose KL to the start is nearest `kl` (None without drift records)."""
-    pts = [p for p in (res or {}).get("points") or [] if p.get("drift")]
-    if kl is None or not pts:
+def _nearest_point(res: dict | None, target: float | None, match: str) -> dict | None:
+    """The evaluated point of `res` whose KL (or training compute) is nearest `target`; the later on a tie."""
+    pts = [p for p in (res or {}).get("points") or [] if _match_value(p, match) is not None]
+    if target is None or not pts:
         return None
-    return min(pts, key=lambda p: (abs(p["drift"]["kl"] - kl), -p.get("step", 0)))
+    return min(pts, key=lambda p: (abs(_match_value(p, match) - target), -p.get("step", 0)))
 
 
-def _within_kl_factor(kl: float, point: dict) -> bool:
-    """Whether `point` moved about as far as `kl`: within KL_MATCH_FACTOR (both near 0 count as matched)."""
-    lo, hi = sorted((max(kl, 0.0), max(point["drift"]["kl"], 0.0)))
-    return hi <= KL_MATCH_FACTOR * lo or hi < 1e-3
+def _within_factor(target: float, point: dict, match: str) -> bool:
+    """Whether `point` moved (or trained) about as much as `target`: within MATCH_FACTOR (both near 0
+    count as matched)."""
+    lo, hi = sorted((max(target, 0.0), max(_match_value(point, match), 0.0)))
+    return hi <= MATCH_FACTOR * lo or hi < (1e-3 if match == "kl" else 1.0)
 
 
-def _kl_matched_point(res: dict | None, kl: float | None) -> dict | None:
-    """`_nearest_kl_point`, if it lies within KL_MATCH_FACTOR of `kl`; None otherwise: a comparison "at
-    matched KL" with a point that moved 8x as far would be the confound it exists to remove."""
-    p = _nearest_kl_point(res, kl)
-    return p if p is not None and _within_kl_factor(kl, p) else None
-
-
-def _final_flops(res: dict | None) -> float | None:
-    pts = (res or {}).get("points") or []
-    return pts[-1].get("flops") if pts else None
+def _matched_point(res: dict | None, target: float | None, match: str) -> dict | None:
+    """`_nearest_point`, if it lies within MATCH_FACTOR of `target`; None otherwise: a comparison "at
+    matched KL" with a point that moved 8x as far (or "at matched compute" with one that trained 8x less)
+    would be the confound it exists to remove."""
+    p = _nearest_point(res, target, match)
+    return p if p is not None and _within_factor(target, p, match) else None
 
 
 def _side_b(run: dict, seed: str, a: str, b: str, split: str, match: str | None) -> tuple[float | None, list | None]:
     """`b`'s metric for a comparison with `a`: its final point; with match "compute" its point
-    nearest `a`'s final training compute; with match "kl" its point whose KL to the start is
-    nearest `a`'s final KL (both continuations must start from the same checkpoint)."""
-    res_a = run["results"][seed].get(a)
-    if match == "kl":
-        kl = final_metric(res_a, "drift:kl")[0]
-        point = _kl_matched_point(run["results"][seed].get(b), kl)
-        return point_metric(point, split) if point is not None else (None, None)
-    flops = _final_flops(res_a) if match == "compute" else None
-    return _matched_metric(run["results"][seed].get(b), split, flops)
+    within MATCH_FACTOR of `a`'s final training compute (nearest), with "kl" its point whose KL to
+    the start is nearest `a`'s final KL (both continuations from the same checkpoint); (None, None) where
+    `b` has no such point."""
+    res_b = run["results"][seed].get(b)
+    if match is None:
+        return final_metric(res_b, split)
+    point = _matched_point(res_b, _final_match_value(run["results"][seed].get(a), match), match)
+    return point_metric(point, split) if point is not None else (None, None)
 
 
 def paired_differences(run: dict, a: str, b: str, split: str, split_b: str | None = None, match: str | None = None) -> list[float]:
@@ -204,12 +207,13 @@ def findings(run: dict) -> list[dict]:
         if pairs[0]:
             c = paired_difference_ci(*pairs)
             ci = (c["ci_low"], c["ci_high"])
-        matched = _kl_matches(run, m) if m.get("match_kl") else None
+        by = "kl" if m.get("match_kl") else "compute" if m.get("match_compute") else None
+        matched = _matches(run, m, by) if by and "diff" in m else None
         if not per_seed:
             verdict, agree = "not run", 0
             if matched:
-                verdict = (f"not comparable: no point of {m['diff'][1][0]} within {KL_MATCH_FACTOR:g}x of "
-                           f"{m['diff'][0][0]}'s KL")
+                verdict = (f"not comparable: no point of {m['diff'][1][0]} within {MATCH_FACTOR:g}x of "
+                           f"{m['diff'][0][0]}'s {MATCHES[by]}")
         else:
             agree = sum(map(_expected(expect), per_seed))
             verdict = _verdict(mean, ci, expect, agree, len(per_seed))
@@ -221,25 +225,25 @@ def findings(run: dict) -> list[dict]:
             measured = format_mean_std(mean, sd, len(per_seed), signed=signed)
         else:
             measured = f"{mean:+.3g}" + (f" ± {sd:.2g}" if len(per_seed) > 1 else "")
-        if matched:  # which points were compared: KL of a's final point, and b's nearest point
-            measured += " (KL " + "; ".join(
-                f"{x['a_kl']:.2f} vs {x['b_kl']:.2f} at step {x['b_step']}" if x["b_kl"] is not None else "n/a"
-                for x in matched) + ")"
+        if matched:  # which points were compared: a's final KL (or FLOPs), and b's nearest point
+            fmt = "{:.2f}" if by == "kl" else "{:.2g}"
+            measured += (" (KL " if by == "kl" else " (FLOPs ") + "; ".join(
+                f"{fmt.format(x['a'])} vs {fmt.format(x['b'])} at step {x['b_step']}" for x in matched) + ")"
         out.append({"claim": f["claim"], "paper": str(f.get("paper", "")), "expect": expect, "percent": percent,
                     "measured": measured, "mean": mean, "seeds": len(per_seed),
-                    "ci": ci, "seeds_agree": agree, "reproduced": verdict, "matched_kl": matched})
+                    "ci": ci, "seeds_agree": agree, "reproduced": verdict, "matched": matched, "matched_on": by})
     return out
 
 
-def _kl_matches(run: dict, m: dict) -> list[dict]:
-    """Per seed of a `match_kl` finding: a's final KL, and b's nearest evaluated point (its step and KL,
-    whether or not it lies within KL_MATCH_FACTOR)."""
+def _matches(run: dict, m: dict, match: str) -> list[dict]:
+    """Per seed of a `match_kl` / `match_compute` finding: a's final KL (or FLOPs), and b's nearest evaluated
+    point (its step and value, whether or not it lies within MATCH_FACTOR)."""
     (a, _), (b, _) = m["diff"]
     out = []
     for seed in sorted(run["results"], key=int):
-        kl = final_metric(run["results"][seed].get(a), "drift:kl")[0]
-        p = _nearest_kl_point(run["results"][seed].get(b), kl)
+        target = _final_match_value(run["results"][seed].get(a), match)
+        p = _nearest_point(run["results"][seed].get(b), target, match)
         if p is not None:
-            out.append({"seed": seed, "a_kl": kl, "b_kl": p["drift"]["kl"], "b_step": p.get("step"),
-                        "within": _within_kl_factor(kl, p)})
+            out.append({"seed": seed, "a": target, "b": _match_value(p, match), "b_step": p.get("step"),
+                        "within": _within_factor(target, p, match)})
     return out

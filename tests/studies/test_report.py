@@ -384,3 +384,20 @@ def test_findings_at_matched_compute_and_values_with_a_ci():
         run["results"][str(s)]["warm"] = shared
     once = {f["claim"]: f for f in findings(run)}["warm above 0"]
     assert once["mean"] == pytest.approx(2 / 32) and once["ci"][0] == 0.0
+
+
+def test_findings_at_matched_compute_need_a_point_within_2x():
+    """RL trained 8.6x the FLOPs of SFT's last point (the reason preset, seed 0): no comparison "at matched
+    compute", and the finding says so with the FLOPs of both sides; within 2x it compares as before."""
+    rl = {"points": [_point(4.7e13, [1, 1, 0, 0] * 8, 60)]}
+    sft = {"points": [_point(1.4e12, [0, 0, 0, 0] * 8, 50), _point(5.5e12, [1, 0, 0, 0] * 8, 200)]}
+    diff = {"diff": [["rl", "ood"], ["sft", "ood"]], "match_compute": True}
+    run = {"study": {"report": {"findings": [{"claim": "matched", "metric": diff}]}},
+           "results": {str(s): {"rl": rl, "sft": sft} for s in range(2)}}
+    (f,) = findings(run)
+    assert f["reproduced"] == "not comparable: no point of sft within 2x of rl's training compute"
+    assert "FLOPs 4.7e+13 vs 5.5e+12 at step 200" in f["measured"] and f["ci"] is None
+    sft["points"].append(_point(3.0e13, [1, 0, 0, 0] * 8, 1100))  # within 2x: compared at that point
+    (f,) = findings(run)
+    assert f["mean"] == pytest.approx(0.5 - 0.25) and f["reproduced"] == "yes"
+    assert "FLOPs 4.7e+13 vs 3e+13 at step 1100" in f["measured"]

@@ -111,8 +111,8 @@ def run_eval(ctx) -> dict:
     measured.mkdir(exist_ok=True)
     for p in points:
         done = measured / f"step_{p['step']}.json"
-        if done.exists():
-            kept = json.loads(done.read_text())
+        kept = _kept_point(done)
+        if kept is not None:
             console.print(f"  step {p['step']}: measured before the interruption ({done})", highlight=False)
             out_points.append(kept["point"])
             generated += kept["generated_tokens"]
@@ -149,6 +149,21 @@ def run_eval(ctx) -> dict:
     return {"env": spec["env"], "splits": splits, "points": out_points,
             "success": {s: final[s]["success_rate"] for s in splits},
             "compute": {"params": params, "tokens_trained": 0, "tokens_generated": generated}}
+
+
+def _kept_point(path: Path) -> dict | None:
+    """A point an interrupted run of the stage measured, or None: none kept, or a file that does not read
+    as one (edited or damaged by hand: written atomically, it is never torn), which is measured again."""
+    if not path.exists():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+        if isinstance(kept.get("point"), dict) and isinstance(kept.get("generated_tokens"), int):
+            return kept
+    except (ValueError, AttributeError):
+        pass
+    console.print(f"  [yellow]{path} does not read as a measured point: measuring it again[/yellow]")
+    return None
 
 
 def _report_split(split: str, r: dict) -> None:

@@ -85,3 +85,16 @@ def test_an_interrupted_eval_stage_resumes_at_its_first_unfinished_point(tmp_pat
     kept = json.loads((edir / "points" / "step_4.json").read_text())["point"]
     assert again["points"][1]["results"]["id"]["wall_time_s"] == kept["results"]["id"]["wall_time_s"]  # read back
     assert again["compute"]["tokens_generated"] == pytest.approx(full["compute"]["tokens_generated"])
+
+
+def test_an_eval_point_file_that_does_not_read_is_measured_again(tmp_path):
+    runner = StudyRunner(resolve(STUDY), tmp_path)
+    full = runner.run()[0]["eval-warm"]
+    edir = runner.plan()[0]["eval-warm"]
+    for name in ("DONE", "result.json"):
+        (edir / name).unlink()
+    (edir / "points" / "step_2.json").write_text('{"point": ')  # damaged by hand
+    again = StudyRunner(resolve(STUDY), tmp_path).run()[0]["eval-warm"]
+    assert [p["step"] for p in again["points"]] == [2, 4]
+    assert again["points"][0]["results"]["id"]["per_problem"] == full["points"][0]["results"]["id"]["per_problem"]
+    assert json.loads((edir / "points" / "step_2.json").read_text())["point"]["step"] == 2  # rewritten

@@ -38,3 +38,34 @@ def test_resume_is_bit_identical(nano_checkpoint, tmp_path, algorithm):
     assert all(torch.equal(a[k], b[k]) for k in a)
     start = load_file(str(nano_checkpoint / "model.safetensors"))
     assert any(not torch.equal(a[k], start[k]) for k in a)  # the runs trained
+
+
+def test_kill_9_after_a_checkpoint_then_cli_resume(nano_checkpoint, tmp_path):
+    """The shared loop's crash path for a spectrum trainer (CHORD: its mu schedule and expert batch are
+    functions of the step): kill -9 once step 3 is logged past checkpoint 2, `postlab train rl --resume`,
+    and the weights equal an uninterrupted run's."""
+    import textwrap
+
+    from harness import kill_after_checkpoint, run_cli, start_hanging_run
+
+    cfg = tmp_path / "chord.yaml"
+    cfg.write_text(textwrap.dedent(f"""
+        model: {{path: {nano_checkpoint}}}
+        algorithm: chord
+        chord: {{decay: 3}}
+        env: {{name: toy, eval_splits: []}}
+        batch: {{prompts_per_step: 2, samples_per_prompt: 4, micro_batch_sequences: 4}}
+        sampling: {{max_new_tokens: 4}}
+        optim: {{lr: 1.0e-2, schedule: constant}}
+        run: {{max_steps: 4, log_every: 1, progress: false, tensorboard: false}}
+    """))
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    uninterrupted = run_cli(["train", "rl", str(cfg), f"run.out_dir={full}"], background=True)
+    proc = start_hanging_run(["train", "rl", str(cfg), f"run.out_dir={killed}", "run.save_every=2"], hang_step=3)
+    kill_after_checkpoint(proc, killed / "checkpoints" / "step_000002", timeout=120)
+    _, err = uninterrupted.communicate(timeout=180)
+    assert uninterrupted.returncode == 0, err[-3000:]
+    res = run_cli(["train", "rl", "--resume", str(killed)], timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = load_file(str(full / "final" / "model.safetensors")), load_file(str(killed / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

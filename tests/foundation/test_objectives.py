@@ -140,7 +140,10 @@ def test_every_algorithm_spec_names_a_registered_objective():
     from postlab.objectives.algorithms import ALGORITHMS
 
     for spec in ALGORITHMS.values():
-        assert get_objective(spec.objective).needs_old_logp
+        # every policy-gradient loss reads the sampler's log-probs; GKD's exact divergence over the vocabulary
+        # does not (it is differentiated through the student's logits at the sampled positions)
+        assert get_objective(spec.objective).needs_old_logp != spec.teacher_logits
         # group baselines need groups; REINFORCE++ normalizes over the batch, on-policy distillation takes
-        # its per-token advantages from the teacher (its estimator ignores the rewards)
-        assert spec.needs_groups == (spec.advantages is not None and spec.name not in ("reinforce_pp", "opd"))
+        # its signal from the teacher (its advantage estimator ignores the rewards)
+        assert spec.needs_groups == (spec.advantages is not None and spec.name != "reinforce_pp"
+                                     and not spec.needs_teacher)

@@ -41,7 +41,8 @@ def _cfg(ckpt, out, **kw):
 def test_config_rejects_invalid_combinations(tmp_path):
     from postlab.trainers.rl import RLBatchConfig
 
-    with pytest.raises(ConfigError, match="valid: grpo, dr_grpo, dapo, gspo, rloo, reinforce_pp, luffy, chord, uft, opd, ppo"):
+    with pytest.raises(ConfigError,
+                       match="valid: grpo, dr_grpo, dapo, gspo, rloo, reinforce_pp, luffy, chord, uft, opd, gkd, ppo"):
         _cfg("x", tmp_path, algorithm="ppo2")
     with pytest.raises(ConfigError, match="samples_per_prompt must be >= 2"):
         _cfg("x", tmp_path, batch=RLBatchConfig(4, 1, 4))

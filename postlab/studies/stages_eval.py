@@ -102,9 +102,9 @@ def run_eval(ctx) -> dict:
             if p["step"] != final_point["step"]:
                 points.append({**p, "path": ctx.input_dirs[0] / p["path"]})
     params = count_params(final_path)
-    drift_ref = None
-    if drift_opts is not None and src.get("start"):
-        drift_ref = _drift_reference(ctx, ctx.input_dirs[0] / src["start"], drift_opts, opts, device)
+    # the start model's samples, drawn (with their own seed) for the first point this run measures: a resumed
+    # stage whose points were all kept needs none
+    with_drift, drift_ref = drift_opts is not None and bool(src.get("start")), None
     generated = 0
     out_points = []
     measured = ctx.path / "points"  # one file per point: a killed stage resumes after its last whole point
@@ -135,7 +135,9 @@ def run_eval(ctx) -> dict:
         point = {"step": p["step"], "tokens_trained": p["tokens_trained"], "tokens_generated": p["tokens_generated"],
                  "flops": flops(params, p["tokens_trained"], p["tokens_generated"]),
                  "results": {s: {k: v for k, v in r.items() if k != "examples"} for s, r in results.items()}}
-        if drift_ref is not None:
+        if with_drift:
+            if drift_ref is None:
+                drift_ref = _drift_reference(ctx, ctx.input_dirs[0] / src["start"], drift_opts, opts, device)
             point["drift"] = drift_ref.measure(model)
             console.print(f"  drift from the start: KL {point['drift']['kl']:.4f} nats/sequence, "
                           f"||dtheta|| {point['drift']['param_distance']:.4f}", highlight=False)

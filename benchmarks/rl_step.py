@@ -69,7 +69,10 @@ def bench_generation(model, tok, args, tokens: int) -> dict:
     prompts = encoded_prompts(tok, args.prompts)
     params = SamplingParams(max_new_tokens=tokens, n=args.samples, temperature=1.0, seed=0)
     out = {}
-    for name, fn in (("engine", generate), ("model.generate", hf_generate)):
+    runs = [("engine", generate), ("model.generate", hf_generate)]
+    if args.compiled_decoder:
+        runs.append(("engine, torch.compile'd decode step", compiled_decode_generate))
+    for name, fn in runs:
         if name == "model.generate" and args.skip_hf:
             continue
         res = fn(model, tok, prompts, params)  # warm-up
@@ -82,6 +85,28 @@ def bench_generation(model, tok, args, tokens: int) -> dict:
         if name == "engine":
             out["completions"] = res
     return out
+
+
+def compiled_decode_generate(model, tok, prompts, params):
+    """The engine with its one-token decoder forward compiled by torch.compile (inductor; dynamic shapes, as
+    the cache length grows every step): how much of the decode time is elementwise and dispatch overhead
+    that fusion removes. The first call compiles (minutes on a CPU); the timed calls reuse it."""
+    from postlab.rollout import engine, fastdecode
+
+    cls = fastdecode.StaticQwenLlamaDecoder
+    if not hasattr(cls, "_compiled_forward"):
+        cls._compiled_forward = torch.compile(cls._forward, dynamic=True)
+    eager_step = cls.step
+
+    def step(self, tokens, pos, index):
+        return cls._compiled_forward(self, tokens[:, None], pos[:, None], index,
+                                     bias=self.bias[:, None, None, :index + 1])
+
+    cls.step = step
+    try:
+        return engine.generate(model, tok, prompts, params)
+    finally:
+        cls.step = eager_step
 
 
 def encoded_prompts(tok, n: int) -> list[list[int]]:
@@ -273,6 +298,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--turns", type=int, default=5, help="PPO: model turns per episode (verify iterations)")
     ap.add_argument("--ppo-tokens", type=int, default=24, help="PPO: new tokens per model turn")
     ap.add_argument("--ppo-updates", type=int, default=4, help="PPO: updates per rollout batch")
+    ap.add_argument("--compiled-decoder", action="store_true",
+                    help="also the engine with its decode step compiled by torch.compile (needs a C++ compiler)")
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
     study = args.study
@@ -336,6 +363,12 @@ def report(res: dict, args) -> None:
         print(f"| {T} | {p['s_per_step']:.3f} ({p['generation_s']:.3f} + {p['update_s']:.3f}) | "
               + (f"{trl['s_per_step']:.3f}{trl_split} | {trl['s_per_step'] / p['s_per_step']:.2f}x" if trl else "- | -")
               + f" | {g['engine']:,.0f} | " + (f"{hf:,.0f} | {g['engine'] / hf:.2f}x |" if hf else "- | - |"))
+    compiled = "engine, torch.compile'd decode step"
+    if any(compiled in r["generation"] for r in res["lengths"].values()):
+        print("\n| new tokens | engine tok/s | with the decode step compiled | ratio |\n|---|---|---|---|")
+        for T, r in res["lengths"].items():
+            g = r["generation"]
+            print(f"| {T} | {g['engine']:,.0f} | {g[compiled]:,.0f} | {g[compiled] / g['engine']:.2f}x |")
     if args.sft:
         print("\n| new tokens | RL update: sequence tokens/s | SFT step: tokens/s | RL / SFT | "
               "RL update: tokens through the model/s |\n|---|---|---|---|---|")

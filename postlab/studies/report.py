@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from postlab.studies.report_data import load_run
+from postlab.studies.report_data import load_run, unfinished_seeds
 from postlab.studies.report_plots import plot_curves, plot_diagnostics, plot_scatter
 from postlab.studies.report_stats import findings
 from postlab.studies.report_tables import (compute_table, delta_tables, diagnostics_tables, dynamics_tables,
@@ -115,7 +115,8 @@ background:#fff}h1{font-size:1.6em}table{border-collapse:collapse;margin:.5em 0 
 padding:4px 10px;text-align:right}th:first-child,td:first-child{text-align:left}thead{background:#f0f3f8}
 pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}img{max-width:100%;border:1px solid #eee}
 .verdict-yes{color:#176f2c;font-weight:bold}.verdict-no{color:#a11;font-weight:bold}
-.verdict-direction{color:#8a5a00}.verdict-none{color:#777}.note{color:#555;font-size:.9em}"""
+.verdict-direction{color:#8a5a00}.verdict-none{color:#777}.note{color:#555;font-size:.9em}
+.warn{background:#fff6e0;border-left:4px solid #d89b00;padding:.5em 1em}"""
 
 
 def _figure_section(md: list, h: list, fig_dir: Path, title: str, stem: str, figures: list[dict]) -> None:
@@ -155,6 +156,22 @@ def _not_run_section(md: list, h: list, items: list[dict]) -> None:
     h.append("</ul>")
 
 
+def _unfinished_note(md: list, h: list, run: dict) -> None:
+    """A report of a partly run study says which seeds are missing stages and how to finish them; its
+    findings, tables and seed counts are over the finished stages only."""
+    missing = unfinished_seeds(run)
+    if not missing:
+        return
+    per_seed = ", ".join(f"seed {s}: {done} of {total} stages" for s, (done, total) in sorted(missing.items()))
+    resume = " ".join(f"--only-seed {s}" for s in sorted(missing))
+    preset = f" --preset {run['preset']}" if run.get("preset") else ""
+    text = (f" {per_seed} done. Findings, tables and seed counts below use the finished stages only. To finish: "
+            f"`postlab study {run['name']}{preset} --seeds {len(run['seeds'])} {resume}` with the same --out "
+            f"(every finished stage is cached).")
+    md += [f"> **Incomplete run:**{text}", ""]
+    h.append(f"<p class='warn'><b>Incomplete run:</b>{html.escape(text)}</p>")
+
+
 def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Write report.html (self-contained) and report.md (+ PNGs in report_files/) into the run dir."""
     run = load_run(root)
@@ -174,6 +191,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None) -> tuple[P
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
          f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(study.get('description', ''))}</p>"
          f"<p>Paper: {html.escape(str(study.get('paper', '')))}</p>"]
+    _unfinished_note(md, h, run)
     if fs:
         ft = _findings_table(fs)
         md += ["## Findings", "", _md_table(ft)]

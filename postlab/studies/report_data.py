@@ -40,6 +40,17 @@ def load_run(root: str | Path) -> dict:
     return manifest
 
 
+def unfinished_seeds(run: dict) -> dict[int, tuple[int, int]]:
+    """Seeds some of whose stages have no result yet: {seed: (stages done, stages declared)}. A study
+    spread over processes (`--only-seed`) or interrupted is reported from what finished, and says so."""
+    out = {}
+    for seed, dirs in run["dirs"].items():
+        done = len(run["results"].get(seed, {}))
+        if done < len(dirs):
+            out[int(seed)] = (done, len(dirs))
+    return out
+
+
 def mark_unsolved(run: dict, stage: str) -> None:
     """Give every evaluated point of each seed the mask of the problems `stage` (the reference, e.g. the
     warm-up's evaluation) solved in none of its N samples: pass@N = 0 on ``SPLIT@sampled`` of its final

@@ -401,3 +401,22 @@ def test_findings_at_matched_compute_need_a_point_within_2x():
     (f,) = findings(run)
     assert f["mean"] == pytest.approx(0.5 - 0.25) and f["reproduced"] == "yes"
     assert "FLOPs 4.7e+13 vs 3e+13 at step 1100" in f["measured"]
+
+
+def test_a_partly_run_study_says_which_seeds_are_missing_and_how_to_finish(tmp_path, run_dir):
+    # seed 1 of 3 only, as one process of a study spread with --only-seed writes it
+    runner = StudyRunner(resolve(STUDY, preset="tiny", seeds=3), tmp_path, only_seeds=[1])
+    runner.run()
+    run = load_run(runner.root)
+    fs = {f["claim"]: f for f in findings(run)}
+    assert fs["RL raises OOD"]["seeds"] == 1  # findings over the finished seed only
+    build_report(runner.root)
+    md, page = (runner.root / "report.md").read_text(), (runner.root / "report.html").read_text()
+    n = len(STUDY["stages"])
+    for text in (f"seed 0: 0 of {n} stages, seed 2: 0 of {n} stages done",
+                 "postlab study fixture --preset tiny --seeds 3 --only-seed 0 --only-seed 2"):
+        assert text in md and text in unescape(page)
+    assert "Incomplete run" in md and "class='warn'" in page
+    # a study whose every seed finished carries no such note
+    build_report(run_dir)
+    assert "Incomplete run" not in (run_dir / "report.md").read_text()

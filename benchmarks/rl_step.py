@@ -71,7 +71,7 @@ def bench_generation(model, tok, args, tokens: int) -> dict:
     out = {}
     runs = [("engine", generate), ("model.generate", hf_generate)]
     if args.compiled_decoder:
-        runs.append(("engine, torch.compile'd decode step", compiled_decode_generate))
+        runs.append((COMPILED_ENGINE, compiled_decode_generate))
     for name, fn in runs:
         if name == "model.generate" and args.skip_hf:
             continue
@@ -87,6 +87,9 @@ def bench_generation(model, tok, args, tokens: int) -> dict:
     return out
 
 
+COMPILED_ENGINE = "engine, torch.compile'd decode step"
+
+
 def compiled_decode_generate(model, tok, prompts, params):
     """The engine with its one-token decoder forward compiled by torch.compile (inductor; dynamic shapes, as
     the cache length grows every step): how much of the decode time is elementwise and dispatch overhead
@@ -94,19 +97,20 @@ def compiled_decode_generate(model, tok, prompts, params):
     from postlab.rollout import engine, fastdecode
 
     cls = fastdecode.StaticQwenLlamaDecoder
+    eager_forward = cls._forward
     if not hasattr(cls, "_compiled_forward"):
-        cls._compiled_forward = torch.compile(cls._forward, dynamic=True)
-    eager_step = cls.step
+        cls._compiled_forward = torch.compile(eager_forward, dynamic=True)
 
-    def step(self, tokens, pos, index):
-        return cls._compiled_forward(self, tokens[:, None], pos[:, None], index,
-                                     bias=self.bias[:, None, None, :index + 1])
+    def forward(self, ids, pos, start, mask=None, bias=None):
+        # decode steps (one token a row) run compiled; prompt prefills stay eager, as in the engine
+        fn = cls._compiled_forward if ids.shape[1] == 1 else eager_forward
+        return fn(self, ids, pos, start, mask=mask, bias=bias)
 
-    cls.step = step
+    cls._forward = forward
     try:
         return engine.generate(model, tok, prompts, params)
     finally:
-        cls.step = eager_step
+        cls._forward = eager_forward
 
 
 def encoded_prompts(tok, n: int) -> list[list[int]]:
@@ -363,7 +367,7 @@ def report(res: dict, args) -> None:
         print(f"| {T} | {p['s_per_step']:.3f} ({p['generation_s']:.3f} + {p['update_s']:.3f}) | "
               + (f"{trl['s_per_step']:.3f}{trl_split} | {trl['s_per_step'] / p['s_per_step']:.2f}x" if trl else "- | -")
               + f" | {g['engine']:,.0f} | " + (f"{hf:,.0f} | {g['engine'] / hf:.2f}x |" if hf else "- | - |"))
-    compiled = "engine, torch.compile'd decode step"
+    compiled = COMPILED_ENGINE
     if any(compiled in r["generation"] for r in res["lengths"].values()):
         print("\n| new tokens | engine tok/s | with the decode step compiled | ratio |\n|---|---|---|---|")
         for T, r in res["lengths"].items():

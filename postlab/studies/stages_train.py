@@ -27,7 +27,8 @@ from postlab.studies.stage_common import (StageKind, base_corpus_records, base_m
 def rl_stage_data(ctx) -> dict:
     """An `rl` (or `rl-probe`) stage's RL config mapping: the stage's `config` with what the study owns
     (input checkpoint, run directory, seed), the stage's environment unless its config sets its own,
-    and, for an rl stage fed by a probe (``after: [START, PROBE]``), the probe's chosen setting."""
+    the probe's chosen setting for an rl stage fed by a probe (``after: [START, PROBE]``) and the
+    teacher of a distillation stage (``after: [START, TEACHER]``; both: ``[START, TEACHER, PROBE]``)."""
     data = trainer_overrides(ctx, ctx.input_checkpoint(0))
     fill_stage_env(ctx, data)
     probe = _probe_input(ctx)
@@ -39,32 +40,49 @@ def rl_stage_data(ctx) -> dict:
     return data
 
 
+def _rl_inputs(ctx) -> tuple[int | None, int | None]:
+    """Where an rl stage's teacher and probe are among its inputs (indices into ``after``, None if absent).
+    After START come an optional TEACHER (any checkpoint stage) and an optional PROBE (an rl-probe run
+    from START), in that order: [START], [START, PROBE], [START, TEACHER], [START, TEACHER, PROBE]."""
+    kinds = [ctx.study.stages[name].kind for name in ctx.stage.after]
+    rest = kinds[1:]
+    probe = len(kinds) - 1 if rest and rest[-1] == "rl-probe" else None
+    teacher = 1 if rest and (probe is None or len(rest) == 2) else None
+    if "rl-probe" in kinds[:1] + rest[:-1] or len(rest) > 2 or (len(rest) == 2 and probe is None):
+        raise ConfigError(f"stages.{ctx.stage.name}.after: an rl stage takes [START], [START, PROBE], [START, TEACHER] "
+                          f"or [START, TEACHER, PROBE] (the probe an rl-probe stage run from START); got {ctx.stage.after}")
+    return teacher, probe
+
+
 def _teacher_input(ctx, data: dict) -> str | None:
-    """On-policy distillation's teacher (opd, gkd): the checkpoint of the stage's second input (``after:
-    [START, TEACHER]``, e.g. a larger model trained on the task); None for other algorithms."""
+    """On-policy distillation's teacher (opd, gkd): the checkpoint of the stage's TEACHER input (``after:
+    [START, TEACHER(, PROBE)]``, e.g. a larger model trained on the task); None for other algorithms."""
     algorithm = data.get("algorithm", "grpo")
     if data.get("teacher") or algorithm not in ALGORITHMS or not get_algorithm(algorithm).needs_teacher:
         return None  # an unknown algorithm: RLConfig's validation names it
-    if len(ctx.stage.after) != 2 or ctx.study.stages[ctx.stage.after[1]].kind == "rl-probe":
+    teacher, _ = _rl_inputs(ctx)
+    if teacher is None:
         raise ConfigError(f"stages.{ctx.stage.name}.after: a {algorithm} stage distills from a teacher: after: [START, "
-                          f"TEACHER] (the teacher a training stage's checkpoint), or config.teacher: PATH; got "
-                          f"{ctx.stage.after}")
-    return str(ctx.input_checkpoint(1))
+                          f"TEACHER] or [START, TEACHER, PROBE] (the teacher a training stage's checkpoint), or "
+                          f"config.teacher: PATH; got {ctx.stage.after}")
+    return str(ctx.input_checkpoint(teacher))
 
 
 def _probe_input(ctx) -> dict | None:
-    """The result of the stage's `rl-probe` input (``after: [START, PROBE]``), or None without one."""
-    kinds = [ctx.study.stages[name].kind for name in ctx.stage.after]
-    if "rl-probe" not in kinds:
+    """The result of the stage's `rl-probe` input (the last of ``after``), or None without one."""
+    if ctx.stage.kind != "rl":
+        if any(ctx.study.stages[name].kind == "rl-probe" for name in ctx.stage.after):
+            raise ConfigError(f"stages.{ctx.stage.name}.after: only an rl stage takes a probe; got {ctx.stage.after}")
         return None
-    if ctx.stage.kind != "rl" or kinds[1:] != ["rl-probe"] or len(kinds) != 2:
-        raise ConfigError(f"stages.{ctx.stage.name}.after: an rl stage takes a probe as [START, PROBE] (the probe "
-                          f"run from START); got {ctx.stage.after}")
-    probe_start = ctx.study.stages[ctx.stage.after[1]].after[:1]
+    _, probe = _rl_inputs(ctx)
+    if probe is None:
+        return None
+    probe_name = ctx.stage.after[probe]
+    probe_start = ctx.study.stages[probe_name].after[:1]
     if probe_start != ctx.stage.after[:1]:
-        raise ConfigError(f"stages.{ctx.stage.name}.after: the probe {ctx.stage.after[1]!r} ran from {probe_start}, "
+        raise ConfigError(f"stages.{ctx.stage.name}.after: the probe {probe_name!r} ran from {probe_start}, "
                           f"not from {ctx.stage.after[0]!r}; a budget is chosen for the checkpoint RL starts from")
-    return ctx.inputs[1] if len(ctx.inputs) > 1 else {}
+    return ctx.inputs[probe] if len(ctx.inputs) > probe else {}
 
 
 def rl_stage_config(ctx):

@@ -45,6 +45,21 @@ def test_every_arm_runs_as_a_stage(tmp_path):
     assert any("expert_success" in r for r in rows)
 
 
+@pytest.mark.parametrize("after", [["warmup", "probe", "teacher"], ["warmup", "teacher", "teacher"],
+                                   ["probe", "warmup"]])
+def test_an_rl_stage_with_misordered_inputs_fails_before_anything_runs(tmp_path, after):
+    import copy
+
+    study = copy.deepcopy(STUDY)
+    study["stages"]["probe"] = {"kind": "rl-probe", "after": "warmup", "config": RL,
+                                "probe": {"steps": 2, "grid": {"optim.lr": [1.0e-3]}}}
+    study["stages"]["gkd"]["after"] = after
+    runner = StudyRunner(resolve(study), tmp_path)
+    with pytest.raises(ConfigError, match=r"gkd.after: an rl stage takes \[START\], \[START, PROBE\]"):
+        runner.run()
+    assert not runner.calls
+
+
 def test_an_opd_stage_without_a_teacher_fails_before_anything_runs(tmp_path):
     import copy
 

@@ -197,9 +197,10 @@ def test_base_corpus_seeds_keep_the_held_out_items_apart():
 # ----------------------------------------------------------------------------- a study with a probe
 
 
-def _study(scripted: bool, grid: dict):
+def _study(scripted: bool, grid: dict, distill: bool = False):
     """base -> probe -> rl (after [base, probe]) -> eval; `scripted`: toy-copy that never succeeds on a
-    first attempt (the gate), else toy-parity (about half the samples succeed)."""
+    first attempt (the gate), else toy-parity (about half the samples succeed). `distill`: rl is on-policy
+    distillation from a second pretrained model, after [base, teacher, probe] (the spectrum study's form)."""
     rl_cfg = {"run": {**RUN}, "batch": {"prompts_per_step": 2, "samples_per_prompt": 2, "micro_batch_sequences": 4},
               "sampling": {"max_new_tokens": 4}}
     env_args = {"scripted": True} if scripted else None
@@ -211,8 +212,12 @@ def _study(scripted: bool, grid: dict):
             "base": {"kind": "pretrain", "data": {"n": 64},
                      "config": {"model": {"preset": "nano"}, "batch": {"sequences_per_step": 8, "micro_batch_sequences": 8},
                                 "run": {"max_steps": 4}}},
+            **({"teacher": {"kind": "pretrain", "data": {"n": 64}, "config": {"model": {"preset": "nano"},
+                            "batch": {"sequences_per_step": 8, "micro_batch_sequences": 8}, "run": {"max_steps": 6}}}}
+               if distill else {}),
             "probe": stage(kind="rl-probe", after="base", env_args=env_args, probe={"steps": 2, "grid": grid}),
-            "rl": stage(kind="rl", after=["base", "probe"], env_args=env_args, config={"run": {"max_steps": 2}}),
+            "rl": stage(kind="rl", after=["base", "teacher", "probe"] if distill else ["base", "probe"], env_args=env_args,
+                        config={"run": {"max_steps": 2}, **({"algorithm": "opd"} if distill else {})}),
             "eval-rl": stage(kind="eval", after="rl", splits=["id"], env_args=env_args,
                              sampled={"samples": 3, "k": 2}, drift={"n_problems": 3, "samples": 2},
                              eval={"n_episodes": 4, "max_new_tokens": 4}),
@@ -255,6 +260,19 @@ def test_probe_with_a_frozen_lr_gains_exactly_nothing_and_the_rl_stage_takes_the
     assert "RL budget probe probe, seed 0" in md and "optim.lr=1e-30, batch.prompts_per_step=2" in md
     assert md.count("| chosen |") == 1
     assert "RL training success vs the frozen start on the same problems" in md
+
+
+def test_a_distillation_stage_takes_its_teacher_and_the_probes_lr(tmp_path):
+    """after: [START, TEACHER, PROBE]: the teacher is the second input's checkpoint, the lr the probe's choice."""
+    import yaml
+
+    runner = StudyRunner(resolve(_study(False, {"optim.lr": [1.0e-30, 1.0e-2]}, distill=True)), tmp_path)
+    res = runner.run()[0]
+    plan = runner.plan()[0]
+    cfg = yaml.safe_load((plan["rl"] / "run" / "config.yaml").read_text())
+    assert cfg["algorithm"] == "opd" and cfg["teacher"] == str(plan["teacher"] / "run" / "final")
+    assert cfg["optim"]["lr"] == res["probe"]["chosen"]["optim.lr"] and res["rl"]["probe_choice"] == res["probe"]["chosen"]
+    assert res["rl"]["steps"] == 2
 
 
 def test_probe_gate_skips_rl_where_no_group_ever_succeeds(tmp_path):

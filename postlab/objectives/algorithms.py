@@ -43,6 +43,13 @@ class AlgorithmSpec:
     paper: str = ""
 
     @property
+    def learns_beyond_reward(self) -> bool:
+        """Learns from something besides its own samples' rewards (expert traces, an expert batch, hints, a
+        teacher): a batch where no sample succeeds still carries signal, so a study's pass@G gate (an
+        rl-probe's `skip`) does not apply to it."""
+        return self.expert_traces > 0 or self.expert_batch or self.hints or self.needs_teacher
+
+    @property
     def default_aggregation(self) -> str:
         from postlab.objectives.registry import get_objective
 

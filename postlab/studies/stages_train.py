@@ -157,11 +157,18 @@ def validate_sft(ctx) -> None:
 
 def run_rl(ctx) -> dict:
     """RL from the input checkpoint on the environment (postlab.trainers.rl). Fed by a probe that found no
-    signal (the gate), it trains nothing: its result is the start checkpoint, marked skipped."""
+    group with a success (the gate), an algorithm whose only signal is its rewards trains nothing: its result
+    is the start checkpoint, marked skipped; one that learns beyond its rewards (expert traces, hints, a
+    teacher) runs anyway, at its config's lr (the probe chose none)."""
     from postlab.trainers.rl import train_rl
 
     probe = _probe_input(ctx)
-    if probe is not None and probe.get("skip"):
+    gated = probe is not None and probe.get("skip")
+    if gated and _learns_beyond_reward(ctx):  # LUFFY's traces, UFT's hints, a teacher: signal the gate cannot see
+        console.print(f"[yellow]{ctx.stage.name}: the probe found no group with a success ({probe.get('reason')}); "
+                      f"this algorithm learns from more than its rewards, so it runs at its config's lr[/yellow]")
+        gated = False
+    if gated:
         console.print(f"[yellow]{ctx.stage.name}: RL skipped: {probe.get('reason')}[/yellow]")
         start = ctx.input_checkpoint(0)
         return {"checkpoint": os.path.relpath(start, ctx.path), "checkpoints": [], "steps": 0,
@@ -179,6 +186,11 @@ def run_rl(ctx) -> dict:
                       f"{gain['frozen_success']:.3f} on the last {window} steps' hands: gain {gain['gain']:+.3f} "
                       f"[{gain['gain_ci'][0]:+.3f}, {gain['gain_ci'][1]:+.3f}]", highlight=False)
     return result
+
+
+def _learns_beyond_reward(ctx) -> bool:
+    algorithm = rl_stage_data(ctx).get("algorithm", "grpo")
+    return algorithm in ALGORITHMS and get_algorithm(algorithm).learns_beyond_reward
 
 
 def validate_rl(ctx) -> None:

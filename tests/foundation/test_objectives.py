@@ -147,3 +147,10 @@ def test_every_algorithm_spec_names_a_registered_objective():
         # its signal from the teacher (its advantage estimator ignores the rewards)
         assert spec.needs_groups == (spec.advantages is not None and spec.name != "reinforce_pp"
                                      and not spec.needs_teacher)
+
+
+def test_the_probe_gate_applies_only_to_algorithms_whose_signal_is_their_rewards():
+    from postlab.objectives.algorithms import ALGORITHMS
+
+    beyond = {name for name, spec in ALGORITHMS.items() if spec.learns_beyond_reward}
+    assert beyond == {"luffy", "chord", "uft", "opd", "gkd"}

@@ -275,6 +275,18 @@ def test_a_distillation_stage_takes_its_teacher_and_the_probes_lr(tmp_path):
     assert res["rl"]["steps"] == 2
 
 
+def test_probe_gate_does_not_skip_an_algorithm_that_learns_beyond_its_rewards(tmp_path):
+    """No group ever succeeds, but on-policy distillation's signal is its teacher: it runs at its config's lr."""
+    import yaml
+
+    runner = StudyRunner(resolve(_study(True, {"optim.lr": [1.0e-3]}, distill=True)), tmp_path)
+    res = runner.run()[0]
+    assert res["probe"]["skip"] is True and res["rl"]["steps"] == 2 and not res["rl"].get("skipped")
+    assert res["rl"]["probe_choice"] is None and res["rl"]["compute"]["tokens_trained"] > 0
+    cfg = yaml.safe_load((runner.plan()[0]["rl"] / "run" / "config.yaml").read_text())
+    assert cfg["optim"]["lr"] != 1.0e-3  # the config's lr: the probe chose nothing
+
+
 def test_probe_gate_skips_rl_where_no_group_ever_succeeds(tmp_path):
     """The scripted toy env never succeeds on a first attempt: no group has a success, RL is skipped
     and the rl stage's checkpoint is its start."""

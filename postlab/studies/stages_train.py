@@ -50,7 +50,8 @@ def _rl_inputs(ctx) -> tuple[int | None, int | None]:
     teacher = 1 if rest and (probe is None or len(rest) == 2) else None
     if "rl-probe" in kinds[:1] + rest[:-1] or len(rest) > 2 or (len(rest) == 2 and probe is None):
         raise ConfigError(f"stages.{ctx.stage.name}.after: an rl stage takes [START], [START, PROBE], [START, TEACHER] "
-                          f"or [START, TEACHER, PROBE] (the probe an rl-probe stage run from START); got {ctx.stage.after}")
+                          f"or [START, TEACHER, PROBE] (the probe an rl-probe stage run from START); "
+                          f"got {ctx.stage.after}")
     return teacher, probe
 
 

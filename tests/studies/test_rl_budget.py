@@ -216,7 +216,8 @@ def _study(scripted: bool, grid: dict, distill: bool = False):
                             "batch": {"sequences_per_step": 8, "micro_batch_sequences": 8}, "run": {"max_steps": 6}}}}
                if distill else {}),
             "probe": stage(kind="rl-probe", after="base", env_args=env_args, probe={"steps": 2, "grid": grid}),
-            "rl": stage(kind="rl", after=["base", "teacher", "probe"] if distill else ["base", "probe"], env_args=env_args,
+            "rl": stage(kind="rl", after=["base", "teacher", "probe"] if distill else ["base", "probe"],
+                        env_args=env_args,
                         config={"run": {"max_steps": 2}, **({"algorithm": "opd"} if distill else {})}),
             "eval-rl": stage(kind="eval", after="rl", splits=["id"], env_args=env_args,
                              sampled={"samples": 3, "k": 2}, drift={"n_problems": 3, "samples": 2},
@@ -271,7 +272,8 @@ def test_a_distillation_stage_takes_its_teacher_and_the_probes_lr(tmp_path):
     plan = runner.plan()[0]
     cfg = yaml.safe_load((plan["rl"] / "run" / "config.yaml").read_text())
     assert cfg["algorithm"] == "opd" and cfg["teacher"] == str(plan["teacher"] / "run" / "final")
-    assert cfg["optim"]["lr"] == res["probe"]["chosen"]["optim.lr"] and res["rl"]["probe_choice"] == res["probe"]["chosen"]
+    chosen = res["probe"]["chosen"]
+    assert cfg["optim"]["lr"] == chosen["optim.lr"] and res["rl"]["probe_choice"] == chosen
     assert res["rl"]["steps"] == 2
 
 

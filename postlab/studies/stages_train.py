@@ -45,14 +45,13 @@ def _rl_inputs(ctx) -> tuple[int | None, int | None]:
     After START come an optional TEACHER (any checkpoint stage) and an optional PROBE (an rl-probe run
     from START), in that order: [START], [START, PROBE], [START, TEACHER], [START, TEACHER, PROBE]."""
     kinds = [ctx.study.stages[name].kind for name in ctx.stage.after]
-    rest = kinds[1:]
-    probe = len(kinds) - 1 if rest and rest[-1] == "rl-probe" else None
-    teacher = 1 if rest and (probe is None or len(rest) == 2) else None
-    if "rl-probe" in kinds[:1] + rest[:-1] or len(rest) > 2 or (len(rest) == 2 and probe is None):
+    has_probe = len(kinds) > 1 and kinds[-1] == "rl-probe"
+    between = kinds[1:len(kinds) - has_probe]  # what sits between START and the PROBE: at most one TEACHER
+    if kinds[0] == "rl-probe" or len(between) > 1 or "rl-probe" in between:
         raise ConfigError(f"stages.{ctx.stage.name}.after: an rl stage takes [START], [START, PROBE], [START, TEACHER] "
                           f"or [START, TEACHER, PROBE] (the probe an rl-probe stage run from START); "
                           f"got {ctx.stage.after}")
-    return teacher, probe
+    return (1 if between else None), (len(kinds) - 1 if has_probe else None)
 
 
 def _teacher_input(ctx, data: dict) -> str | None:
@@ -168,8 +167,7 @@ def run_rl(ctx) -> dict:
     if gated and _learns_beyond_reward(ctx):  # LUFFY's traces, UFT's hints, a teacher: signal the gate cannot see
         console.print(f"[yellow]{ctx.stage.name}: the probe found no group with a success ({probe.get('reason')}); "
                       f"this algorithm learns from more than its rewards, so it runs at its config's lr[/yellow]")
-        gated = False
-    if gated:
+    elif gated:
         console.print(f"[yellow]{ctx.stage.name}: RL skipped: {probe.get('reason')}[/yellow]")
         start = ctx.input_checkpoint(0)
         return {"checkpoint": os.path.relpath(start, ctx.path), "checkpoints": [], "steps": 0,

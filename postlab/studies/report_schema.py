@@ -297,21 +297,35 @@ def check_report_references(data: dict, presets: dict, source) -> None:
     """The `report` section's shape (`REPORT_SECTIONS`), and every stage, split and diagnostic it
     names exists in the study (in its stages or any preset's), every stage of a kind its section
     reads (`SECTION_KINDS`). A typo there would otherwise surface as a missing row or column after
-    the whole study ran."""
-    _check_items(data.get("report"), source)
+    the whole study ran. A preset may bring its own `report` items (they replace the study's lists
+    of the sections they name): those are checked the same way, named `presets.NAME.report...`."""
     layers = [data] + [layer for layer in presets.values() if isinstance(layer, dict)]
     stage_kinds: dict[str, set] = {}
     for layer in layers:
         for name, st in (layer.get("stages") or {}).items():
             stage_kinds.setdefault(name, set()).update([st["kind"]] if isinstance(st, dict) and "kind" in st else [])
-    stage_names = set(stage_kinds)
     envs = _strings_at(data, "env") | _strings_at(presets, "env")
     classes = [env_class_or_none(e) for e in envs]
+    base = data.get("report")
+    _check_report(base, stage_kinds, classes, None, source)
+    base_unsolved_by = base.get("unsolved_by") if isinstance(base, dict) else None
+    for name, layer in presets.items():
+        if isinstance(layer, dict) and layer.get("report") is not None:
+            _check_report(layer["report"], stage_kinds, classes, base_unsolved_by, f"{source}: presets.{name}")
+
+
+def _check_report(report, stage_kinds: dict[str, set], classes: list, unsolved_by, source) -> None:
+    """One `report` mapping against the study's stages (name -> kinds) and env classes; `unsolved_by`:
+    the reference stage of `:unsolved` reads where this mapping does not name one itself."""
+    if report is None:
+        return
+    _check_items(report, source)
+    stage_names = set(stage_kinds)
     # a wrapper (no splits of its own) or a custom env: its splits are not known here
     splits = None if any(c is None or not c.splits for c in classes) else {s for c in classes for s in c.splits}
     # an env not registered here (a custom one) may record diagnostics this check cannot know
     diagnostics = None if None in classes else {d for c in classes for d in c.diagnostics}
-    reads = list(report_reads(data.get("report")))
+    reads = list(report_reads(report))
     for section, where, st, _ in reads:
         if st not in stage_names:
             raise ConfigError(f"{source}: {where}: unknown stage {st!r}.{suggest(str(st), sorted(stage_names))} "
@@ -320,13 +334,32 @@ def check_report_references(data: dict, presets: dict, source) -> None:
         if kinds and all(":" not in str(k) and k not in SECTION_KINDS[section] for k in kinds):
             raise ConfigError(f"{source}: {where}: stage {st!r} has kind {'/'.join(sorted(map(str, kinds)))}; "
                               f"report.{section} reads stages of kind {', '.join(SECTION_KINDS[section])}")
-    unsolved_by = (data.get("report") or {}).get("unsolved_by")
+    unsolved_by = report.get("unsolved_by", unsolved_by)
     if unsolved_by is not None and unsolved_by not in stage_names:
         raise ConfigError(f"{source}: report.unsolved_by: unknown stage {unsolved_by!r}."
                           f"{suggest(str(unsolved_by), sorted(stage_names))} Stages: {', '.join(sorted(stage_names))}")
     for _, where, _, ref in reads:
         if ref is not None:
             _check_split_reference(str(ref), where, splits, diagnostics, source, unsolved_by is not None)
+
+
+def check_report_envs(data: dict, source) -> None:
+    """After the preset and overrides: every split a report item reads is a split of the env *its*
+    stage runs. The check at load time knows only the union of the study's envs, so a preset that
+    moves every stage to another env (spectrum's `math`) would otherwise keep reading the first
+    env's splits (`ood-rule`) and fail only when the report is built, after the whole study ran."""
+    stages = data.get("stages") or {}
+    for _, where, st, ref in report_reads(data.get("report")):
+        spec = stages.get(st)
+        if ref is None or not isinstance(spec, dict) or not isinstance(spec.get("env"), str):
+            continue
+        name = str(ref).partition(":")[0].partition("@")[0]
+        cls = env_class_or_none(spec["env"])
+        if name == "drift" or cls is None or not cls.splits or name in cls.splits:
+            continue
+        raise ConfigError(f"{source}: {where}: stage {st!r} runs env {spec['env']!r}, which has no split {name!r} "
+                          f"(read as {ref!r}).{suggest(name, list(cls.splits))} Its splits: {', '.join(cls.splits)}. "
+                          f"A preset that changes the env gives its own report items (presets.NAME.report).")
 
 
 def _check_split_reference(ref: str, where: str, splits: set | None, diagnostics: set | None, source,

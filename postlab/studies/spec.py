@@ -42,7 +42,7 @@ from pathlib import Path
 
 from postlab.config import ConfigError, apply_override, deep_merge, parse_override, read_yaml, suggest
 from postlab.studies.kinds import STAGE_KINDS
-from postlab.studies.report_schema import check_report_references
+from postlab.studies.report_schema import check_report_envs, check_report_references
 
 BUILTIN_KINDS = tuple(STAGE_KINDS)
 STAGE_FIELDS = ("kind", "after", "enabled", "env", "env_args", "style", "split", "splits", "data", "config", "eval",
@@ -126,7 +126,9 @@ def load_study(name: str, preset: str | None = None, overrides: list[str] | None
         key, value = parse_override(text)
         check_override_stage(data, key, text)
         apply_override(data, key, value)
-    return resolve(data, preset=preset, source=str(path), seeds=seeds, independent=independent)
+    study = resolve(data, preset=preset, source=str(path), seeds=seeds, independent=independent)
+    check_report_envs(study.raw, path)
+    return study
 
 
 def check_override_stage(data: dict, key: list[str], text: str) -> None:

@@ -115,3 +115,36 @@ def test_the_report_may_name_stages_of_other_presets_and_env_diagnostics(tmp_pat
     path.write_text(yaml.safe_dump({**_REPORTED, "env": "my-env", "report": {
         "tables": [{"rows": {"b": "eval-base"}, "splits": ["mine:my_diag=x"]}]}}))
     load_study(str(path))
+
+
+def test_a_preset_that_moves_the_study_to_another_env_needs_that_envs_splits_in_its_report(tmp_path):
+    """spectrum's `math` preset once kept GeneralPoints' `ood-rule` findings: the load-time check
+    sees the union of the study's envs (generalpoints has the split) and the report failed only
+    after the whole study ran. The study after its preset reads every split from its stage's env."""
+    import yaml
+
+    table = {"title": "T", "rows": {"b": "eval-base"}, "splits": {"rule OOD": "ood-rule@sampled"}}
+    study = {"name": "t", "env": "generalpoints",
+             "stages": {"base": {"kind": "pretrain", "data": {"n": 10}, "config": {"run": {"max_steps": 1}}},
+                        "eval-base": {"kind": "eval", "after": "base", "splits": ["id"]}},
+             "report": {"tables": [table]},
+             "presets": {"math": {"env": "math", "defaults": {"*": {"env": "math", "env_args": None}}}}}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(study))
+    load_study(str(path))  # GeneralPoints: the split exists
+    with pytest.raises(ConfigError) as e:
+        load_study(str(path), preset="math")
+    for w in ["report.tables[0] (T), row 'b'", "stage 'eval-base' runs env 'math'", "no split 'ood-rule'",
+              "Did you mean 'ood'", "Its splits: id, ood", "presets.NAME.report"]:
+        assert w in str(e.value)
+    # the preset's own report replaces the table; it is read against math's splits
+    study["presets"]["math"]["report"] = {"tables": [{**table, "splits": {"OOD": "ood@sampled"}}]}
+    path.write_text(yaml.safe_dump(study))
+    assert load_study(str(path), preset="math").report["tables"][0]["splits"] == {"OOD": "ood@sampled"}
+    # and checked when the study loads, under any preset, named by its preset
+    study["presets"]["math"]["report"] = {"findings": [{"claim": "C", "metric": {"delta": ["eval-bsae", "eval-base"],
+                                                                                "split": "id"}}]}
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError) as e:
+        load_study(str(path))
+    assert "presets.math: report.findings[0] (C)" in str(e.value) and "unknown stage 'eval-bsae'" in str(e.value)

@@ -1,7 +1,9 @@
-"""`postlab study NAME [--preset demo|tiny|paper] [--seeds N] [--only-seed N] [--out DIR]` and `postlab report RUN_DIR`."""
+"""`postlab study NAME [--preset demo|tiny|paper] [--seeds N] [--only-seed N] [--out DIR]`, `postlab report RUN_DIR`,
+and `postlab archive RUN_DIR` / `postlab unarchive FILE` (a run's results without weights, to merge across machines)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -36,13 +38,30 @@ def register(sub) -> None:
     r.add_argument("--out", default=None, help="directory for the report files (default: the run dir)")
     r.set_defaults(func=_run_report)
 
+    a = sub.add_parser("archive", help="pack a study run's results without model weights (to merge runs of other machines)",
+                       description="Write a study run directory's study.json, report and every completed stage's "
+                                   "results (evaluations, metrics, plots) as a .tar.gz, leaving out every directory "
+                                   "that holds model weights. `postlab unarchive` adds it to another run directory; "
+                                   "a later stage that needs a left-out checkpoint rebuilds it.")
+    a.add_argument("run_dir", help="runs/studies/NAME/PRESET")
+    a.add_argument("-o", "--out", default=None, help="archive file (default: NAME-PRESET.tar.gz here)")
+    a.set_defaults(func=_run_archive)
+
+    u = sub.add_parser("unarchive", help="add a `postlab archive` file's stages to a study run directory",
+                       description="Unpack an archive under --out, adding the stages the run directory there has not "
+                                   "completed (a stage done here keeps its files). Then `postlab report` pools every "
+                                   "seed, and `postlab study ... --only-seed N` runs the seeds still missing.")
+    u.add_argument("archive")
+    u.add_argument("--out", default="runs/studies", help="root directory of study runs (default runs/studies)")
+    u.set_defaults(func=_run_unarchive)
+
 
 def _run_study(args) -> int:
     from rich.table import Table
 
     from postlab.progress import console
     from postlab.studies.report import build_report, rich_tables
-    from postlab.studies.runner import StudyRunner
+    from postlab.studies.runner import StudyRunner, missing_checkpoint
     from postlab.studies.spec import load_study
 
     study = load_study(args.name, preset=args.preset, overrides=[*args.overrides, *args.set_overrides],
@@ -57,7 +76,10 @@ def _run_study(args) -> int:
         for seed, dirs in plan.items():
             for name, d in dirs.items():
                 st = study.stages[name]
-                table.add_row(str(seed), name, st.kind, ",".join(st.after), status[seed][name], d.name)
+                state = status[seed][name]
+                if state == "done" and missing_checkpoint(json.loads((d / "result.json").read_text()), d):
+                    state = "done (results only)"  # rebuilt when a stage that runs needs its checkpoint
+                table.add_row(str(seed), name, st.kind, ",".join(st.after), state, d.name)
         console.print(table)
         return 0
     only = f" (this process: seeds {runner.only_seeds})" if args.only_seeds else ""
@@ -94,4 +116,28 @@ def _run_report(args) -> int:
         raise ConfigError(f"{args.run_dir}: not a study run directory (no study.json); pass runs/studies/NAME/PRESET")
     html_path, md_path = build_report(args.run_dir, args.out)
     console.print(f"wrote {html_path} and {md_path}")
+    return 0
+
+
+def _run_archive(args) -> int:
+    from postlab.progress import console
+    from postlab.studies.archive import archive
+
+    root = Path(args.run_dir).resolve()
+    info = archive(args.run_dir, args.out or f"{root.parent.name}-{root.name}.tar.gz")
+    console.print(f"wrote {info['archive']}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB before compression, "
+                  f"no model weights", highlight=False)
+    if info["unfinished_stages_left_out"]:
+        console.print(f"left out {len(info['unfinished_stages_left_out'])} unfinished stage(s): "
+                      f"{', '.join(info['unfinished_stages_left_out'])}", highlight=False)
+    return 0
+
+
+def _run_unarchive(args) -> int:
+    from postlab.progress import console
+    from postlab.studies.archive import unarchive
+
+    info = unarchive(args.archive, args.out)
+    console.print(f"{info['run_dir']}: added {info['stages_added']} stage(s); kept {info['stages_kept']} already "
+                  f"done here. `postlab report {info['run_dir']}` reports every seed it now holds.", highlight=False)
     return 0

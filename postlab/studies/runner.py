@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -70,6 +71,13 @@ class StageContext:
         if not ck:
             raise ValueError(f"stage {self.stage.name!r}: input {self.stage.after[i]!r} produced no checkpoint")
         return self.input_dirs[i] / ck
+
+
+def missing_checkpoint(result: dict, path: Path) -> bool:
+    """A done stage's result names a model (relative to its directory) that is not on disk: its final
+    checkpoint, or a saved step that an evaluation of `points: all` reads."""
+    paths = [result.get("checkpoint")] + [p.get("path") for p in result.get("checkpoints") or []]
+    return any(p and not (path / p).exists() for p in paths)
 
 
 def resolve_kind(kind: str):
@@ -165,9 +173,49 @@ class StudyRunner:
             results[seed] = {}
             for name, st in self.study.stages.items():
                 i += 1
+                if not (dirs[name] / "DONE").exists():  # it will run: what it reads must be on disk
+                    for d in st.after:
+                        self._materialize(seed, d, results[seed], dirs, f"[{i}/{total}]")
                 results[seed][name] = self.run_stage(st, self.stage_seed(name, seed), dirs[name], [results[seed][d] for d in st.after],
                                                      [dirs[d] for d in st.after], f"[{i}/{total}]")
         return results
+
+    def _materialize(self, seed: int, name: str, results: dict[str, dict], dirs: dict[str, Path], tag: str) -> None:
+        """Done stage `name`, read by a stage about to run: its checkpoint, and the start it records (which
+        evaluation reads for drift), must be on disk. A stage whose checkpoint is gone (pruned to save disk,
+        or a results-only copy from `postlab archive`) is rebuilt after its own inputs: same spec, seed and
+        inputs, so it trains the same model again. Only what a running stage reads is rebuilt."""
+        st, path = self.study.stages[name], dirs[name]
+        start = results[name].get("start")
+        if start and st.after and not (path / start).exists():
+            self._materialize(seed, st.after[0], results, dirs, tag)
+        if not missing_checkpoint(results[name], path):
+            return
+        for d in st.after:
+            self._materialize(seed, d, results, dirs, tag)
+        results[name] = self.rebuild_stage(st, self.stage_seed(name, seed), path, [results[d] for d in st.after],
+                                           [dirs[d] for d in st.after], f"{tag} seed {seed} {name} ({st.kind})")
+
+    def rebuild_stage(self, st: Stage, seed: int, path: Path, inputs: list[dict], input_dirs: list[Path],
+                      label: str) -> dict:
+        """Run a done stage whose checkpoint is gone once more, under its lock (a process that waited finds
+        it rebuilt). What is left of its trainer run is removed first: resuming a run whose final model
+        was deleted is not what the cache recorded."""
+        lock = path.with_name(f".{path.name}.lock")
+        locks.acquire(lock, wait=True, on_wait=lambda holder: console.print(
+            f"{label}: another process ({holder}) is rebuilding this stage; waiting for it", highlight=False))
+        try:
+            if (path / "DONE").exists():
+                result = json.loads((path / "result.json").read_text())
+                if not missing_checkpoint(result, path):  # another process rebuilt it while we waited
+                    return result
+                console.print(f"{label}: its checkpoints are gone (pruned, or a results-only archive); rebuilding it",
+                              highlight=False)
+                (path / "DONE").unlink()
+            shutil.rmtree(path / "run", ignore_errors=True)
+            return self._run_stage_locked(st, seed, path, inputs, input_dirs, label, rebuilding=True)
+        finally:
+            locks.release(lock)
 
     def run_stage(self, st: Stage, seed: int, path: Path, inputs: list[dict], input_dirs: list[Path], tag: str = "") -> dict:
         label = f"{tag} seed {seed} {st.name} ({st.kind})"
@@ -187,12 +235,13 @@ class StudyRunner:
             locks.release(lock)
 
     def _run_stage_locked(self, st: Stage, seed: int, path: Path, inputs: list[dict], input_dirs: list[Path],
-                          label: str) -> dict:
-        resumed = path.exists()
+                          label: str, rebuilding: bool = False) -> dict:
+        resumed = path.exists() and not rebuilding
         path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path / "stage.json", {"name": st.name, "kind": st.kind, "after": st.after, "seed": seed,
                                                 "spec": st.spec, "inputs": [str(d) for d in input_dirs]})
-        console.print(f"{label}: {'resuming' if resumed else 'running'} -> {path}", highlight=False)
+        console.print(f"{label}: {'rebuilding' if rebuilding else 'resuming' if resumed else 'running'} -> {path}",
+                      highlight=False)
         start = time.time()
         ctx = StageContext(self.study, st, seed, path, inputs, input_dirs)
         self.calls.append((seed, st.name))

@@ -232,3 +232,44 @@ def test_independent_study_trains_the_shared_stages_once_per_seed_in_its_own_dir
     assert plan[1]["base"].parent.name == "seed_1" and runner.root.name == "default-independent"
     assert json.loads((plan[1]["base"] / "result.json").read_text())["seed"] == 1
     assert (shared.root / "study.json").exists() and shared.root != runner.root  # the shared study's run is kept
+
+
+def test_an_archive_carries_the_results_without_weights_and_a_needed_checkpoint_is_rebuilt(tmp_path):
+    """A study run on another machine (or pruned of its checkpoints): `postlab archive` packs its results
+    without model directories, `postlab unarchive` adds them to a run directory, its report reads the
+    same results, and a stage that runs later rebuilds exactly the checkpoints it reads (same spec and
+    seed: the same model), nothing else."""
+    import tarfile
+
+    from postlab.studies.archive import archive, unarchive
+    from postlab.studies.report import load_run
+
+    from postlab.cli.main import main
+
+    a = _run(STUDY, tmp_path / "a", tmp=tmp_path)
+    assert main(["archive", str(a.root), "-o", str(tmp_path / "cli.tar.gz")]) == 0
+    assert main(["unarchive", str(tmp_path / "cli.tar.gz"), "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "toy" / "default" / "study.json").exists()
+    info = archive(a.root, tmp_path / "toy.tar.gz")
+    with tarfile.open(tmp_path / "toy.tar.gz") as tar:
+        names = tar.getnames()
+    assert "toy/default/study.json" in names and not any(n.endswith("model.safetensors") for n in names)
+    assert info["files"] == len(names) and info["unfinished_stages_left_out"] == []
+    assert unarchive(tmp_path / "toy.tar.gz", tmp_path / "b") == {
+        "run_dir": str(tmp_path / "b" / "toy" / "default"), "stages_added": 7, "stages_kept": 0}
+    b_root = tmp_path / "b" / "toy" / "default"
+    assert load_run(b_root)["results"] == load_run(a.root)["results"]
+    assert _run(STUDY, tmp_path / "b", tmp=tmp_path).calls == []  # all done: nothing needs a checkpoint
+    # a changed evaluation of rl reads rl's checkpoint: rl and what it starts from are rebuilt, sft is not
+    b = _run(STUDY, tmp_path / "b", tmp=tmp_path, overrides=["stages.eval-rl.data.offsets.id=0.05"])
+    assert [s for _, s in b.calls] == ["base", "warm", "rl", "eval-rl"]
+    rl = b.plan()[0]["rl"]
+    assert (rl / "run/final/model.safetensors").read_text() == \
+        (a.plan()[0]["rl"] / "run/final/model.safetensors").read_text()
+    assert not (b.plan()[0]["sft"] / "run/final").exists()
+    # unpacking again keeps what is done here (with its rebuilt checkpoints)
+    assert unarchive(tmp_path / "toy.tar.gz", tmp_path / "b")["stages_added"] == 0
+    assert (rl / "run/final/model.safetensors").exists()
+    (tmp_path / "junk.tar.gz").write_text("not an archive")
+    with pytest.raises(ConfigError, match="not a postlab study archive"):
+        unarchive(tmp_path / "junk.tar.gz", tmp_path / "c")

@@ -1,0 +1,94 @@
+"""A study run's results without its model weights, to move between machines and merge.
+
+A study spread over machines (`postlab study ... --only-seed N` on each) or over time needs every
+seed's results in one run directory for its report: its CIs pool problems over seeds. Checkpoints
+are most of a run's bytes (a 0.6M-parameter lab model: 2.5 MB per model, 7.5 MB per saved step with
+its optimizer state) and none of what a report reads, so an archive keeps every completed stage's
+`result.json`, `DONE`, `stage.json`, evaluation points, metrics and plots, and leaves out every
+directory that holds weights. Unpacked into another run directory it adds the stages that one
+lacks; a later stage that needs a checkpoint the archive left out rebuilds it (the runner's
+`_materialize`: same spec, seed and inputs, so the same model).
+
+    postlab archive runs/studies/spectrum/math -o spectrum-math-seed0.tar.gz
+    postlab unarchive spectrum-math-seed0.tar.gz --out runs/studies
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+from postlab.config import ConfigError
+
+# a directory holding one of these is a model (a checkpoint, a final model, a rejuvenated model)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _stage_dirs(root: Path) -> list[Path]:
+    groups = [root / "shared", *sorted(root.glob("seed_*"))]
+    return [d for g in groups if g.is_dir() for d in sorted(g.iterdir()) if (d / "stage.json").exists()]
+
+
+def _result_files(stage: Path):
+    """Every file of a stage directory outside its model directories (and no lock or temporary file)."""
+    for here, dirs, files in os.walk(stage):
+        if any(f.endswith(WEIGHT_SUFFIXES) for f in files):
+            dirs.clear()  # a model: none of it, nor anything under it
+            continue
+        dirs.sort()
+        for f in sorted(files):
+            if not f.endswith((".lock", ".tmp")):
+                yield Path(here) / f
+
+
+def archive(run_dir: str | Path, out: str | Path) -> dict:
+    """Write `run_dir` (OUT/NAME/PRESET) as a gzipped tar of NAME/PRESET/...: study.json, the report, and
+    every completed stage (DONE) without its model directories. Unfinished stages are left out (their
+    run would resume from checkpoints the archive does not carry). Returns what went in and what not."""
+    root = Path(run_dir).resolve()
+    if not (root / "study.json").exists():
+        raise ConfigError(f"{run_dir}: not a study run directory (no study.json); pass runs/studies/NAME/PRESET")
+    prefix = Path(root.parent.name) / root.name
+    files = [root / "study.json", *sorted(root.glob("report.*"))]
+    unfinished = []
+    for stage in _stage_dirs(root):
+        if (stage / "DONE").exists():
+            files += list(_result_files(stage))
+        else:
+            unfinished.append(str(stage.relative_to(root)))
+    with tarfile.open(out, "w:gz") as tar:
+        for f in files:
+            tar.add(f, arcname=str(prefix / f.relative_to(root)), recursive=False)
+    return {"archive": str(out), "files": len(files), "bytes": sum(f.stat().st_size for f in files),
+            "unfinished_stages_left_out": unfinished}
+
+
+def unarchive(path: str | Path, out: str | Path) -> dict:
+    """Unpack an archive under `out` (e.g. runs/studies), adding only the stages the run directory there
+    has not completed: a stage done here keeps its own files (and its checkpoints). study.json and the
+    report are written only where there are none (the next `postlab study` rewrites study.json)."""
+    out = Path(out)
+    try:
+        tar = tarfile.open(path, "r:gz")
+    except (OSError, tarfile.TarError) as e:
+        raise ConfigError(f"{path}: not a postlab study archive ({e}); make one with `postlab archive RUN_DIR -o FILE`")
+    with tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        names = [Path(m.name).parts for m in members]
+        if len({p[:2] for p in names}) != 1 or not any(len(p) == 3 and p[2] == "study.json" for p in names):
+            raise ConfigError(f"{path}: not a postlab study archive (expected NAME/PRESET/study.json and its stages "
+                              f"under one NAME/PRESET); make one with `postlab archive RUN_DIR -o FILE`")
+        run_dir = out.joinpath(*names[0][:2])
+        # decided before anything is written: a stage is added whole or not at all
+        done_here = {p[:4] for p in names if len(p) > 4 and (out.joinpath(*p[:4]) / "DONE").exists()}
+        added = set()
+        for m, parts in zip(members, names):
+            if len(parts) == 3 and (out / m.name).exists():
+                continue
+            if parts[:4] in done_here:
+                continue
+            tar.extract(m, out, filter="data")  # "data": no absolute paths, links out of `out` or devices
+            if len(parts) > 4:
+                added.add(parts[:4])
+    return {"run_dir": str(run_dir), "stages_added": len(added), "stages_kept": len(done_here)}

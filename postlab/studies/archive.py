@@ -15,14 +15,19 @@ lacks; a later stage that needs a checkpoint the archive left out rebuilds it (t
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import tarfile
+import time
 from pathlib import Path
 
 from postlab.config import ConfigError
+from postlab.models.io import CHECKSUMS, file_sha256
 
 # a directory holding one of these is a model (a checkpoint, a final model, a rejuvenated model)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+LEFT_OUT = "left_out_models.json"  # in an archive's run directory: the sha256 of every model it left out
 
 
 def _stage_dirs(root: Path) -> list[Path]:
@@ -30,11 +35,13 @@ def _stage_dirs(root: Path) -> list[Path]:
     return [d for g in groups if g.is_dir() for d in sorted(g.iterdir()) if (d / "stage.json").exists()]
 
 
-def _result_files(stage: Path):
-    """Every file of a stage directory outside its model directories (and no lock or temporary file)."""
+def _result_files(stage: Path, models: list[Path]):
+    """Every file of a stage directory outside its model directories (and no lock or temporary file);
+    the model directories it leaves out are appended to `models`."""
     for here, dirs, files in os.walk(stage):
         if any(f.endswith(WEIGHT_SUFFIXES) for f in files):
             dirs.clear()  # a model: none of it, nor anything under it
+            models.append(Path(here))
             continue
         dirs.sort()
         for f in sorted(files):
@@ -51,17 +58,46 @@ def archive(run_dir: str | Path, out: str | Path) -> dict:
         raise ConfigError(f"{run_dir}: not a study run directory (no study.json); pass runs/studies/NAME/PRESET")
     prefix = Path(root.parent.name) / root.name
     files = [root / "study.json", *sorted(root.glob("report.*"))]
-    unfinished = []
+    unfinished, models = [], []
     for stage in _stage_dirs(root):
         if (stage / "DONE").exists():
-            files += list(_result_files(stage))
+            files += list(_result_files(stage, models))
         else:
             unfinished.append(str(stage.relative_to(root)))
+    # what was left out, by sha256, so that a rebuild can say whether it made the same model
+    left_out = {m.relative_to(root).as_posix(): model_digests(m) for m in models}
     with tarfile.open(out, "w:gz") as tar:
         for f in files:
             tar.add(f, arcname=str(prefix / f.relative_to(root)), recursive=False)
-    return {"archive": str(out), "files": len(files), "bytes": sum(f.stat().st_size for f in files),
-            "unfinished_stages_left_out": unfinished}
+        data = json.dumps(left_out, indent=1, sort_keys=True).encode()
+        info = tarfile.TarInfo(str(prefix / LEFT_OUT))
+        info.size, info.mtime = len(data), int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    return {"archive": str(out), "files": len(files) + 1, "bytes": sum(f.stat().st_size for f in files),
+            "model_dirs_left_out": len(models), "unfinished_stages_left_out": unfinished}
+
+
+def model_digests(model_dir: Path) -> dict[str, str]:
+    """sha256 of each weight file of a model directory (from its checksums.json where it has one)."""
+    listed = {}
+    if (model_dir / CHECKSUMS).exists():
+        listed = {k: v["sha256"] for k, v in json.loads((model_dir / CHECKSUMS).read_text())["files"].items()}
+    return {f.name: listed.get(f.name) or file_sha256(f) for f in sorted(model_dir.iterdir())
+            if f.is_file() and f.suffix in WEIGHT_SUFFIXES}
+
+
+def compare_rebuilt(root: Path, stage: Path) -> dict[str, list[str]]:
+    """A rebuilt stage's models against the digests its archive recorded (`left_out_models.json` in the run
+    directory): {"same": [...], "different": [...]} model directories, relative to the run directory."""
+    recorded_path = root / LEFT_OUT
+    out = {"same": [], "different": []}
+    if not recorded_path.exists():
+        return out
+    prefix = stage.relative_to(root).as_posix() + "/"
+    for rel, digests in json.loads(recorded_path.read_text()).items():
+        if rel.startswith(prefix) and (root / rel).is_dir():
+            out["same" if model_digests(root / rel) == digests else "different"].append(rel)
+    return out
 
 
 def unarchive(path: str | Path, out: str | Path) -> dict:
@@ -84,6 +120,13 @@ def unarchive(path: str | Path, out: str | Path) -> dict:
         done_here = {p[:4] for p in names if len(p) > 4 and (out.joinpath(*p[:4]) / "DONE").exists()}
         added = set()
         for m, parts in zip(members, names):
+            if parts[2:] == (LEFT_OUT,):  # merged: the digests of both archives' left-out models
+                here = out / m.name
+                recorded = json.loads(tar.extractfile(m).read())
+                merged = {**recorded, **(json.loads(here.read_text()) if here.exists() else {})}
+                here.parent.mkdir(parents=True, exist_ok=True)
+                here.write_text(json.dumps(merged, indent=1, sort_keys=True))
+                continue
             if len(parts) == 3 and (out / m.name).exists():
                 continue
             if parts[:4] in done_here:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from postlab import locks
 from postlab.progress import console
+from postlab.studies.archive import compare_rebuilt
 from postlab.studies.compute import flops
 from postlab.studies.kinds import STAGE_KINDS
 from postlab.studies.spec import Stage, Study, stage_hash
@@ -213,7 +214,16 @@ class StudyRunner:
                               highlight=False)
                 (path / "DONE").unlink()
             shutil.rmtree(path / "run", ignore_errors=True)
-            return self._run_stage_locked(st, seed, path, inputs, input_dirs, label, rebuilding=True)
+            result = self._run_stage_locked(st, seed, path, inputs, input_dirs, label, rebuilding=True)
+            check = compare_rebuilt(self.root, path)
+            if check["different"]:  # another machine or thread count: the results cached downstream of it
+                console.print(f"[yellow]{label}: the rebuilt model differs from the one the archive left out "
+                              f"({', '.join(check['different'])}): stages cached downstream of it were measured on "
+                              f"the original; results of stages run now start from the rebuilt one[/yellow]")
+            elif check["same"]:
+                console.print(f"{label}: rebuilt the same model as the archived one (sha256)", highlight=False)
+            write_json_atomic(path / "rebuilt.json", check)
+            return result
         finally:
             locks.release(lock)
 

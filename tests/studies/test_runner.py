@@ -264,12 +264,22 @@ def test_an_archive_carries_the_results_without_weights_and_a_needed_checkpoint_
     b = _run(STUDY, tmp_path / "b", tmp=tmp_path, overrides=["stages.eval-rl.data.offsets.id=0.05"])
     assert [s for _, s in b.calls] == ["base", "warm", "rl", "eval-rl"]
     rl = b.plan()[0]["rl"]
+    # the archive recorded the sha256 of each model it left out: the rebuild says it made the same one
+    assert json.loads((rl / "rebuilt.json").read_text()) == {"same": [f"seed_0/{rl.name}/run/final"], "different": []}
     assert (rl / "run/final/model.safetensors").read_text() == \
         (a.plan()[0]["rl"] / "run/final/model.safetensors").read_text()
     assert not (b.plan()[0]["sft"] / "run/final").exists()
     # unpacking again keeps what is done here (with its rebuilt checkpoints)
     assert unarchive(tmp_path / "toy.tar.gz", tmp_path / "b")["stages_added"] == 0
     assert (rl / "run/final/model.safetensors").exists()
+    # a rebuild that trains another model (another machine, another thread count) says so
+    sft = b.plan()[0]["sft"]
+    left_out = json.loads((b_root / "left_out_models.json").read_text())
+    left_out[f"seed_0/{sft.name}/run/final"] = {"model.safetensors": "0" * 64}
+    (b_root / "left_out_models.json").write_text(json.dumps(left_out))
+    b = _run(STUDY, tmp_path / "b", tmp=tmp_path, overrides=["stages.eval-sft.data.offsets.id=0.05"])
+    assert [s for _, s in b.calls] == ["sft", "eval-sft"]  # base and warm are on disk since the last rebuild
+    assert json.loads((sft / "rebuilt.json").read_text())["different"] == [f"seed_0/{sft.name}/run/final"]
     (tmp_path / "junk.tar.gz").write_text("not an archive")
     with pytest.raises(ConfigError, match="not a postlab study archive"):
         unarchive(tmp_path / "junk.tar.gz", tmp_path / "c")

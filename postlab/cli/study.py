@@ -45,6 +45,9 @@ def register(sub) -> None:
                                    "a later stage that needs a left-out checkpoint rebuilds it.")
     a.add_argument("run_dir", help="runs/studies/NAME/PRESET")
     a.add_argument("-o", "--out", default=None, help="archive file (default: NAME-PRESET.tar.gz here)")
+    a.add_argument("--keep-models", default="", metavar="STAGE,...",
+                   help="stages whose final model goes in too (e.g. a long shared warm-up, so that a run elsewhere "
+                        "continues from it instead of training it again)")
     a.set_defaults(func=_run_archive)
 
     u = sub.add_parser("unarchive", help="add a `postlab archive` file's stages to a study run directory",
@@ -77,8 +80,10 @@ def _run_study(args) -> int:
             for name, d in dirs.items():
                 st = study.stages[name]
                 state = status[seed][name]
-                if state == "done" and missing_checkpoint(json.loads((d / "result.json").read_text()), d):
-                    state = "done (results only)"  # rebuilt when a stage that runs needs its checkpoint
+                if state == "done":  # a missing model is rebuilt when a stage that runs reads it
+                    result = json.loads((d / "result.json").read_text())
+                    state = ("done (results only)" if missing_checkpoint(result, d, steps=False) else
+                             "done (final model only)" if missing_checkpoint(result, d) else state)
                 table.add_row(str(seed), name, st.kind, ",".join(st.after), state, d.name)
         console.print(table)
         return 0
@@ -124,9 +129,10 @@ def _run_archive(args) -> int:
     from postlab.studies.archive import archive
 
     root = Path(args.run_dir).resolve()
-    info = archive(args.run_dir, args.out or f"{root.parent.name}-{root.name}.tar.gz")
+    keep = [n.strip() for n in args.keep_models.split(",") if n.strip()]
+    info = archive(args.run_dir, args.out or f"{root.parent.name}-{root.name}.tar.gz", keep_models=keep)
     console.print(f"wrote {info['archive']}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB before compression, "
-                  f"no model weights", highlight=False)
+                  f"{'final models of ' + ', '.join(keep) if keep else 'no model weights'}", highlight=False)
     if info["unfinished_stages_left_out"]:
         console.print(f"left out {len(info['unfinished_stages_left_out'])} unfinished stage(s): "
                       f"{', '.join(info['unfinished_stages_left_out'])}", highlight=False)

@@ -35,11 +35,11 @@ def _stage_dirs(root: Path) -> list[Path]:
     return [d for g in groups if g.is_dir() for d in sorted(g.iterdir()) if (d / "stage.json").exists()]
 
 
-def _result_files(stage: Path, models: list[Path]):
+def _result_files(stage: Path, models: list[Path], keep: Path | None = None):
     """Every file of a stage directory outside its model directories (and no lock or temporary file);
-    the model directories it leaves out are appended to `models`."""
+    the model directories it leaves out are appended to `models`. `keep`: a model directory to carry."""
     for here, dirs, files in os.walk(stage):
-        if any(f.endswith(WEIGHT_SUFFIXES) for f in files):
+        if Path(here) != keep and any(f.endswith(WEIGHT_SUFFIXES) for f in files):
             dirs.clear()  # a model: none of it, nor anything under it
             models.append(Path(here))
             continue
@@ -49,19 +49,29 @@ def _result_files(stage: Path, models: list[Path]):
                 yield Path(here) / f
 
 
-def archive(run_dir: str | Path, out: str | Path) -> dict:
+def archive(run_dir: str | Path, out: str | Path, keep_models: list[str] | tuple = ()) -> dict:
     """Write `run_dir` (OUT/NAME/PRESET) as a gzipped tar of NAME/PRESET/...: study.json, the report, and
     every completed stage (DONE) without its model directories. Unfinished stages are left out (their
-    run would resume from checkpoints the archive does not carry). Returns what went in and what not."""
+    run would resume from checkpoints the archive does not carry). `keep_models`: stage names whose final
+    model goes in too (a long shared warm-up, so that a run elsewhere continues from it instead of
+    training it again; its saved steps stay out). Returns what went in and what not."""
     root = Path(run_dir).resolve()
     if not (root / "study.json").exists():
         raise ConfigError(f"{run_dir}: not a study run directory (no study.json); pass runs/studies/NAME/PRESET")
+    stages = json.loads((root / "study.json").read_text()).get("stages") or {}
+    unknown = [n for n in keep_models if n not in stages]
+    if unknown:
+        raise ConfigError(f"--keep-models: {', '.join(unknown)} is not a stage of this study; stages: {', '.join(stages)}")
     prefix = Path(root.parent.name) / root.name
     files = [root / "study.json", *sorted(root.glob("report.*"))]
     unfinished, models = [], []
     for stage in _stage_dirs(root):
         if (stage / "DONE").exists():
-            files += list(_result_files(stage, models))
+            keep = None
+            if stage.name.rsplit("-", 1)[0] in keep_models:
+                checkpoint = json.loads((stage / "result.json").read_text()).get("checkpoint")
+                keep = stage / checkpoint if checkpoint else None
+            files += list(_result_files(stage, models, keep))
         else:
             unfinished.append(str(stage.relative_to(root)))
     # what was left out, by sha256, so that a rebuild can say whether it made the same model

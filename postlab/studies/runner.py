@@ -74,10 +74,10 @@ class StageContext:
         return self.input_dirs[i] / ck
 
 
-def missing_checkpoint(result: dict, path: Path) -> bool:
+def missing_checkpoint(result: dict, path: Path, steps: bool = True) -> bool:
     """A done stage's result names a model (relative to its directory) that is not on disk: its final
-    checkpoint, or a saved step that an evaluation of `points: all` reads."""
-    paths = [result.get("checkpoint")] + [p.get("path") for p in result.get("checkpoints") or []]
+    checkpoint, or (`steps`) a saved step, which an evaluation of `points: all` reads."""
+    paths = [result.get("checkpoint")] + ([p.get("path") for p in result.get("checkpoints") or []] if steps else [])
     return any(p and not (path / p).exists() for p in paths)
 
 
@@ -175,30 +175,33 @@ class StudyRunner:
             for name, st in self.study.stages.items():
                 i += 1
                 if not (dirs[name] / "DONE").exists():  # it will run: what it reads must be on disk
+                    steps = st.kind == "eval" and st.spec.get("points") == "all"
                     for d in st.after:
-                        self._materialize(seed, d, results[seed], dirs, f"[{i}/{total}]")
+                        self._materialize(seed, d, results[seed], dirs, f"[{i}/{total}]", steps)
                 results[seed][name] = self.run_stage(st, self.stage_seed(name, seed), dirs[name], [results[seed][d] for d in st.after],
                                                      [dirs[d] for d in st.after], f"[{i}/{total}]")
         return results
 
-    def _materialize(self, seed: int, name: str, results: dict[str, dict], dirs: dict[str, Path], tag: str) -> None:
-        """Done stage `name`, read by a stage about to run: its checkpoint, and the start it records (which
-        evaluation reads for drift), must be on disk. A stage whose checkpoint is gone (pruned to save disk,
-        or a results-only copy from `postlab archive`) is rebuilt after its own inputs: same spec, seed and
-        inputs, so it trains the same model again. Only what a running stage reads is rebuilt."""
+    def _materialize(self, seed: int, name: str, results: dict[str, dict], dirs: dict[str, Path], tag: str,
+                     steps: bool = False) -> None:
+        """Done stage `name`, read by a stage about to run: its checkpoint (and its saved `steps`, for an
+        evaluation of every point), and the start it records (which evaluation reads for drift), must be on
+        disk. A stage whose checkpoint is gone (pruned to save disk, or a results-only copy from `postlab
+        archive`) is rebuilt after its own inputs: same spec, seed and inputs, so it trains the same model
+        again. Only what a running stage reads is rebuilt."""
         st, path = self.study.stages[name], dirs[name]
         start = results[name].get("start")
         if start and st.after and not (path / start).exists():
             self._materialize(seed, st.after[0], results, dirs, tag)
-        if not missing_checkpoint(results[name], path):
+        if not missing_checkpoint(results[name], path, steps):
             return
         for d in st.after:
             self._materialize(seed, d, results, dirs, tag)
         results[name] = self.rebuild_stage(st, self.stage_seed(name, seed), path, [results[d] for d in st.after],
-                                           [dirs[d] for d in st.after], f"{tag} seed {seed} {name} ({st.kind})")
+                                           [dirs[d] for d in st.after], f"{tag} seed {seed} {name} ({st.kind})", steps)
 
     def rebuild_stage(self, st: Stage, seed: int, path: Path, inputs: list[dict], input_dirs: list[Path],
-                      label: str) -> dict:
+                      label: str, steps: bool = False) -> dict:
         """Run a done stage whose checkpoint is gone once more, under its lock (a process that waited finds
         it rebuilt). What is left of its trainer run is removed first: resuming a run whose final model
         was deleted is not what the cache recorded."""
@@ -208,7 +211,7 @@ class StudyRunner:
         try:
             if (path / "DONE").exists():
                 result = json.loads((path / "result.json").read_text())
-                if not missing_checkpoint(result, path):  # another process rebuilt it while we waited
+                if not missing_checkpoint(result, path, steps):  # another process rebuilt it while we waited
                     return result
                 console.print(f"{label}: its checkpoints are gone (pruned, or a results-only archive); rebuilding it",
                               highlight=False)

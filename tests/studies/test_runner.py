@@ -283,3 +283,20 @@ def test_an_archive_carries_the_results_without_weights_and_a_needed_checkpoint_
     (tmp_path / "junk.tar.gz").write_text("not an archive")
     with pytest.raises(ConfigError, match="not a postlab study archive"):
         unarchive(tmp_path / "junk.tar.gz", tmp_path / "c")
+
+
+def test_an_archive_may_carry_the_final_model_of_a_long_stage_so_that_it_is_not_rebuilt(tmp_path):
+    import tarfile
+
+    from postlab.studies.archive import archive, unarchive
+
+    a = _run(STUDY, tmp_path / "a", tmp=tmp_path)
+    archive(a.root, tmp_path / "toy.tar.gz", keep_models=["warm"])
+    with tarfile.open(tmp_path / "toy.tar.gz") as tar:
+        weights = [n for n in tar.getnames() if n.endswith("model.safetensors")]
+    assert weights == [f"toy/default/seed_0/{a.plan()[0]['warm'].name}/run/final/model.safetensors"]
+    unarchive(tmp_path / "toy.tar.gz", tmp_path / "b")
+    b = _run(STUDY, tmp_path / "b", tmp=tmp_path, overrides=["stages.eval-rl.data.offsets.id=0.05"])
+    assert [s for _, s in b.calls] == ["rl", "eval-rl"]  # from the carried warm-up: base is not rebuilt
+    with pytest.raises(ConfigError, match="--keep-models: wram is not a stage of this study"):
+        archive(a.root, tmp_path / "x.tar.gz", keep_models=["wram"])

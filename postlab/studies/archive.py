@@ -43,6 +43,8 @@ def _result_files(stage: Path, models: list[Path], keep: Path | None = None):
             dirs.clear()  # a model: none of it, nor anything under it
             models.append(Path(here))
             continue
+        if Path(here) == stage:  # an evaluation's points/ is its resume state, all of it in result.json once done
+            dirs[:] = [d for d in dirs if d != "points"]
         dirs.sort()
         for f in sorted(files):
             if not f.endswith((".lock", ".tmp")):

@@ -4,8 +4,8 @@ A study spread over machines (`postlab study ... --only-seed N` on each) or over
 seed's results in one run directory for its report: its CIs pool problems over seeds. Checkpoints
 are most of a run's bytes (a 0.6M-parameter lab model: 2.5 MB per model, 7.5 MB per saved step with
 its optimizer state) and none of what a report reads, so an archive keeps every completed stage's
-`result.json`, `DONE`, `stage.json`, evaluation points, metrics and plots, and leaves out every
-directory that holds weights. Unpacked into another run directory it adds the stages that one
+`result.json` (evaluations with their per-problem outcomes), `DONE`, `stage.json`, metrics and plots,
+and leaves out every directory that holds weights. Unpacked into another run directory it adds the stages that one
 lacks; a later stage that needs a checkpoint the archive left out rebuilds it (the runner's
 `_materialize`: same spec, seed and inputs, so the same model).
 
@@ -122,8 +122,11 @@ def unarchive(path: str | Path, out: str | Path) -> dict:
     except (OSError, tarfile.TarError) as e:
         raise ConfigError(f"{path}: not a postlab study archive ({e}); make one with `postlab archive RUN_DIR -o FILE`")
     with tar:
-        members = [m for m in tar.getmembers() if m.isfile()]
+        members = [m for m in tar.getmembers() if m.isfile()]  # no links, devices or directories
         names = [Path(m.name).parts for m in members]
+        unsafe = [m.name for m in members if Path(m.name).is_absolute() or ".." in Path(m.name).parts]
+        if unsafe:
+            raise ConfigError(f"{path}: refuses to unpack {unsafe[0]!r}: a path outside the run directory")
         if len({p[:2] for p in names}) != 1 or not any(len(p) == 3 and p[2] == "study.json" for p in names):
             raise ConfigError(f"{path}: not a postlab study archive (expected NAME/PRESET/study.json and its stages "
                               f"under one NAME/PRESET); make one with `postlab archive RUN_DIR -o FILE`")
@@ -143,7 +146,8 @@ def unarchive(path: str | Path, out: str | Path) -> dict:
                 continue
             if parts[:4] in done_here:
                 continue
-            tar.extract(m, out, filter="data")  # "data": no absolute paths, links out of `out` or devices
+            # tarfile's "data" filter where this Python has it (3.10.12+, 3.11.4+); the checks above otherwise
+            tar.extract(m, out, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
             if len(parts) > 4:
                 added.add(parts[:4])
     return {"run_dir": str(run_dir), "stages_added": len(added), "stages_kept": len(done_here)}

@@ -300,3 +300,19 @@ def test_an_archive_may_carry_the_final_model_of_a_long_stage_so_that_it_is_not_
     assert [s for _, s in b.calls] == ["rl", "eval-rl"]  # from the carried warm-up: base is not rebuilt
     with pytest.raises(ConfigError, match="--keep-models: wram is not a stage of this study"):
         archive(a.root, tmp_path / "x.tar.gz", keep_models=["wram"])
+
+
+def test_unarchive_refuses_a_path_outside_the_run_directory(tmp_path):
+    import io
+    import tarfile
+
+    from postlab.studies.archive import unarchive
+
+    with tarfile.open(tmp_path / "evil.tar.gz", "w:gz") as tar:
+        for name in ("toy/default/study.json", "toy/default/../../../escaped.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    with pytest.raises(ConfigError, match="outside the run directory"):
+        unarchive(tmp_path / "evil.tar.gz", tmp_path / "out")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "out").exists()

@@ -27,6 +27,7 @@ count N, FLOPs ~= 6 N D_train + 2 N D_gen, wall time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import shutil
@@ -79,6 +80,18 @@ def missing_checkpoint(result: dict, path: Path, steps: bool = True) -> bool:
     checkpoint, or (`steps`) a saved step, which an evaluation of `points: all` reads."""
     paths = [result.get("checkpoint")] + ([p.get("path") for p in result.get("checkpoints") or []] if steps else [])
     return any(p and not (path / p).exists() for p in paths)
+
+
+@contextlib.contextmanager
+def _stage_lock(path: Path, label: str, doing: str):
+    """The lock of stage directory `path` (one process runs or rebuilds a stage at a time; the others wait)."""
+    lock = path.with_name(f".{path.name}.lock")
+    locks.acquire(lock, wait=True, on_wait=lambda holder: console.print(
+        f"{label}: another process ({holder}) is {doing} this stage; waiting for it", highlight=False))
+    try:
+        yield
+    finally:
+        locks.release(lock)
 
 
 def resolve_kind(kind: str):
@@ -205,10 +218,7 @@ class StudyRunner:
         """Run a done stage whose checkpoint is gone once more, under its lock (a process that waited finds
         it rebuilt). What is left of its trainer run is removed first: resuming a run whose final model
         was deleted is not what the cache recorded."""
-        lock = path.with_name(f".{path.name}.lock")
-        locks.acquire(lock, wait=True, on_wait=lambda holder: console.print(
-            f"{label}: another process ({holder}) is rebuilding this stage; waiting for it", highlight=False))
-        try:
+        with _stage_lock(path, label, "rebuilding"):
             if (path / "DONE").exists():
                 result = json.loads((path / "result.json").read_text())
                 if not missing_checkpoint(result, path, steps):  # another process rebuilt it while we waited
@@ -227,8 +237,6 @@ class StudyRunner:
                 console.print(f"{label}: rebuilt the same model as the archived one (sha256)", highlight=False)
             write_json_atomic(path / "rebuilt.json", check)
             return result
-        finally:
-            locks.release(lock)
 
     def run_stage(self, st: Stage, seed: int, path: Path, inputs: list[dict], input_dirs: list[Path], tag: str = "") -> dict:
         label = f"{tag} seed {seed} {st.name} ({st.kind})"
@@ -236,16 +244,11 @@ class StudyRunner:
             result = json.loads((path / "result.json").read_text())
             console.print(f"{label}: cached {path.name}", highlight=False)
             return result
-        lock = path.with_name(f".{path.name}.lock")
-        locks.acquire(lock, wait=True, on_wait=lambda holder: console.print(
-            f"{label}: another process ({holder}) is running this stage; waiting for it", highlight=False))
-        try:
+        with _stage_lock(path, label, "running"):
             if (path / "DONE").exists():  # the process we waited for finished it
                 console.print(f"{label}: cached {path.name} (run by another process)", highlight=False)
                 return json.loads((path / "result.json").read_text())
             return self._run_stage_locked(st, seed, path, inputs, input_dirs, label)
-        finally:
-            locks.release(lock)
 
     def _run_stage_locked(self, st: Stage, seed: int, path: Path, inputs: list[dict], input_dirs: list[Path],
                           label: str, rebuilding: bool = False) -> dict:

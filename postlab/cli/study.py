@@ -20,9 +20,10 @@ def register(sub) -> None:
     p.add_argument("--preset", default=None, help="override layer defined by the study (demo | tiny | paper)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the study's / preset's)")
     p.add_argument("--only-seed", dest="only_seeds", type=int, action="append", default=None, metavar="N",
-                   help="run only this seed's stages (repeatable); to spread a study over processes or machines, "
-                        "give each its seeds and the same --out: shared stages still run once, with the first seed, "
-                        "and the process that completes the study writes the report")
+                   help="run only this seed's stages (repeatable). Processes sharing --out split a study's stages "
+                        "(with or without --only-seed): each passes over a stage another is running and takes the "
+                        "next one whose inputs are done; shared stages run once, with the first seed, and the "
+                        "process that completes the study writes the report")
     p.add_argument("--independent", action="store_true",
                    help="share no stage across seeds: every seed trains its own base and warm-up, so the seeds vary "
                         "the starting point too (costs the shared stages once per seed)")

@@ -11,10 +11,10 @@ Layout::
           result.json            what the stage produced (checkpoint, compute, eval results)
           DONE                   written last, atomically: the stage is complete
 
-Seeds can run in separate processes (`postlab study ... --only-seed N`): the plan and manifest
-are the whole study's, a process runs only its seeds' stages, and a stage is run under a lock
-(`postlab.locks`), so a shared stage that another process is running is waited for, then read
-from its cache, never run twice at once.
+Several processes can run one study (the same command twice, one per core or GPU, or `--only-seed
+N` per machine sharing --out): the plan and manifest are the whole study's, a stage runs under a
+lock (`postlab.locks`), and a process passes over a stage another one is running and takes the next
+stage whose inputs are done, so the processes split the stages between them and none runs twice.
 
 The hash covers the stage's resolved spec, the seed and the hashes of its inputs, so changing
 one value reruns that stage and exactly the stages downstream of it, and nothing else. A
@@ -82,10 +82,15 @@ def missing_checkpoint(result: dict, path: Path, steps: bool = True) -> bool:
     return any(p and not (path / p).exists() for p in paths)
 
 
+def _lock_file(path: Path) -> Path:
+    """The lock file of stage directory `path` (beside it: the directory itself may not exist yet)."""
+    return path.with_name(f".{path.name}.lock")
+
+
 @contextlib.contextmanager
 def _stage_lock(path: Path, label: str, doing: str):
     """The lock of stage directory `path` (one process runs or rebuilds a stage at a time; the others wait)."""
-    lock = path.with_name(f".{path.name}.lock")
+    lock = _lock_file(path)
     locks.acquire(lock, wait=True, on_wait=lambda holder: console.print(
         f"{label}: another process ({holder}) is {doing} this stage; waiting for it", highlight=False))
     try:
@@ -108,6 +113,8 @@ def resolve_kind(kind: str):
 
 
 class StudyRunner:
+    poll_s = 5.0  # how often a process whose stages all wait for other processes looks again (seconds)
+
     def __init__(self, study: Study, out: str | Path = DEFAULT_OUT, only_seeds: list[int] | None = None):
         """`only_seeds`: run just these of the study's seeds (the others may run in other processes)."""
         self.study = study
@@ -175,25 +182,69 @@ class StudyRunner:
 
     # ------------------------------------------------------------------ running
     def run(self) -> dict[int, dict[str, dict]]:
+        """Run every stage of this process's seeds that is not done yet. Stages go in plan order, but
+        processes running the same study (same --out, any --only-seed) share the work: a stage another
+        process is running is passed over, and this one takes the next stage whose inputs are done; when
+        every stage left is held elsewhere or waits for one that is, it polls until one frees up. One
+        process alone runs the plan's order exactly."""
         plan = self.plan()
         self.validate(plan)
         self.write_manifest(plan)
-        results: dict[int, dict[str, dict]] = {}
-        total = len(self.only_seeds) * len(self.study.stages)
-        i = 0
-        for seed, dirs in plan.items():
-            if seed not in self.only_seeds:
+        todo = [(seed, name) for seed in self.only_seeds for name in self.study.stages]
+        tags = {key: f"[{i}/{len(todo)}]" for i, key in enumerate(todo, 1)}
+        results: dict[int, dict[str, dict]] = {seed: {} for seed in self.only_seeds}
+        held_elsewhere: dict[tuple[int, str], str] = {}  # stage -> holder, said once per stage
+        waiting = False
+        while todo:
+            key = self._next_stage(todo, plan, results, tags, held_elsewhere)
+            if key is None:  # all that is left is held by other processes, or needs what they hold
+                if not waiting:
+                    held = [f"seed {s} {n}" for s, n in todo if (s, n) in held_elsewhere]
+                    console.print(f"every stage left here waits for another process ({', '.join(held)}); looking "
+                                  f"again every {self.poll_s:g} s", highlight=False)
+                    waiting = True
+                self._wait_for_others()
                 continue
-            results[seed] = {}
-            for name, st in self.study.stages.items():
-                i += 1
-                if not (dirs[name] / "DONE").exists():  # it will run: what it reads must be on disk
+            waiting = False
+            todo.remove(key)
+        # plan order, as one process running the stages in sequence returns them
+        return {seed: {n: results[seed][n] for n in self.study.stages} for seed in self.only_seeds}
+
+    def _wait_for_others(self) -> None:
+        time.sleep(self.poll_s)
+
+    def _next_stage(self, todo, plan, results, tags, held_elsewhere) -> tuple[int, str] | None:
+        """Finish the first stage of `todo` this process can take (cached, or run under its lock) and return
+        it, or None when every stage left is held by another process or reads one that is not done."""
+        for seed, name in todo:
+            st, dirs = self.study.stages[name], plan[seed]
+            if any(d not in results[seed] for d in st.after):  # an input is not done yet (it runs elsewhere)
+                continue
+            label = f"{tags[(seed, name)]} seed {seed} {name} ({st.kind})"
+            lock = None
+            if not (dirs[name] / "DONE").exists():  # it will run here, unless another process is running it
+                lock = _lock_file(dirs[name])
+                try:
+                    locks.acquire(lock)  # no waiting: a stage held elsewhere is passed over
+                except locks.DirectoryInUse as held:
+                    if (seed, name) not in held_elsewhere:
+                        held_elsewhere[(seed, name)] = str(held)
+                        console.print(f"{label}: another process ({held}) is running it; going on with stages "
+                                      f"that do not read it", highlight=False)
+                    continue
+            try:
+                if lock is not None and not (dirs[name] / "DONE").exists():  # what it reads must be on disk
                     steps = st.kind == "eval" and st.spec.get("points") == "all"
                     for d in st.after:
-                        self._materialize(seed, d, results[seed], dirs, f"[{i}/{total}]", steps)
-                results[seed][name] = self.run_stage(st, self.stage_seed(name, seed), dirs[name], [results[seed][d] for d in st.after],
-                                                     [dirs[d] for d in st.after], f"[{i}/{total}]")
-        return results
+                        self._materialize(seed, d, results[seed], dirs, tags[(seed, name)], steps)
+                results[seed][name] = self.run_stage(st, self.stage_seed(name, seed), dirs[name],
+                                                     [results[seed][d] for d in st.after], [dirs[d] for d in st.after],
+                                                     tags[(seed, name)])
+            finally:
+                if lock is not None:
+                    locks.release(lock)
+            return seed, name
+        return None
 
     def _materialize(self, seed: int, name: str, results: dict[str, dict], dirs: dict[str, Path], tag: str,
                      steps: bool = False) -> None:

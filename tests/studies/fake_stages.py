@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 
 def _log(ctx, what: str) -> None:
@@ -56,3 +57,19 @@ def evaluate(ctx) -> dict:
         points.append({"step": p["step"], "flops": p["flops"], "results": res})
     return {"splits": splits, "points": points, "success": {s: points[-1]["results"][s]["success_rate"] for s in splits},
             "compute": {"params": 10, "tokens_generated": 50}}
+
+
+def rendezvous(ctx) -> dict:
+    """A stage that finishes only once stage `data.partner` has started too, in any process: a study of two
+    of them completes only when two processes run them at the same time."""
+    data = ctx.spec.get("data") or {}
+    meet = Path(data["dir"])
+    meet.mkdir(parents=True, exist_ok=True)
+    (meet / f"{ctx.stage.name}.started").write_text(str(os.getpid()))
+    _log(ctx, f"pid {os.getpid()}")
+    deadline = time.time() + float(data.get("timeout", 30))
+    while not (meet / f"{data['partner']}.started").exists():
+        if time.time() > deadline:
+            raise RuntimeError(f"{ctx.stage.name}: {data['partner']} never started beside it")
+        time.sleep(0.05)
+    return {"value": 0.5, "pid": os.getpid()}

@@ -202,6 +202,67 @@ def test_seeds_in_separate_processes_share_the_shared_stage_and_match_one_proces
         StudyRunner(load_study(str(tmp_path / "s.yaml")), tmp_path / "par", only_seeds=[5])
 
 
+def test_a_stage_another_process_holds_is_passed_over_and_taken_when_it_frees(tmp_path, monkeypatch):
+    """`sft` is held by "another process" (a second open file's flock): the runner runs every stage that does
+    not read it (rl and the evaluations of warm and rl), waits only when nothing else is left, then runs sft
+    and its evaluation itself (the holder let go without finishing it). The results equal a plain run's."""
+    import fcntl
+
+    from postlab.studies import runner as runner_mod
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    runner = StudyRunner(load_study(str(path)), tmp_path / "runs")
+    sft_lock = runner_mod._lock_file(runner.plan()[0]["sft"])
+    sft_lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = open(sft_lock, "a+")
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.write("pid 4242 since now\n")
+    holder.flush()
+    sleeps = []
+
+    def other_process_lets_go():  # the runner waits only when every stage left waits for the holder
+        sleeps.append(list(runner.calls))
+        holder.close()
+
+    monkeypatch.setattr(runner, "_wait_for_others", other_process_lets_go)
+    results = runner.run()
+    order = list(runner.study.stages)  # plan order
+    free = [n for n in order if n not in ("sft", "eval-sft")]
+    assert set(free) == {"base", "warm", "rl", "eval-warm", "eval-rl"}
+    assert [s for _, s in runner.calls] == free + ["sft", "eval-sft"]
+    assert len(sleeps) == 1 and [s for _, s in sleeps[0]] == free
+    assert list(results[0]) == order  # plan order, as a one-process run returns them
+    plain = _run(STUDY, tmp_path / "plain", tmp=tmp_path)
+    for name, d in plain.plan()[0].items():
+        assert results[0][name]["value" if "value" in results[0][name] else "success"] == \
+            json.loads((d / "result.json").read_text())["value" if "value" in results[0][name] else "success"]
+
+
+def test_two_processes_of_one_command_split_the_stages(tmp_path):
+    """The same `postlab study` command started twice: stages a and b each finish only while the other is
+    running (fake_stages.rendezvous), so the study completes only if the second process takes b while the
+    first runs a, instead of waiting for a's lock. Each stage runs once; the evaluation after a runs once."""
+    meet = tmp_path / "meet"
+    data = {"name": "pair", "seeds": 1, "stages": {
+        "a": {"kind": "fake_stages:rendezvous", "data": {"dir": str(meet), "partner": "b"}},
+        "b": {"kind": "fake_stages:rendezvous", "data": {"dir": str(meet), "partner": "a"}},
+        "eval-a": {"kind": "fake_stages:evaluate", "after": "a"}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    log = tmp_path / "log.jsonl"
+    cmd = [sys.executable, "-m", "postlab.cli.main", "study", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "runs"),
+           "--no-report"]
+    procs = [subprocess.Popen(cmd, env=_cli_env(log), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(e["stage"] for e in events) == ["a", "b", "eval-a"]
+    pids = {e["stage"]: e["what"] for e in events if e["stage"] in ("a", "b")}
+    assert pids["a"] != pids["b"]  # one process each
+    assert sum("is running it; going on with stages that do not read it" in out for out in outs) >= 1
+
+
 def test_a_process_running_only_its_seed_leaves_the_report_to_the_one_that_completes(tmp_path):
     data = {**STUDY, "seeds": 2}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))

@@ -46,9 +46,10 @@ def register(sub) -> None:
                                    "a later stage that needs a left-out checkpoint rebuilds it.")
     a.add_argument("run_dir", help="runs/studies/NAME/PRESET")
     a.add_argument("-o", "--out", default=None, help="archive file (default: NAME-PRESET.tar.gz here)")
-    a.add_argument("--keep-models", default="", metavar="STAGE,...",
+    a.add_argument("--keep-models", default="", metavar="STAGE[:steps],...",
                    help="stages whose final model goes in too (e.g. a long shared warm-up, so that a run elsewhere "
-                        "continues from it instead of training it again)")
+                        "continues from it instead of training it again); STAGE:steps carries its saved steps' "
+                        "models as well, without optimizer state (what an evaluation of every point reads)")
     a.set_defaults(func=_run_archive)
 
     u = sub.add_parser("unarchive", help="add a `postlab archive` file's stages to a study run directory",
@@ -133,7 +134,7 @@ def _run_archive(args) -> int:
     keep = [n.strip() for n in args.keep_models.split(",") if n.strip()]
     info = archive(args.run_dir, args.out or f"{root.parent.name}-{root.name}.tar.gz", keep_models=keep)
     console.print(f"wrote {info['archive']}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB before compression, "
-                  f"{'final models of ' + ', '.join(keep) if keep else 'no model weights'}", highlight=False)
+                  f"{'the models of ' + ', '.join(keep) if keep else 'no model weights'}", highlight=False)
     if info["unfinished_stages_left_out"]:
         console.print(f"left out {len(info['unfinished_stages_left_out'])} unfinished stage(s): "
                       f"{', '.join(info['unfinished_stages_left_out'])}", highlight=False)

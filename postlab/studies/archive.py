@@ -28,6 +28,7 @@ from postlab.models.io import CHECKSUMS, file_sha256
 # a directory holding one of these is a model (a checkpoint, a final model, a rejuvenated model)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 LEFT_OUT = "left_out_models.json"  # in an archive's run directory: the sha256 of every model it left out
+TRAINER_STATE = "trainer_state."  # a saved step's optimizer and loop state (trainer_state.json / .safetensors)
 
 
 def _stage_dirs(root: Path) -> list[Path]:
@@ -35,20 +36,48 @@ def _stage_dirs(root: Path) -> list[Path]:
     return [d for g in groups if g.is_dir() for d in sorted(g.iterdir()) if (d / "stage.json").exists()]
 
 
-def _result_files(stage: Path, models: list[Path], keep: Path | None = None):
+def _result_files(stage: Path, models: list[Path], keep: set[Path] = frozenset()):
     """Every file of a stage directory outside its model directories (and no lock or temporary file);
-    the model directories it leaves out are appended to `models`. `keep`: a model directory to carry."""
+    the model directories it leaves out are appended to `models`. `keep`: model directories to carry,
+    without a saved step's trainer state (the optimizer: resume state of a run that is finished)."""
     for here, dirs, files in os.walk(stage):
-        if Path(here) != keep and any(f.endswith(WEIGHT_SUFFIXES) for f in files):
+        kept = Path(here) in keep
+        if not kept and any(f.endswith(WEIGHT_SUFFIXES) for f in files):
             dirs.clear()  # a model: none of it, nor anything under it
             models.append(Path(here))
             continue
+        if kept:  # a model directory is flat; what is under it (a sharded run's dcp/) is resume state
+            dirs.clear()
         if Path(here) == stage:  # an evaluation's points/ is its resume state, all of it in result.json once done
             dirs[:] = [d for d in dirs if d != "points"]
         dirs.sort()
         for f in sorted(files):
-            if not f.endswith((".lock", ".tmp")):
+            if not f.endswith((".lock", ".tmp")) and not (kept and f.startswith(TRAINER_STATE)):
                 yield Path(here) / f
+
+
+def _kept_models(stage: Path, what: str) -> set[Path]:
+    """The model directories of a done stage that `--keep-models STAGE[:steps]` carries: its final model,
+    and with `steps` every saved step its result lists (what an evaluation of `points: all` reads)."""
+    result = json.loads((stage / "result.json").read_text())
+    paths = [result.get("checkpoint")] + ([c.get("path") for c in result.get("checkpoints") or []]
+                                          if what == "steps" else [])
+    return {stage / p for p in paths if p}
+
+
+def parse_keep_models(items: list[str] | tuple, stages) -> dict[str, str]:
+    """`STAGE` or `STAGE:steps` items -> {stage: "final" | "steps"}, checked against the study's stages."""
+    keep = {}
+    for item in items:
+        name, _, what = item.partition(":")
+        if what not in ("", "final", "steps"):
+            raise ConfigError(f"--keep-models {item}: after ':' comes 'steps' (the final model and every saved step) "
+                              f"or nothing (the final model)")
+        keep[name] = what or "final"
+    unknown = [n for n in keep if n not in stages]
+    if unknown:
+        raise ConfigError(f"--keep-models: {', '.join(unknown)} is not a stage of this study; stages: {', '.join(stages)}")
+    return keep
 
 
 def archive(run_dir: str | Path, out: str | Path, keep_models: list[str] | tuple = ()) -> dict:
@@ -56,24 +85,19 @@ def archive(run_dir: str | Path, out: str | Path, keep_models: list[str] | tuple
     every completed stage (DONE) without its model directories. Unfinished stages are left out (their
     run would resume from checkpoints the archive does not carry). `keep_models`: stage names whose final
     model goes in too (a long shared warm-up, so that a run elsewhere continues from it instead of
-    training it again; its saved steps stay out). Returns what went in and what not."""
+    training it again); `NAME:steps` carries its saved steps' models too (an RL arm whose evaluation of every
+    point runs elsewhere), without their optimizer state. Returns what went in and what not."""
     root = Path(run_dir).resolve()
     if not (root / "study.json").exists():
         raise ConfigError(f"{run_dir}: not a study run directory (no study.json); pass runs/studies/NAME/PRESET")
-    stages = json.loads((root / "study.json").read_text()).get("stages") or {}
-    unknown = [n for n in keep_models if n not in stages]
-    if unknown:
-        raise ConfigError(f"--keep-models: {', '.join(unknown)} is not a stage of this study; stages: {', '.join(stages)}")
+    keep_models = parse_keep_models(keep_models, json.loads((root / "study.json").read_text()).get("stages") or {})
     prefix = Path(root.parent.name) / root.name
     files = [root / "study.json", *sorted(root.glob("report.*"))]
     unfinished, models = [], []
     for stage in _stage_dirs(root):
         if (stage / "DONE").exists():
-            keep = None
-            if stage.name.rsplit("-", 1)[0] in keep_models:
-                checkpoint = json.loads((stage / "result.json").read_text()).get("checkpoint")
-                keep = stage / checkpoint if checkpoint else None
-            files += list(_result_files(stage, models, keep))
+            what = keep_models.get(stage.name.rsplit("-", 1)[0])
+            files += list(_result_files(stage, models, _kept_models(stage, what) if what else set()))
         else:
             unfinished.append(str(stage.relative_to(root)))
     # what was left out, by sha256, so that a rebuild can say whether it made the same model

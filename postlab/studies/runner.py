@@ -234,7 +234,7 @@ class StudyRunner:
                     continue
             try:
                 if lock is not None and not (dirs[name] / "DONE").exists():  # what it reads must be on disk
-                    steps = st.kind == "eval" and st.spec.get("points") == "all"
+                    steps = st.spec.get("points") == "all"  # an evaluation of every saved step (any kind that says so)
                     for d in st.after:
                         self._materialize(seed, d, results[seed], dirs, tags[(seed, name)], steps)
                 results[seed][name] = self.run_stage(st, self.stage_seed(name, seed), dirs[name],

@@ -33,8 +33,15 @@ def train(ctx) -> dict:
     value = parent + float(data.get("gain", 0.1))
     (ctx.run_dir / "final").mkdir(exist_ok=True)
     (ctx.run_dir / "final" / "model.safetensors").write_text(f"weights {value}")  # what an archive leaves out
+    step_path = {s: "run/final" for s in range(1, steps + 1)}
+    if data.get("step_dirs"):  # a saved model per step, with its optimizer state, as a real trainer's run holds
+        for s in step_path:
+            step_path[s] = f"run/checkpoints/step_{s:06d}"
+            (ctx.path / step_path[s]).mkdir(parents=True, exist_ok=True)
+            (ctx.path / step_path[s] / "model.safetensors").write_text(f"weights at {s}")
+            (ctx.path / step_path[s] / "trainer_state.safetensors").write_text(f"optimizer at {s}")
     return {"checkpoint": "run/final", "value": value, "steps": steps,
-            "checkpoints": [{"step": s, "path": "run/final", "tokens_trained": 100 * s, "tokens_generated": 10 * s,
+            "checkpoints": [{"step": s, "path": step_path[s], "tokens_trained": 100 * s, "tokens_generated": 10 * s,
                              "flops": 6e3 * s} for s in range(1, steps + 1)],
             "compute": {"params": 10, "tokens_trained": 100 * steps, "tokens_generated": 10 * steps}}
 

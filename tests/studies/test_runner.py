@@ -363,6 +363,38 @@ def test_an_archive_may_carry_the_final_model_of_a_long_stage_so_that_it_is_not_
         archive(a.root, tmp_path / "x.tar.gz", keep_models=["wram"])
 
 
+def test_an_archive_may_carry_an_arms_saved_steps_for_an_evaluation_of_every_point(tmp_path):
+    """`rl:steps` carries rl's final model and each saved step's model (not their optimizer state): an evaluation
+    of every point of rl then runs where the archive is unpacked without training rl again; with `rl` alone
+    (its final model) it rebuilds rl first."""
+    import tarfile
+
+    from postlab.studies.archive import archive, unarchive
+
+    study = {**STUDY, "stages": {**STUDY["stages"], "rl": {**STUDY["stages"]["rl"],
+                                                            "data": {"steps": 3, "gain": 0.2, "step_dirs": True}}}}
+    a = _run(study, tmp_path / "a", tmp=tmp_path)
+    rl = a.plan()[0]["rl"].name
+    archive(a.root, tmp_path / "steps.tar.gz", keep_models=["rl:steps"])
+    with tarfile.open(tmp_path / "steps.tar.gz") as tar:
+        carried = sorted(n.split(f"{rl}/", 1)[1] for n in tar.getnames() if rl in n and "/run/" in n and
+                         n.endswith(".safetensors"))
+    assert carried == ["run/checkpoints/step_000001/model.safetensors", "run/checkpoints/step_000002/model.safetensors",
+                       "run/checkpoints/step_000003/model.safetensors", "run/final/model.safetensors"]
+    every_point = ["stages.eval-rl.points=all", "stages.eval-rl.data.offsets.id=0.05"]
+    unarchive(tmp_path / "steps.tar.gz", tmp_path / "b")
+    b = _run(study, tmp_path / "b", tmp=tmp_path, overrides=every_point)
+    assert [s for _, s in b.calls] == ["eval-rl"]
+    archive(a.root, tmp_path / "final.tar.gz", keep_models=["rl"])
+    unarchive(tmp_path / "final.tar.gz", tmp_path / "c")
+    c = _run(study, tmp_path / "c", tmp=tmp_path, overrides=every_point)
+    assert [s for _, s in c.calls] == ["base", "warm", "rl", "eval-rl"]  # its steps were left out: rl rebuilt
+    assert json.loads((b.plan()[0]["eval-rl"] / "result.json").read_text())["points"] == \
+        json.loads((c.plan()[0]["eval-rl"] / "result.json").read_text())["points"]
+    with pytest.raises(ConfigError, match="--keep-models rl:all: after ':' comes 'steps'"):
+        archive(a.root, tmp_path / "x.tar.gz", keep_models=["rl:all"])
+
+
 def test_unarchive_refuses_a_path_outside_the_run_directory(tmp_path):
     import io
     import tarfile

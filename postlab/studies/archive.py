@@ -76,7 +76,8 @@ def parse_keep_models(items: list[str] | tuple, stages) -> dict[str, str]:
         keep[name] = what or "final"
     unknown = [n for n in keep if n not in stages]
     if unknown:
-        raise ConfigError(f"--keep-models: {', '.join(unknown)} is not a stage of this study; stages: {', '.join(stages)}")
+        raise ConfigError(f"--keep-models: {', '.join(unknown)} is not a stage of this study; "
+                          f"stages: {', '.join(stages)}")
     return keep
 
 

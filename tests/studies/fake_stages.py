@@ -74,7 +74,7 @@ def rendezvous(ctx) -> dict:
     meet.mkdir(parents=True, exist_ok=True)
     (meet / f"{ctx.stage.name}.started").write_text(str(os.getpid()))
     _log(ctx, f"pid {os.getpid()}")
-    deadline = time.time() + float(data.get("timeout", 30))
+    deadline = time.time() + float(data.get("timeout", 90))
     while not (meet / f"{data['partner']}.started").exists():
         if time.time() > deadline:
             raise RuntimeError(f"{ctx.stage.name}: {data['partner']} never started beside it")

@@ -254,7 +254,7 @@ def test_two_processes_of_one_command_split_the_stages(tmp_path):
            "--no-report"]
     procs = [subprocess.Popen(cmd, env=_cli_env(log), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted(e["stage"] for e in events) == ["a", "b", "eval-a"]

@@ -88,11 +88,12 @@ def _lock_file(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _stage_lock(path: Path, label: str, doing: str):
-    """The lock of stage directory `path` (one process runs or rebuilds a stage at a time; the others wait)."""
+def _stage_lock(path: Path, label: str):
+    """The lock of stage directory `path`, waited for: a rebuild another process is doing is finished first
+    (running a stage takes it without waiting, in `StudyRunner._next_stage`)."""
     lock = _lock_file(path)
     locks.acquire(lock, wait=True, on_wait=lambda holder: console.print(
-        f"{label}: another process ({holder}) is {doing} this stage; waiting for it", highlight=False))
+        f"{label}: another process ({holder}) is rebuilding this stage; waiting for it", highlight=False))
     try:
         yield
     finally:
@@ -220,10 +221,10 @@ class StudyRunner:
             st, dirs = self.study.stages[name], plan[seed]
             if any(d not in results[seed] for d in st.after):  # an input is not done yet (it runs elsewhere)
                 continue
-            label = f"{tags[(seed, name)]} seed {seed} {name} ({st.kind})"
-            lock = None
-            if not (dirs[name] / "DONE").exists():  # it will run here, unless another process is running it
-                lock = _lock_file(dirs[name])
+            path, stage_seed = dirs[name], self.stage_seed(name, seed)
+            label = f"{tags[(seed, name)]} seed {stage_seed} {name} ({st.kind})"
+            if not (path / "DONE").exists():  # it runs here, unless another process is running it
+                lock = _lock_file(path)
                 try:
                     locks.acquire(lock)  # no waiting: a stage held elsewhere is passed over
                 except locks.DirectoryInUse as held:
@@ -232,17 +233,19 @@ class StudyRunner:
                         console.print(f"{label}: another process ({held}) is running it; going on with stages "
                                       f"that do not read it", highlight=False)
                     continue
-            try:
-                if lock is not None and not (dirs[name] / "DONE").exists():  # what it reads must be on disk
-                    steps = st.spec.get("points") == "all"  # an evaluation of every saved step (any kind that says so)
-                    for d in st.after:
-                        self._materialize(seed, d, results[seed], dirs, tags[(seed, name)], steps)
-                results[seed][name] = self.run_stage(st, self.stage_seed(name, seed), dirs[name],
-                                                     [results[seed][d] for d in st.after], [dirs[d] for d in st.after],
-                                                     tags[(seed, name)])
-            finally:
-                if lock is not None:
+                try:
+                    if not (path / "DONE").exists():  # not finished by another process while this one looked
+                        steps = st.spec.get("points") == "all"  # an evaluation of every saved step (any kind)
+                        for d in st.after:  # what it reads must be on disk
+                            self._materialize(seed, d, results[seed], dirs, tags[(seed, name)], steps)
+                        results[seed][name] = self._run_stage_locked(
+                            st, stage_seed, path, [results[seed][d] for d in st.after], [dirs[d] for d in st.after],
+                            label)
+                        return seed, name
+                finally:
                     locks.release(lock)
+            results[seed][name] = json.loads((path / "result.json").read_text())
+            console.print(f"{label}: cached {path.name}", highlight=False)
             return seed, name
         return None
 
@@ -269,7 +272,7 @@ class StudyRunner:
         """Run a done stage whose checkpoint is gone once more, under its lock (a process that waited finds
         it rebuilt). What is left of its trainer run is removed first: resuming a run whose final model
         was deleted is not what the cache recorded."""
-        with _stage_lock(path, label, "rebuilding"):
+        with _stage_lock(path, label):
             if (path / "DONE").exists():
                 result = json.loads((path / "result.json").read_text())
                 if not missing_checkpoint(result, path, steps):  # another process rebuilt it while we waited
@@ -288,18 +291,6 @@ class StudyRunner:
                 console.print(f"{label}: rebuilt the same model as the archived one (sha256)", highlight=False)
             write_json_atomic(path / "rebuilt.json", check)
             return result
-
-    def run_stage(self, st: Stage, seed: int, path: Path, inputs: list[dict], input_dirs: list[Path], tag: str = "") -> dict:
-        label = f"{tag} seed {seed} {st.name} ({st.kind})"
-        if (path / "DONE").exists():
-            result = json.loads((path / "result.json").read_text())
-            console.print(f"{label}: cached {path.name}", highlight=False)
-            return result
-        with _stage_lock(path, label, "running"):
-            if (path / "DONE").exists():  # the process we waited for finished it
-                console.print(f"{label}: cached {path.name} (run by another process)", highlight=False)
-                return json.loads((path / "result.json").read_text())
-            return self._run_stage_locked(st, seed, path, inputs, input_dirs, label)
 
     def _run_stage_locked(self, st: Stage, seed: int, path: Path, inputs: list[dict], input_dirs: list[Path],
                           label: str, rebuilding: bool = False) -> dict:

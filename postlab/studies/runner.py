@@ -157,13 +157,46 @@ class StudyRunner:
                        for n, d in dirs.items()} for seed, dirs in self.plan().items()}
 
     def write_manifest(self, plan) -> None:
+        """Write study.json: this command's study and plan, plus every completed stage an earlier command
+        recorded here that this one does not plan (a stage it disables with ``-s stages.X.enabled=false``,
+        a seed outside its ``--seeds``). Commands that each run part of a study with different switches
+        then leave one manifest, and ``postlab report`` sees all of their results, not the last one's."""
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.root / "study.json", {
-            "name": self.study.name, "preset": self.study.preset, "source": self.study.source,
-            "seeds": self.study.seeds, "study": self.study.raw, "environment": environment(),
-            "stages": {n: {"kind": s.kind, "after": s.after} for n, s in self.study.stages.items()},
-            "dirs": {str(seed): {n: str(d.relative_to(self.root)) for n, d in dirs.items()} for seed, dirs in plan.items()},
-        })
+        stages = {n: {"kind": s.kind, "after": s.after} for n, s in self.study.stages.items()}
+        dirs = {str(seed): {n: str(d.relative_to(self.root)) for n, d in sd.items()} for seed, sd in plan.items()}
+        lock = self.root / ".manifest.lock"  # processes starting together each merge the other's manifest
+        locks.acquire(lock, wait=True)
+        try:
+            kept = self._earlier_done_stages(stages, dirs)
+            write_json_atomic(self.root / "study.json", {
+                "name": self.study.name, "preset": self.study.preset, "source": self.study.source,
+                "seeds": sorted({*self.study.seeds, *(int(s) for s in dirs)}), "study": self.study.raw,
+                "environment": environment(), "stages": stages, "dirs": dirs,
+            })
+        finally:
+            locks.release(lock)
+        if kept:
+            console.print(f"study.json keeps {len(kept)} completed stage(s) of earlier commands that this one does "
+                          f"not run ({', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''}): the report shows them",
+                          highlight=False)
+
+    def _earlier_done_stages(self, stages: dict, dirs: dict) -> list[str]:
+        """Add to `stages`/`dirs` (in place) the completed stages of the existing study.json that the current
+        plan lacks; return them as 'seed S NAME'. A stage both plan is left as planned now (a changed config
+        points the manifest at the stage's new directory)."""
+        try:
+            old = json.loads((self.root / "study.json").read_text())
+        except (OSError, ValueError):
+            return []  # none yet, or unreadable: this command's manifest replaces it
+        kept = []
+        for seed, old_dirs in (old.get("dirs") or {}).items():
+            for name, rel in old_dirs.items():
+                if name in dirs.get(seed, {}) or not (self.root / rel / "DONE").exists():
+                    continue
+                dirs.setdefault(seed, {})[name] = rel
+                stages.setdefault(name, (old.get("stages") or {}).get(name, {}))
+                kept.append(f"seed {seed} {name}")
+        return kept
 
     # ------------------------------------------------------------------ validating
     def validate(self, plan=None) -> None:

@@ -277,6 +277,32 @@ def test_a_process_running_only_its_seed_leaves_the_report_to_the_one_that_compl
     assert second.returncode == 0 and (root / "report.md").exists()
 
 
+def test_commands_that_each_disable_other_stages_leave_one_manifest_with_every_result(tmp_path, capsys):
+    """Part of a study run with `-s stages.rl.enabled=false`, the rest with sft disabled: study.json (what
+    `postlab report` reads) keeps the first command's completed stages instead of the last command's plan
+    alone. A stage both plan follows the newer config; a stage never completed is not carried."""
+    from postlab.studies.report import load_run
+
+    out = tmp_path / "runs"
+    first = _run(STUDY, out, tmp=tmp_path, seeds=2, overrides=["stages.rl.enabled=false"])
+    assert not any(s == "rl" for _, s in first.calls)
+    abandoned = first.plan()[1]["sft"].parent / "sft-0123456789ab"  # an interrupted stage of another config
+    abandoned.mkdir()
+    _run(STUDY, out, tmp=tmp_path, seeds=2, overrides=["stages.sft.enabled=false"])
+    assert "keeps 4 completed stage(s) of earlier commands" in capsys.readouterr().err
+    run = load_run(first.root)
+    for seed in ("0", "1"):
+        assert set(run["results"][seed]) == set(STUDY["stages"])
+    assert run["stages"]["eval-sft"] == {"kind": "fake_stages:evaluate", "after": ["sft"]}
+    # rl's config changes in a third command that again runs without sft: rl's entry moves to its new
+    # directory, sft's stays
+    third = _run(STUDY, out, tmp=tmp_path, seeds=2, overrides=["stages.sft.enabled=false", "stages.rl.data.gain=0.3"])
+    manifest = json.loads((first.root / "study.json").read_text())
+    assert manifest["dirs"]["0"]["rl"] == str(third.plan()[0]["rl"].relative_to(first.root))
+    assert manifest["dirs"]["0"]["sft"] == str(first.plan()[0]["sft"].relative_to(first.root))
+    assert abandoned.name not in json.dumps(manifest)
+
+
 def test_independent_study_trains_the_shared_stages_once_per_seed_in_its_own_directory(tmp_path):
     data = {**STUDY, "seeds": 2, "stages": {**STUDY["stages"], "base": {**STUDY["stages"]["base"], "shared": True},
                                             "warm": {**STUDY["stages"]["warm"], "shared": True}}}

@@ -129,9 +129,9 @@ def _check_items(report, source) -> None:
         raise ConfigError(f"{source}: report must be a mapping of section -> list of items, got {report!r}")
     for section, items in report.items():
         if section == "unsolved_by":
-            if not isinstance(items, str):
+            if items is not None and not isinstance(items, str):  # null: a preset drops its base study's subset
                 raise ConfigError(f"{source}: report.unsolved_by must be the name of an eval stage with a sampled "
-                                  f"evaluation (e.g. eval-warmup), got {items!r}")
+                                  f"evaluation (e.g. eval-warmup), or null for none, got {items!r}")
             continue
         if section not in REPORT_SECTIONS:
             raise ConfigError(f"{source}: report.{section}: unknown section.{suggest(str(section), list(REPORT_SECTIONS))} "

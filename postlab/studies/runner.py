@@ -156,11 +156,13 @@ class StudyRunner:
         return {seed: {n: ("done" if (d / "DONE").exists() else "partial" if d.exists() else "todo")
                        for n, d in dirs.items()} for seed, dirs in self.plan().items()}
 
-    def write_manifest(self, plan) -> None:
-        """Write study.json: this command's study and plan, plus every completed stage an earlier command
-        recorded here that this one does not plan (a stage it disables with ``-s stages.X.enabled=false``,
-        a seed outside its ``--seeds``). Commands that each run part of a study with different switches
-        then leave one manifest, and ``postlab report`` sees all of their results, not the last one's."""
+    def write_manifest(self, plan, quiet: bool = False) -> None:
+        """Write study.json: this command's study and plan, plus every stage an earlier command recorded here
+        that this one does not plan (a stage it disables with ``-s stages.X.enabled=false``, a seed outside
+        its ``--seeds``) and that has started (its directory exists: done, or running in another process).
+        Commands that each run part of a study with different switches then leave one manifest, and
+        ``postlab report`` sees all of their results, not the last one's. `run` writes it when it starts and
+        again when it ends, so stages other processes finished meanwhile are in it too."""
         self.root.mkdir(parents=True, exist_ok=True)
         stages = {n: {"kind": s.kind, "after": s.after} for n, s in self.study.stages.items()}
         dirs = {str(seed): {n: str(d.relative_to(self.root)) for n, d in sd.items()} for seed, sd in plan.items()}
@@ -175,13 +177,13 @@ class StudyRunner:
             })
         finally:
             locks.release(lock)
-        if kept:
-            console.print(f"study.json keeps {len(kept)} completed stage(s) of earlier commands that this one does "
+        if kept and not quiet:
+            console.print(f"study.json keeps {len(kept)} started stage(s) of earlier commands that this one does "
                           f"not run ({', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''}): the report shows them",
                           highlight=False)
 
     def _earlier_done_stages(self, stages: dict, dirs: dict) -> list[str]:
-        """Add to `stages`/`dirs` (in place) the completed stages of the existing study.json that the current
+        """Add to `stages`/`dirs` (in place) the started stages of the existing study.json that the current
         plan lacks; return them as 'seed S NAME'. A stage both plan is left as planned now (a changed config
         points the manifest at the stage's new directory)."""
         try:
@@ -191,7 +193,7 @@ class StudyRunner:
         kept = []
         for seed, old_dirs in (old.get("dirs") or {}).items():
             for name, rel in old_dirs.items():
-                if name in dirs.get(seed, {}) or not (self.root / rel / "DONE").exists():
+                if name in dirs.get(seed, {}) or not (self.root / rel).is_dir():
                     continue
                 dirs.setdefault(seed, {})[name] = rel
                 stages.setdefault(name, (old.get("stages") or {}).get(name, {}))
@@ -241,6 +243,7 @@ class StudyRunner:
                 continue
             waiting = False
             todo.remove(key)
+        self.write_manifest(plan, quiet=True)  # with what other processes started or finished meanwhile
         # plan order, as one process running the stages in sequence returns them
         return {seed: {n: results[seed][n] for n in self.study.stages} for seed in self.only_seeds}
 

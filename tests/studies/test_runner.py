@@ -279,8 +279,8 @@ def test_a_process_running_only_its_seed_leaves_the_report_to_the_one_that_compl
 
 def test_commands_that_each_disable_other_stages_leave_one_manifest_with_every_result(tmp_path, capsys):
     """Part of a study run with `-s stages.rl.enabled=false`, the rest with sft disabled: study.json (what
-    `postlab report` reads) keeps the first command's completed stages instead of the last command's plan
-    alone. A stage both plan follows the newer config; a stage never completed is not carried."""
+    `postlab report` reads) keeps the first command's stages instead of the last command's plan alone. A
+    stage both plan follows the newer config; a directory no command planned is not carried."""
     from postlab.studies.report import load_run
 
     out = tmp_path / "runs"
@@ -289,7 +289,7 @@ def test_commands_that_each_disable_other_stages_leave_one_manifest_with_every_r
     abandoned = first.plan()[1]["sft"].parent / "sft-0123456789ab"  # an interrupted stage of another config
     abandoned.mkdir()
     _run(STUDY, out, tmp=tmp_path, seeds=2, overrides=["stages.sft.enabled=false"])
-    assert "keeps 4 completed stage(s) of earlier commands" in capsys.readouterr().err
+    assert "keeps 4 started stage(s) of earlier commands" in capsys.readouterr().err
     run = load_run(first.root)
     for seed in ("0", "1"):
         assert set(run["results"][seed]) == set(STUDY["stages"])
@@ -301,6 +301,26 @@ def test_commands_that_each_disable_other_stages_leave_one_manifest_with_every_r
     assert manifest["dirs"]["0"]["rl"] == str(third.plan()[0]["rl"].relative_to(first.root))
     assert manifest["dirs"]["0"]["sft"] == str(first.plan()[0]["sft"].relative_to(first.root))
     assert abandoned.name not in json.dumps(manifest)
+
+
+def test_commands_running_side_by_side_with_different_switches_leave_every_stage_in_the_manifest(tmp_path):
+    """Two commands at once: A (rl off) has written its manifest and is inside seed 0's sft when B (sft off)
+    starts and finishes. B's manifest keeps A's running stage (its directory exists); A, finishing last,
+    writes the manifest again with B's finished stages. The report then has every stage of both seeds."""
+    from postlab.studies.report import load_run
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**STUDY, "seeds": 2}))
+    a = StudyRunner(load_study(str(tmp_path / "s.yaml"), overrides=["stages.rl.enabled=false"]), tmp_path / "runs")
+    a.write_manifest(a.plan())  # A has started...
+    a.plan()[0]["sft"].mkdir(parents=True)  # ...and is running seed 0's sft
+    b = StudyRunner(load_study(str(tmp_path / "s.yaml"), overrides=["stages.sft.enabled=false"]), tmp_path / "runs")
+    b.run()
+    manifest = json.loads((a.root / "study.json").read_text())
+    assert "sft" in manifest["dirs"]["0"] and "rl" in manifest["dirs"]["1"]
+    a.run()
+    run = load_run(a.root)
+    for seed in ("0", "1"):
+        assert set(run["results"][seed]) == set(STUDY["stages"])
 
 
 def test_independent_study_trains_the_shared_stages_once_per_seed_in_its_own_directory(tmp_path):

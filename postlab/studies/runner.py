@@ -169,7 +169,7 @@ class StudyRunner:
         lock = self.root / ".manifest.lock"  # processes starting together each merge the other's manifest
         locks.acquire(lock, wait=True)
         try:
-            kept = self._earlier_done_stages(stages, dirs)
+            kept = self._earlier_started_stages(stages, dirs)
             write_json_atomic(self.root / "study.json", {
                 "name": self.study.name, "preset": self.study.preset, "source": self.study.source,
                 "seeds": sorted({*self.study.seeds, *(int(s) for s in dirs)}), "study": self.study.raw,
@@ -182,7 +182,7 @@ class StudyRunner:
                           f"not run ({', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''}): the report shows them",
                           highlight=False)
 
-    def _earlier_done_stages(self, stages: dict, dirs: dict) -> list[str]:
+    def _earlier_started_stages(self, stages: dict, dirs: dict) -> list[str]:
         """Add to `stages`/`dirs` (in place) the started stages of the existing study.json that the current
         plan lacks; return them as 'seed S NAME'. A stage both plan is left as planned now (a changed config
         points the manifest at the stage's new directory)."""

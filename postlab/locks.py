@@ -14,9 +14,10 @@ sequence, may open the same directory twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 try:
@@ -82,3 +83,14 @@ def release(lock_file: str | Path) -> None:
         fh.truncate()  # a reader no longer sees a holder
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+@contextlib.contextmanager
+def waiting_for(lock_file: str | Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold `lock_file` for a `with` block, waiting for it if another process holds it (`acquire` with
+    `wait`, `on_wait(holder)` called once first), and give it back however the block ends."""
+    acquire(lock_file, wait=True, on_wait=on_wait)
+    try:
+        yield
+    finally:
+        release(lock_file)

@@ -104,12 +104,9 @@ def _run_study(args) -> int:
     if not args.no_report:
         from postlab import locks
 
-        lock = runner.root / ".report.lock"  # two --only-seed processes may complete the study at once
-        locks.acquire(lock, wait=True)
-        try:
+        # two --only-seed processes may complete the study at once
+        with locks.waiting_for(runner.root / ".report.lock"):
             html_path, md_path = build_report(runner.root)
-        finally:
-            locks.release(lock)
         console.print(f"report: {html_path} and {md_path}")
     return 0
 

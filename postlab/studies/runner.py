@@ -27,7 +27,6 @@ count N, FLOPs ~= 6 N D_train + 2 N D_gen, wall time.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import shutil
@@ -87,17 +86,11 @@ def _lock_file(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
-@contextlib.contextmanager
 def _stage_lock(path: Path, label: str):
     """The lock of stage directory `path`, waited for: a rebuild another process is doing is finished first
     (running a stage takes it without waiting, in `StudyRunner._next_stage`)."""
-    lock = _lock_file(path)
-    locks.acquire(lock, wait=True, on_wait=lambda holder: console.print(
+    return locks.waiting_for(_lock_file(path), on_wait=lambda holder: console.print(
         f"{label}: another process ({holder}) is rebuilding this stage; waiting for it", highlight=False))
-    try:
-        yield
-    finally:
-        locks.release(lock)
 
 
 def resolve_kind(kind: str):
@@ -166,17 +159,14 @@ class StudyRunner:
         self.root.mkdir(parents=True, exist_ok=True)
         stages = {n: {"kind": s.kind, "after": s.after} for n, s in self.study.stages.items()}
         dirs = {str(seed): {n: str(d.relative_to(self.root)) for n, d in sd.items()} for seed, sd in plan.items()}
-        lock = self.root / ".manifest.lock"  # processes starting together each merge the other's manifest
-        locks.acquire(lock, wait=True)
-        try:
+        # processes starting together each merge the other's manifest
+        with locks.waiting_for(self.root / ".manifest.lock"):
             kept = self._earlier_started_stages(stages, dirs)
             write_json_atomic(self.root / "study.json", {
                 "name": self.study.name, "preset": self.study.preset, "source": self.study.source,
                 "seeds": sorted({*self.study.seeds, *(int(s) for s in dirs)}), "study": self.study.raw,
                 "environment": environment(), "stages": stages, "dirs": dirs,
             })
-        finally:
-            locks.release(lock)
         if kept and not quiet:
             console.print(f"study.json keeps {len(kept)} started stage(s) of earlier commands that this one does "
                           f"not run ({', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''}): the report shows them",

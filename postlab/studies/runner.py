@@ -164,7 +164,8 @@ class StudyRunner:
             kept = self._earlier_started_stages(stages, dirs)
             write_json_atomic(self.root / "study.json", {
                 "name": self.study.name, "preset": self.study.preset, "source": self.study.source,
-                "seeds": sorted(int(s) for s in dirs),  # the plan's seeds and any an earlier command kept "study": self.study.raw,
+                # seeds: the plan's (every study seed) and any an earlier command's kept stages have
+                "seeds": sorted(int(s) for s in dirs), "study": self.study.raw,
                 "environment": environment(), "stages": stages, "dirs": dirs,
             })
         if kept and not quiet:

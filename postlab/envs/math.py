@@ -27,6 +27,8 @@ of the solution. Rewards are 1 if the extracted answer matches (exact, numeric, 
 from __future__ import annotations
 
 import random
+import re
+from fractions import Fraction
 from pathlib import Path
 
 from postlab.envs.base import Env, Observation, StepResult, register_env, reject_unknown_options
@@ -52,6 +54,49 @@ OPS = {
           "dividing by {n}"),
 }
 BOX_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+# one worked step, "12+5=17" (compact) or "12 + 5 = 17" (paper); numbers capped at 12 digits so that
+# hostile output cannot make int() parse megabytes
+STEP = re.compile(r"(\d{1,12})\s*([-+*/])\s*(\d{1,12})\s*=\s*(\d{1,12})")
+SOLUTION_KINDS = ("right", "no steps", "start misread", "copy slip", "wrong operation", "amount misread",
+                  "arithmetic slip", "step count", "answer slip")
+
+
+def solution_anatomy(text: str, problem: dict) -> str:
+    """Where a worked solution first leaves the problem's one: the `solution` diagnostic.
+
+    Reads the answer's equations in order against the problem's steps and returns the first
+    deviation: "start misread" (step 1 does not start from the stated amount), "copy slip" (a
+    step does not start from the previous step's result), "wrong operation", "amount misread"
+    (the right operation by a number the problem does not say), "arithmetic slip" (a op b
+    written equal to something else), "step count" (every step right, too few or too many),
+    "answer slip" (every step right, the final answer is not the last result); "no steps" when
+    no equation parses, "right" when nothing deviates. The first three planning kinds and the
+    slips separate what RL can choose from what the model cannot yet compute (docs/envs.md).
+    """
+    steps = [(int(a), op, int(b), int(c)) for a, op, b, c in STEP.findall(text)] if isinstance(text, str) else []
+    if not steps:
+        return "no steps"
+    prev = problem["start"]
+    for i, ((a, op, b, c), (gold_op, gold_n, _)) in enumerate(zip(steps, problem["steps"])):
+        if a != prev:
+            return "start misread" if i == 0 else "copy slip"
+        if op != gold_op:
+            return "wrong operation"
+        if b != gold_n:
+            return "amount misread"
+        if Fraction(c) != _apply(op, a, b):
+            return "arithmetic slip"
+        prev = c
+    if len(steps) != len(problem["steps"]):
+        return "step count"
+    pred = extract_answer(text)
+    return "right" if answers_match(pred, str(prev)) else "answer slip"
+
+
+def _apply(op: str, a: int, b: int) -> Fraction | None:
+    if op == "/":
+        return Fraction(a, b) if b else None
+    return Fraction({"+": a + b, "-": a - b, "*": a * b}[op])
 
 
 def make_problem(rng: random.Random, split: str) -> dict:
@@ -84,6 +129,7 @@ class Math(Env):
 
     splits = tuple(SPLITS)
     styles = ("compact", "paper")
+    diagnostics = ("solution",)  # `solution_anatomy`: where a worked solution first leaves the problem's steps
 
     def __init__(self, split: str = "id", style: str = "compact", max_turns: int = 1, **kwargs):
         # Single-turn (max_turns is accepted for generic callers); wrap with unary-feedback for retries.
@@ -113,7 +159,7 @@ class Math(Env):
         ok = answers_match(pred, str(self.problem["answer"]))
         return StepResult(feedback=[], reward=1.0 if ok else 0.0, done=True, success=ok,
                           info={"verdict": "correct" if ok else "wrong", "answer": str(self.problem["answer"]),
-                                "predicted": pred})
+                                "predicted": pred, "solution": solution_anatomy(text, self.problem)})
 
     def expert_reasoning(self) -> str:
         p, x, lines = self.problem, self.problem["start"], []

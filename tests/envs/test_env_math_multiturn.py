@@ -5,7 +5,7 @@ import json
 import pytest
 
 from postlab.envs import make
-from postlab.envs.math import Math, MathJSONL, make_problem
+from postlab.envs.math import Math, MathJSONL, make_problem, solution_anatomy
 from postlab.envs.multiturn import FEEDBACK, UnaryFeedback, parse_answer_tag
 from postlab.verifiers.answers import math_verify_available
 
@@ -23,6 +23,7 @@ def test_math_expert_and_split_ranges(split, style):
         assert all(1 <= r <= cap for _, _, r in p["steps"])
         r = env.step(env.expert())
         assert r.reward == 1.0 and r.success and obs.info["answer"] == str(p["answer"])
+        assert r.info["solution"] == "right"  # both styles' expert solutions parse step by step
 
 
 def test_math_rewards_and_corpus():
@@ -37,6 +38,49 @@ def test_math_rewards_and_corpus():
     import random
     a, b = make_problem(random.Random(1), "id"), make_problem(random.Random(1), "id")
     assert a == b
+
+
+# Ann has 12, buys 5, gets 3 times as many, loses 7: 12+5=17 17*3=51 51-7=44
+PROBLEM = {"start": 12, "steps": [("+", 5, 17), ("*", 3, 51), ("-", 7, 44)], "answer": 44}
+
+
+@pytest.mark.parametrize("answer, kind", [
+    ("12+5=17 17*3=51 51-7=44 #### 44", "right"),
+    ("12 + 5 = 17. Then 17 * 3 = 51, and 51 - 7 = 44. \\boxed{44}", "right"),
+    ("#### 44", "no steps"),                                   # a right answer with no work shown
+    ("I think it is 44", "no steps"),
+    ("13+5=18 18*3=54 54-7=47 #### 47", "start misread"),
+    ("12+5=17 18*3=54 54-7=47 #### 47", "copy slip"),
+    ("12+5=17 17+3=20 20-7=13 #### 13", "wrong operation"),
+    ("12+5=17 17*4=68 68-7=61 #### 61", "amount misread"),
+    ("12+5=17 17*3=41 41-7=34 #### 34", "arithmetic slip"),    # the plan right, one fact wrong
+    ("12+5=17 17*3=51 #### 51", "step count"),
+    ("12+5=17 17*3=51 51-7=44 51-7=44 #### 44", "step count"),
+    ("12+5=17 17*3=51 51-7=44 #### 45", "answer slip"),
+    ("12+5=17 17*3=51 51-7=44", "answer slip"),                # no final answer after right steps
+    ("12+5=17 17*3=51 51-7=44 #### 44 " + "9" * 5000 + "+1=1", "step count"),  # hostile digits never reach int()
+])
+def test_solution_anatomy_names_the_first_deviation(answer, kind):
+    assert solution_anatomy(answer, PROBLEM) == kind
+
+
+def test_solution_anatomy_reaches_evaluation_diagnostics():
+    """Math declares `solution`, so every evaluation counts each kind over first answers."""
+    from postlab.envs.base import env_class
+    from postlab.eval.evaluate import first_attempt_diagnostics
+    from postlab.rollout.episodes import Episode, Turn
+
+    assert env_class("math").diagnostics == ("solution",)
+    env = Math(style="compact")
+    episodes = []
+    for seed, text in ((0, None), (1, "#### 3")):
+        env.reset(seed)
+        r = env.step(text if text is not None else env.expert())
+        ep = Episode(seed=seed, messages=[], input_ids=[], loss_mask=[], logprobs=[])
+        ep.turns.append(Turn(start=0, token_ids=[], logprobs=[], text="", finish_reason="stop", info=r.info))
+        episodes.append([ep])
+    diag = first_attempt_diagnostics(episodes, env_class("math").diagnostics)
+    assert diag["diagnostics"]["solution"] == {"no steps": 0.5, "right": 0.5}
 
 
 def test_math_jsonl_adapter(tmp_path):

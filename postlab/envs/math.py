@@ -57,6 +57,7 @@ BOX_INSTRUCTION = "Please reason step by step, and put your final answer within 
 # one worked step, "12+5=17" (compact) or "12 + 5 = 17" (paper); numbers capped at 12 digits so that
 # hostile output cannot make int() parse megabytes
 STEP = re.compile(r"(\d{1,12})\s*([-+*/])\s*(\d{1,12})\s*=\s*(\d{1,12})")
+VERIFY = ("answer", "steps")
 SOLUTION_KINDS = ("right", "no steps", "start misread", "copy slip", "wrong operation", "amount misread",
                   "arithmetic slip", "step count", "answer slip")
 
@@ -131,10 +132,19 @@ class Math(Env):
     styles = ("compact", "paper")
     diagnostics = ("solution",)  # `solution_anatomy`: where a worked solution first leaves the problem's steps
 
-    def __init__(self, split: str = "id", style: str = "compact", max_turns: int = 1, **kwargs):
+    def __init__(self, split: str = "id", style: str = "compact", max_turns: int = 1, verify: str = "answer",
+                 **kwargs):
         # Single-turn (max_turns is accepted for generic callers); wrap with unary-feedback for retries.
         reject_unknown_options("math", type(self), kwargs)
         super().__init__(split=split, style=style, max_turns=max_turns)
+        # "answer": the final answer decides (the papers' reward); "steps": the worked steps must be right
+        # too. 25% of ID answers are <= 5 (9.5% are 1), so a wrong derivation often lands on the right
+        # answer: "steps" is the lab's stand-in for a benchmark whose answers cannot be guessed.
+        # check_answer (RASFT, unary feedback) sees the answer alone and stays answer-only.
+        if verify not in VERIFY:
+            raise ValueError(f"math: verify={verify!r}; valid: {', '.join(VERIFY)} (steps: the final answer and "
+                             "every worked step must be right)")
+        self.verify = verify
 
     def reset(self, seed: int) -> Observation:
         rng = random.Random(f"math/{self.split}/{seed}")
@@ -156,10 +166,12 @@ class Math(Env):
             raise RuntimeError("math: episode is over; call reset(seed)")
         self.done = True
         pred = extract_answer(text) if isinstance(text, str) else None
-        ok = answers_match(pred, str(self.problem["answer"]))
+        answer_ok = answers_match(pred, str(self.problem["answer"]))
+        solution = solution_anatomy(text, self.problem)
+        ok = answer_ok and (self.verify == "answer" or solution == "right")
         return StepResult(feedback=[], reward=1.0 if ok else 0.0, done=True, success=ok,
-                          info={"verdict": "correct" if ok else "wrong", "answer": str(self.problem["answer"]),
-                                "predicted": pred, "solution": solution_anatomy(text, self.problem)})
+                          info={"verdict": "correct" if ok else ("wrong steps" if answer_ok else "wrong"),
+                                "answer": str(self.problem["answer"]), "predicted": pred, "solution": solution})
 
     def expert_reasoning(self) -> str:
         p, x, lines = self.problem, self.problem["start"], []

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from postlab.envs import make
-from postlab.envs.math import Math, MathJSONL, make_problem, solution_anatomy
+from postlab.envs.math import SOLUTION_KINDS, Math, MathJSONL, make_problem, solution_anatomy
 from postlab.envs.multiturn import FEEDBACK, UnaryFeedback, parse_answer_tag
 from postlab.verifiers.answers import math_verify_available
 
@@ -61,7 +61,26 @@ PROBLEM = {"start": 12, "steps": [("+", 5, 17), ("*", 3, 51), ("-", 7, 44)], "an
     ("12+5=17 17*3=51 51-7=44 #### 44 " + "9" * 5000 + "+1=1", "step count"),  # hostile digits never reach int()
 ])
 def test_solution_anatomy_names_the_first_deviation(answer, kind):
-    assert solution_anatomy(answer, PROBLEM) == kind
+    assert kind in SOLUTION_KINDS and solution_anatomy(answer, PROBLEM) == kind
+
+
+def test_verify_steps_rewards_only_right_work():
+    """A slip that lands on the right answer earns the answer reward, not the `steps` one."""
+    env = Math(style="compact")
+    env.reset(0)
+    gold = env.expert_answer()
+    lucky = f"1+1=3 #### {gold}"  # wrong work, right answer
+    for verify, reward in (("answer", 1.0), ("steps", 0.0)):
+        env = Math(style="compact", verify=verify)
+        env.reset(0)
+        r = env.step(lucky)
+        assert r.reward == reward and r.success == bool(reward) and r.info["solution"] == "start misread"
+        assert r.info["verdict"] == ("correct" if reward else "wrong steps")
+        env.reset(0)
+        assert env.step(env.expert()).reward == 1.0
+        assert env.check_answer(gold)  # the answer-only check RASFT and unary feedback use
+    with pytest.raises(ValueError, match="verify='strict'; valid: answer, steps"):
+        Math(verify="strict")
 
 
 def test_solution_anatomy_reaches_evaluation_diagnostics():

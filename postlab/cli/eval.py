@@ -57,6 +57,8 @@ def _run(args) -> int:
     else:
         console.print(results_table(results, title=f"eval {args.checkpoint}"))
         console.print(summary_table(results))
+        if any(r.get("diagnostics") for r in results):
+            console.print(diagnostics_table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
         console.print(f"wrote the full results to {args.out}")
@@ -78,4 +80,19 @@ def summary_table(results: list[dict]):
         trunc = r.get("truncated_fraction")
         table.add_row(str(r.get("split", "?")), f"{r.get('success_rate', float('nan')):.3f} [{ci[0]:.3f}, {ci[1]:.3f}]",
                       pk, "-" if trunc is None else f"{trunc:.1%}", str(r.get("generated_tokens", "-")))
+    return table
+
+
+def diagnostics_table(results: list[dict]):
+    """The env's first-answer diagnostics (GeneralPoints' face_rule, math's solution, ...): per split and
+    diagnostic, each category's share of first answers, most common first."""
+    from rich.table import Table
+
+    table = Table(title="first-answer diagnostics (share of answers)")
+    for col in ("split", "diagnostic", "categories"):
+        table.add_column(col)
+    for r in results:
+        for key, shares in (r.get("diagnostics") or {}).items():
+            cats = ", ".join(f"{c} {v:.1%}" for c, v in sorted(shares.items(), key=lambda kv: -kv[1]))
+            table.add_row(str(r.get("split", "?")), key, cats)
     return table

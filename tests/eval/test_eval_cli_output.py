@@ -30,3 +30,13 @@ def test_out_writes_the_full_record(nano_checkpoint, tmp_path, capsys):
     captured = capsys.readouterr()
     assert '"success_rate"' not in captured.out + captured.err
     assert json.loads(out.read_text())[0]["split"] == "id"
+
+
+def test_env_diagnostics_are_printed(nano_checkpoint, capsys):
+    """math's `solution` diagnostic (where a worked solution leaves the problem's) is shown, not only saved:
+    an untrained model writes no equation at all."""
+    args = ["--env", "math", "--episodes", "3", "--max-new-tokens", "6", "--device", "cpu"]
+    assert main(["eval", str(nano_checkpoint), *args]) == 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "first-answer diagnostics" in out and "solution" in out and "no steps 100.0%" in out

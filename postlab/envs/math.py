@@ -71,8 +71,9 @@ def solution_anatomy(text: str, problem: dict) -> str:
     (the right operation by a number the problem does not say), "arithmetic slip" (a op b
     written equal to something else), "step count" (every step right, too few or too many),
     "answer slip" (every step right, the final answer is not the last result); "no steps" when
-    no equation parses, "right" when nothing deviates. The first three planning kinds and the
-    slips separate what RL can choose from what the model cannot yet compute (docs/envs.md).
+    no equation parses, "right" when nothing deviates. The problem text fixes the plan, so the
+    first four kinds are reading errors and "arithmetic slip" a fact the model does not know
+    (docs/envs.md).
     """
     steps = [(int(a), op, int(b), int(c)) for a, op, b, c in STEP.findall(text)] if isinstance(text, str) else []
     if not steps:

@@ -95,10 +95,9 @@ def solution_anatomy(text: str, problem: dict) -> str:
     return "right" if answers_match(pred, str(prev)) else "answer slip"
 
 
-def _apply(op: str, a: int, b: int) -> Fraction | None:
-    if op == "/":
-        return Fraction(a, b) if b else None
-    return Fraction({"+": a + b, "-": a - b, "*": a * b}[op])
+def _apply(op: str, a: int, b: int) -> Fraction:
+    # only reached once b equals the problem's amount, so a divisor is never 0
+    return Fraction(a, b) if op == "/" else Fraction({"+": a + b, "-": a - b, "*": a * b}[op])
 
 
 def make_problem(rng: random.Random, split: str) -> dict:

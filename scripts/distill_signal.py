@@ -39,6 +39,43 @@ def token_logprobs(model, episodes, chunk: int = 32) -> list[torch.Tensor]:
     return out
 
 
+def distill_signal(student, teacher, tokenizer, make_env, problems: int = 64, samples: int = 8,
+                   max_new_tokens: int = 96, run_seed: int = 0) -> dict:
+    """Sample `samples` answers per training problem from student and teacher; OPD's per-token advantages
+    (log pi_T - log pi_S at every token the student sampled) and what they say about right and wrong answers."""
+    seeds = [rl_seed(run_seed, i) for i in range(problems) for _ in range(samples)]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, seed=7)
+    episodes = {name: play(m, tokenizer, make_env, seeds, params, max_turns=1)
+                for name, m in (("student", student), ("teacher", teacher))}
+    eps = episodes["student"]
+    adv = [t - s for s, t in zip(token_logprobs(student, eps), token_logprobs(teacher, eps))]
+    ret = [float(a.sum()) for a in adv]
+    ok = [bool(e.success) for e in eps]
+
+    def mean(xs, keep):
+        xs = [x for x, k in zip(xs, keep) if k]
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    wins = pairs = 0
+    for g in range(problems):
+        group = range(g * samples, (g + 1) * samples)
+        for a in (i for i in group if ok[i]):
+            for b in (i for i in group if not ok[i]):
+                wins += (ret[a] > ret[b]) + 0.5 * (ret[a] == ret[b])
+                pairs += 1
+    flat = torch.cat(adv)
+    return {
+        "success": {name: sum(e.success for e in e_) / len(e_) for name, e_ in episodes.items()},
+        "right": sum(ok), "wrong": len(ok) - sum(ok),
+        "return_right": mean(ret, ok), "return_wrong": mean(ret, [not o for o in ok]),
+        "ranked_pairs": pairs, "right_ranked_first": wins / pairs if pairs else float("nan"),
+        "tokens": flat.numel(), "positive_mass": float(flat.clamp(min=0).sum()),
+        "negative_mass": float(flat.clamp(max=0).sum()), "large_share": float((flat.abs() > 1).float().mean()),
+        "positive_per_right": sum(float(a.clamp(min=0).sum()) for a, o in zip(adv, ok) if o) / max(1, sum(ok)),
+        "returns": ret, "episodes": eps,
+    }
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--student", required=True, help="student checkpoint directory (a run's final/)")
@@ -62,40 +99,18 @@ def main(argv=None) -> None:
 
     tok = load_tokenizer(args.student)
     student, teacher = load_model(args.student).eval(), load_model(args.teacher).eval()
-    G = args.samples
-    seeds = [rl_seed(args.run_seed, i) for i in range(args.problems) for _ in range(G)]
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0, seed=7)
-    new_env = lambda: make(args.env, split="id", **style, **env_args)  # noqa: E731
-    episodes = {name: play(m, tok, new_env, seeds, params, max_turns=1)
-                for name, m in (("student", student), ("teacher", teacher))}
-    for name, eps in episodes.items():
-        print(f"{name} samples: success {100 * sum(e.success for e in eps) / len(eps):.1f}%")
-
-    eps = episodes["student"]
-    adv = [t - s for s, t in zip(token_logprobs(student, eps), token_logprobs(teacher, eps))]
-    ret = [float(a.sum()) for a in adv]
-    ok = [bool(e.success) for e in eps]
-
-    def mean(xs, keep):
-        xs = [x for x, k in zip(xs, keep) if k]
-        return sum(xs) / len(xs) if xs else float("nan")
-
-    print(f"student answers: {sum(ok)} right, {len(ok) - sum(ok)} wrong")
-    print(f"OPD return (sum of log pT - log pS): right {mean(ret, ok):+.2f}, wrong {mean(ret, [not o for o in ok]):+.2f}")
-    wins = pairs = 0
-    for g in range(args.problems):
-        group = range(g * G, (g + 1) * G)
-        for a in (i for i in group if ok[i]):
-            for b in (i for i in group if not ok[i]):
-                wins += (ret[a] > ret[b]) + 0.5 * (ret[a] == ret[b])
-                pairs += 1
-    if pairs:
-        print(f"mixed groups: the return ranks a right answer above a wrong one in {100 * wins / pairs:.1f}% of {pairs} pairs")
-    flat = torch.cat(adv)
-    right_pos = sum(float(a.clamp(min=0).sum()) for a, o in zip(adv, ok) if o)
-    print(f"per-token advantages over {flat.numel()} tokens: positive mass {float(flat.clamp(min=0).sum()):.1f}, "
-          f"negative mass {float(flat.clamp(max=0).sum()):.1f}; |advantage| > 1 on {100 * float((flat.abs() > 1).float().mean()):.2f}%; "
-          f"positive mass per right answer {right_pos / max(1, sum(ok)):.2f}")
+    r = distill_signal(student, teacher, tok, lambda: make(args.env, split="id", **style, **env_args),
+                       args.problems, args.samples, args.max_new_tokens, args.run_seed)
+    for name, rate in r["success"].items():
+        print(f"{name} samples: success {100 * rate:.1f}%")
+    print(f"student answers: {r['right']} right, {r['wrong']} wrong")
+    print(f"OPD return (sum of log pT - log pS): right {r['return_right']:+.2f}, wrong {r['return_wrong']:+.2f}")
+    if r["ranked_pairs"]:
+        print(f"mixed groups: the return ranks a right answer above a wrong one in "
+              f"{100 * r['right_ranked_first']:.1f}% of {r['ranked_pairs']} pairs")
+    print(f"per-token advantages over {r['tokens']} tokens: positive mass {r['positive_mass']:.1f}, negative mass "
+          f"{r['negative_mass']:.1f}; |advantage| > 1 on {100 * r['large_share']:.2f}%; "
+          f"positive mass per right answer {r['positive_per_right']:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,17 @@ and prints:
 
     python scripts/distill_signal.py --student RUN/final --teacher TEACHER/final \\
         --env generalpoints --style reason --env-arg expert_choice=canonical --max-new-tokens 96
+
+`teacher_return` is the same signal as a GRPO reward (docs/results.md, the reason line's distillation):
+
+    POSTLAB_TEACHER=TEACHER/final PYTHONPATH=scripts postlab train rl RUN/config.yaml \\
+        reward_fn=distill_signal:teacher_return
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -39,6 +45,25 @@ def token_logprobs(model, episodes, chunk: int = 32) -> list[torch.Tensor]:
     return out
 
 
+_REWARD_TEACHER = {}
+
+
+def teacher_return(episode) -> float:
+    """OPD's sequence return as an RL reward (`reward_fn=distill_signal:teacher_return`, with scripts/ on
+    PYTHONPATH and the teacher's directory in $POSTLAB_TEACHER): the sum over the sampled tokens of
+    log pi_T - log pi_S, the student's log-probs being the sampler's. Its expectation is minus the
+    sequence-level reverse KL, so GRPO on it optimizes what `opd` does, with outcome-level credit."""
+    path = os.environ["POSTLAB_TEACHER"]
+    if path not in _REWARD_TEACHER:
+        _REWARD_TEACHER[path] = load_model(path).eval()
+    ids = torch.tensor(episode.input_ids)[None]
+    with torch.no_grad():
+        logp = torch.log_softmax(_REWARD_TEACHER[path](input_ids=ids).logits[0, :-1].float(), dim=-1)
+    sampled = torch.tensor(episode.loss_mask[1:], dtype=torch.bool)
+    teacher = logp.gather(-1, ids[0, 1:, None])[:, 0][sampled]
+    return float((teacher - torch.tensor(episode.logprobs[1:])[sampled]).sum())
+
+
 def distill_signal(student, teacher, tokenizer, make_env, problems: int = 64, samples: int = 8,
                    max_new_tokens: int = 96, run_seed: int = 0) -> dict:
     """Sample `samples` answers per training problem from student and teacher; OPD's per-token advantages
@@ -56,19 +81,34 @@ def distill_signal(student, teacher, tokenizer, make_env, problems: int = 64, sa
         xs = [x for x, k in zip(xs, keep) if k]
         return sum(xs) / len(xs) if xs else float("nan")
 
-    wins = pairs = 0
+    wins = pairs = mixed = 0
     for g in range(problems):
         group = range(g * samples, (g + 1) * samples)
+        mixed += 0 < sum(ok[i] for i in group) < samples
         for a in (i for i in group if ok[i]):
             for b in (i for i in group if not ok[i]):
                 wins += (ret[a] > ret[b]) + 0.5 * (ret[a] == ret[b])
                 pairs += 1
+    # GRPO's group-normalized advantage of each answer in the mixed groups, with the return as the reward and
+    # with the env's success as the reward: how far apart each puts right and wrong answers
+    sep = {"return": ([], []), "success": ([], [])}
+    for g in range(problems):
+        group = list(range(g * samples, (g + 1) * samples))
+        if not 0 < sum(ok[i] for i in group) < samples:
+            continue
+        for name, values in (("return", [ret[i] for i in group]), ("success", [float(ok[i]) for i in group])):
+            v = torch.tensor(values)
+            z = (v - v.mean()) / (v.std() + 1e-6)
+            for i, a in zip(group, z.tolist()):
+                sep[name][0 if ok[i] else 1].append(a)
     flat = torch.cat(adv)
     return {
+        "grpo_advantage": {name: (sum(r) / max(1, len(r)), sum(w) / max(1, len(w))) for name, (r, w) in sep.items()},
         "success": {name: sum(e.success for e in e_) / len(e_) for name, e_ in episodes.items()},
         "right": sum(ok), "wrong": len(ok) - sum(ok),
         "return_right": mean(ret, ok), "return_wrong": mean(ret, [not o for o in ok]),
-        "ranked_pairs": pairs, "right_ranked_first": wins / pairs if pairs else float("nan"),
+        "mixed_groups": mixed / problems, "ranked_pairs": pairs,
+        "right_ranked_first": wins / pairs if pairs else float("nan"),
         "tokens": flat.numel(), "positive_mass": float(flat.clamp(min=0).sum()),
         "negative_mass": float(flat.clamp(max=0).sum()), "large_share": float((flat.abs() > 1).float().mean()),
         "positive_per_right": sum(float(a.clamp(min=0).sum()) for a, o in zip(adv, ok) if o) / max(1, sum(ok)),
@@ -105,9 +145,13 @@ def main(argv=None) -> None:
         print(f"{name} samples: success {100 * rate:.1f}%")
     print(f"student answers: {r['right']} right, {r['wrong']} wrong")
     print(f"OPD return (sum of log pT - log pS): right {r['return_right']:+.2f}, wrong {r['return_wrong']:+.2f}")
+    print(f"groups with right and wrong answers: {100 * r['mixed_groups']:.1f}%")
     if r["ranked_pairs"]:
-        print(f"mixed groups: the return ranks a right answer above a wrong one in "
+        print(f"in them, the return ranks a right answer above a wrong one in "
               f"{100 * r['right_ranked_first']:.1f}% of {r['ranked_pairs']} pairs")
+    for name, (right, wrong) in r["grpo_advantage"].items():
+        print(f"GRPO advantage in mixed groups with the {name} as reward: "
+              f"right answers {right:+.2f}, wrong {wrong:+.2f}")
     print(f"per-token advantages over {r['tokens']} tokens: positive mass {r['positive_mass']:.1f}, negative mass "
           f"{r['negative_mass']:.1f}; |advantage| > 1 on {100 * r['large_share']:.2f}%; "
           f"positive mass per right answer {r['positive_per_right']:.2f}")

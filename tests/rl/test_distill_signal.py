@@ -57,3 +57,15 @@ def test_a_teacher_equal_to_the_student_says_nothing(models):
     r = _script().distill_signal(student, student, tok, lambda: make("toy"), problems=2, samples=2, max_new_tokens=4)
     assert all(ret == 0.0 for ret in r["returns"])
     assert r["positive_mass"] == 0.0 and r["negative_mass"] == 0.0
+
+
+def test_teacher_return_as_a_reward_is_the_same_return(models, tmp_path, monkeypatch):
+    """`reward_fn=distill_signal:teacher_return` (GRPO on OPD's sequence return) scores an episode as the
+    script does: the teacher's log-prob of the sampled tokens minus the sampler's."""
+    student, teacher, tok = models
+    teacher.save_pretrained(tmp_path / "teacher")
+    monkeypatch.setenv("POSTLAB_TEACHER", str(tmp_path / "teacher"))
+    script = _script()
+    r = script.distill_signal(student, teacher, tok, lambda: make("toy"), problems=2, samples=2, max_new_tokens=4)
+    for episode, ret in zip(r["episodes"], r["returns"]):
+        assert script.teacher_return(episode) == pytest.approx(ret, abs=1e-4)

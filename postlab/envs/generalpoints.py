@@ -209,7 +209,7 @@ class GeneralPoints(Env):
 
     def expert(self) -> str:
         if self.style == "reason":  # the derivation fixes the formula: `expert_choice` does not apply
-            return render_derivation(self.values, derivation(tuple(self.values), self.target), self.target)
+            return self._derivation()
         formula = f"{self.solution}={self.target}"
         if self.style == "compact":
             return formula
@@ -217,9 +217,20 @@ class GeneralPoints(Env):
         cards = json.dumps([rank_name(r) for r in self.ranks])
         return f'{{\n  "cards": {cards},\n  "number": {json.dumps(self.values)},\n  "formula": "{formula}"\n}}'
 
+    def _derivation(self) -> str:
+        return render_derivation(self.values, derivation(tuple(self.values), self.target), self.target)
+
     # -- single-answer interface (used by the unary-feedback wrapper) -------------------------
     def expert_answer(self) -> str:
+        """The scored formula; in the reason style the derivation's own (its last field)."""
+        if self.style == "reason":
+            return self._derivation().rsplit(" | ", 1)[1]
         return f"{self.solution}={self.target}"
+
+    def expert_reasoning(self) -> str:
+        """The reason style's worked fields before the formula (the values, one field per step), so that a
+        wrapper writing the answer elsewhere (unary-feedback's <answer> tag) keeps the derivation; "" else."""
+        return self._derivation().rsplit(" | ", 1)[0] if self.style == "reason" else ""
 
     def check_answer(self, answer: str) -> bool:
         return self.verify(answer).success

@@ -48,7 +48,7 @@ class UnaryFeedback(Env):
     """Any single-answer env, retried up to 5 times with "Incorrect. Please think again." (DRIFT)."""
 
     splits: tuple[str, ...] = ()
-    styles = ("compact", "paper")
+    styles: tuple[str, ...] = ("compact", "paper")  # replaced by the inner env's in __init__
 
     def __init__(self, env: str | Env = "math", split: str | None = None, style: str | None = None,
                  max_attempts: int | None = None, max_turns: int | None = None, feedback: str = FEEDBACK,
@@ -79,7 +79,9 @@ class UnaryFeedback(Env):
         if max_attempts < 1:
             raise ValueError(f"unary-feedback: max_attempts must be >= 1, got {max_attempts}")
         self.inner = env
-        self.splits = env.splits  # instance attribute: the wrapper has the inner env's splits
+        # instance attributes: the wrapper has the inner env's splits and answer styles (GeneralPoints'
+        # `reason` keeps its worked derivation before the <answer> tag); only `paper` changes the hint's form
+        self.splits, self.styles = env.splits, env.styles
         turns = max_turns if max_turns is not None else 2 * max_attempts
         super().__init__(split=env.split, style=env.style, max_turns=turns)
         if turns < max_attempts:
@@ -91,7 +93,7 @@ class UnaryFeedback(Env):
         obs = self.inner.reset(seed)
         msgs = [dict(m) for m in obs.messages]
         sep = "\n" if self.style == "paper" else " "
-        msgs[-1]["content"] = f"{msgs[-1]['content']}{sep}{FORMAT_HINT[self.style]}"
+        msgs[-1]["content"] = f"{msgs[-1]['content']}{sep}{FORMAT_HINT[self._hint_form]}"
         self.messages = msgs
         self.turn_correct: list[bool | None] = []
         self.answers: list[str | None] = []
@@ -131,10 +133,14 @@ class UnaryFeedback(Env):
         fn = getattr(self.inner, "expert_reasoning", None)
         return fn() if callable(fn) else ""
 
+    @property
+    def _hint_form(self) -> str:
+        return "paper" if self.style == "paper" else "compact"
+
     def expert(self) -> str:
         reasoning = self.expert_reasoning()
         tag = f"<answer>{self.expert_answer()}</answer>"
-        return f"{reasoning}{' ' if self.style == 'compact' else chr(10)}{tag}" if reasoning else tag
+        return f"{reasoning}{chr(10) if self.style == 'paper' else ' '}{tag}" if reasoning else tag
 
     def check_answer(self, answer: str) -> bool:
         return bool(self.inner.check_answer(answer))

@@ -181,3 +181,23 @@ def test_unary_feedback_expert_everywhere():
                     env.reset(seed)
                     r = env.step(env.expert())
                     assert r.success and r.reward == 1.0
+
+
+def test_unary_feedback_keeps_generalpoints_worked_derivation():
+    """The wrapper takes its inner env's answer styles: GeneralPoints' `reason` answers keep the derivation
+    before the <answer> tag (the drift study's `reason` preset), whose formula is the derivation's own."""
+    env = make("unary-feedback", env="generalpoints", split="id", style="reason")
+    obs = env.reset(20_000_000_001)  # 5 A J 7 under J=Q=K=10
+    assert obs.messages[-1]["content"] == "rule J=Q=K=10 | cards 5♣ A♣ J♠ 7♠ <answer>"
+    assert env.expert() == "5 1 10 7 | 5*7=35 [1 10 35] | 1+10=11 [35 11] | 35-11=24 <answer>(5*7)-(1+10)=24</answer>"
+    r = env.step("5 1 10 7 | 5+1+10+7=23 <answer>5+1+10+7=24</answer>")  # a formula off by one: an attempt used
+    assert (r.reward, r.done, r.info["attempts"]) == (0.0, False, 1)
+    assert env.step(env.expert()).success
+    inner = make("generalpoints", split="ood-rule", style="reason")
+    for seed in range(40):  # the derivation's formula is the answer the wrapper checks, on every split
+        inner.reset(seed)
+        assert inner.expert() == f"{inner.expert_reasoning()} | {inner.expert_answer()}"
+        assert inner.check_answer(inner.expert_answer())
+    assert make("generalpoints", style="compact").expert_reasoning() == ""
+    with pytest.raises(ValueError, match="unknown style 'reason'; valid: compact, paper"):
+        make("unary-feedback", env="math", style="reason")  # math has no reason style

@@ -191,15 +191,21 @@ def dynamics_tables(run: dict) -> list[dict]:
 
 
 def probe_tables(run: dict) -> list[dict]:
-    """One table per `rl-probe` stage and seed: every probed setting, its training success against the
-    frozen checkpoint on the same problems, the gain with its CI, and which setting was chosen (or skip)."""
+    """One table per `rl-probe` stage and seed (a shared probe once, titled with the seeds it serves): every
+    probed setting, its training success against the frozen checkpoint on the same problems, the gain with
+    its CI, and which setting was chosen (or skip)."""
     out = []
     for stage, info in run.get("stages", {}).items():
         if info.get("kind") != "rl-probe":
             continue
+        by_dir: dict = {}  # a shared stage appears under every seed but ran once, in one directory
         for seed in sorted(run["results"], key=int):
-            res = run["results"][seed].get(stage)
-            if not res or not res.get("probes"):
+            if run["results"][seed].get(stage):
+                by_dir.setdefault((run.get("dirs", {}).get(seed) or {}).get(stage, seed), []).append(seed)
+        for seeds in by_dir.values():
+            seed = seeds[0]
+            res = run["results"][seed][stage]
+            if not res.get("probes"):
                 continue
             rows = []
             for p in res["probes"]:
@@ -209,7 +215,8 @@ def probe_tables(run: dict) -> list[dict]:
                              f"{100 * p['frozen_success']:.1f}%", f"{100 * p['gain']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
                              f"{100 * p['frozen_groups_solved']:.0f}%", "chosen" if p["setting"] == res.get("chosen") else ""])
             choice = "skip RL" if res.get("skip") else "chosen"
-            out.append({"title": f"RL budget probe {stage}, seed {seed}: {res['steps']} steps per setting, last "
+            which = f"seed {seed}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} (shared)"
+            out.append({"title": f"RL budget probe {stage}, {which}: {res['steps']} steps per setting, last "
                                  f"{res['window']} compared ({choice}: {res.get('reason', '')})",
                         "header": ["setting", "sequences/step", "training success", "frozen, same problems",
                                    "gain (points) [95% CI]", "groups with a success (frozen)", ""],

@@ -312,3 +312,21 @@ def test_probe_settings_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="lrr"):
         StudyRunner(resolve(bad), tmp_path).run()
     assert not any(tmp_path.rglob("DONE"))
+
+
+def test_a_shared_probe_is_reported_once_per_directory():
+    """A shared probe ran once (one directory under every seed): one table naming the seeds it served;
+    per-seed probes (a directory each) keep a table each."""
+    from postlab.studies.report_tables import probe_tables
+
+    probe = {"steps": 8, "window": 4, "skip": False, "chosen": {"optim.lr": 1e-4}, "reason": "largest gain",
+             "probes": [{"setting": {"optim.lr": 1e-4}, "sequences_per_step": 512, "on_policy_success": 0.3,
+                         "frozen_success": 0.25, "gain": 0.05, "gain_ci": [0.01, 0.09], "frozen_groups_solved": 0.7}]}
+    run = {"stages": {"shared-probe": {"kind": "rl-probe"}, "own-probe": {"kind": "rl-probe"}},
+           "results": {s: {"shared-probe": probe, "own-probe": probe} for s in ("0", "1", "2")},
+           "dirs": {s: {"shared-probe": "shared/shared-probe-abc", "own-probe": f"seed_{s}/own-probe-{s}"}
+                    for s in ("0", "1", "2")}}
+    titles = [t["title"] for t in probe_tables(run)]
+    assert [t.split(":")[0] for t in titles] == ["RL budget probe shared-probe, seeds 0, 1, 2 (shared)",
+                                                 "RL budget probe own-probe, seed 0", "RL budget probe own-probe, seed 1",
+                                                 "RL budget probe own-probe, seed 2"]

@@ -327,6 +327,5 @@ def test_a_shared_probe_is_reported_once_per_directory():
            "dirs": {s: {"shared-probe": "shared/shared-probe-abc", "own-probe": f"seed_{s}/own-probe-{s}"}
                     for s in ("0", "1", "2")}}
     titles = [t["title"] for t in probe_tables(run)]
-    assert [t.split(":")[0] for t in titles] == ["RL budget probe shared-probe, seeds 0, 1, 2 (shared)",
-                                                 "RL budget probe own-probe, seed 0", "RL budget probe own-probe, seed 1",
-                                                 "RL budget probe own-probe, seed 2"]
+    assert [t.split(":")[0] for t in titles] == ["RL budget probe shared-probe, seeds 0, 1, 2 (shared)"] + [
+        f"RL budget probe own-probe, seed {s}" for s in range(3)]

@@ -88,6 +88,12 @@ class Env:
     def expert(self) -> str:
         raise NotImplementedError
 
+    def expert_turn_trained(self) -> bool:
+        """Whether the expert's next turn is one to imitate. True here; unary-feedback's `expert_retries`
+        first shows a deliberate wrong answer (False), so that SFT sees a correction without learning the
+        mistake (`export.expert_dialogue` marks such a turn ``"train": false``)."""
+        return True
+
     def base_corpus(self, n: int, seed: int = 0) -> list[str | dict]:
         """Items for lab-scale pre-training: knowledge OOD needs, never the ID task itself.
         Plain texts, or chat records ``{"messages": [...]}`` where the knowledge is a dialogue."""

@@ -36,9 +36,10 @@ def expert_dialogue(env: Env, seed: int, max_steps: int = 1000) -> list[dict]:
     obs = env.reset(seed)
     messages = [dict(m) for m in obs.messages]
     for _ in range(max_steps):
+        trained = env.expert_turn_trained()
         answer = env.expert()
         result = env.step(answer)
-        messages.append({"role": "assistant", "content": answer})
+        messages.append({"role": "assistant", "content": answer} | ({} if trained else {"train": False}))
         messages += [dict(m) for m in result.feedback]
         if result.done:
             if not result.success:

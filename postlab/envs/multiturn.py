@@ -22,6 +22,8 @@ GeneralPoints (its formula is the answer).
 
 from __future__ import annotations
 
+import random
+
 from postlab.envs.base import (ENV_REGISTRY, Env, Observation, StepResult, is_import_path, make,
                                missing_single_answer_methods, register_env, single_answer_envs)
 
@@ -52,7 +54,7 @@ class UnaryFeedback(Env):
 
     def __init__(self, env: str | Env = "math", split: str | None = None, style: str | None = None,
                  max_attempts: int | None = None, max_turns: int | None = None, feedback: str = FEEDBACK,
-                 **env_kwargs):
+                 expert_retries: float = 0.0, **env_kwargs):
         # max_attempts: evaluated answers (DRIFT: 5). max_turns: all model turns, unparsable ones
         # included. Given only max_turns (as generic trainers do), attempts = min(5, max_turns).
         if max_attempts is None:
@@ -78,6 +80,16 @@ class UnaryFeedback(Env):
                              f"{', '.join(single_answer_envs())})")
         if max_attempts < 1:
             raise ValueError(f"unary-feedback: max_attempts must be >= 1, got {max_attempts}")
+        # expert_retries: the share of expert dialogues that first show a wrong answer (another problem's, not
+        # trained) and the feedback, then the expert's: a reference that has seen a correction, which DRIFT's
+        # offline data needs (a reference SFT-trained on first answers never corrects: docs/results.md, drift)
+        if isinstance(expert_retries, bool) or not isinstance(expert_retries, (int, float)) \
+                or not 0.0 <= expert_retries <= 1.0:
+            raise ValueError(f"unary-feedback: expert_retries must be a number in [0, 1], got {expert_retries!r}")
+        if expert_retries > 0 and max_attempts < 2:
+            raise ValueError(f"unary-feedback: expert_retries needs max_attempts >= 2 (a retry is a second attempt), "
+                             f"got {max_attempts}")
+        self.expert_retries = float(expert_retries)
         self.inner = env
         # instance attributes: the wrapper has the inner env's splits and answer styles (GeneralPoints'
         # `reason` keeps its worked derivation before the <answer> tag); only `paper` changes the hint's form
@@ -91,6 +103,9 @@ class UnaryFeedback(Env):
 
     def reset(self, seed: int) -> Observation:
         obs = self.inner.reset(seed)
+        self.seed = seed
+        self.retry_demo = self.expert_retries > 0 and \
+            random.Random(f"unary-feedback/expert-retry/{seed}").random() < self.expert_retries
         msgs = [dict(m) for m in obs.messages]
         sep = "\n" if self.style == "paper" else " "
         msgs[-1]["content"] = f"{msgs[-1]['content']}{sep}{FORMAT_HINT[self._hint_form]}"
@@ -137,10 +152,30 @@ class UnaryFeedback(Env):
     def _hint_form(self) -> str:
         return "paper" if self.style == "paper" else "compact"
 
-    def expert(self) -> str:
-        reasoning = self.expert_reasoning()
-        tag = f"<answer>{self.expert_answer()}</answer>"
+    def _with_tag(self, reasoning: str, answer: str) -> str:
+        tag = f"<answer>{answer}</answer>"
         return f"{reasoning}{chr(10) if self.style == 'paper' else ' '}{tag}" if reasoning else tag
+
+    def expert_turn_trained(self) -> bool:
+        return not (self.retry_demo and not self.answers)  # the deliberate first mistake is shown, not taught
+
+    def expert(self) -> str:
+        if self.retry_demo and not self.answers:
+            return self._wrong_attempt()
+        return self._with_tag(self.expert_reasoning(), self.expert_answer())
+
+    def _wrong_attempt(self) -> str:
+        """A neighbouring problem's expert answer (reasoning and all) that is wrong here: a plausible first
+        attempt. Neighbours are taken below the seed (above it only near 0), so an expert seed's neighbour
+        stays in the expert range (postlab.seeds), never an evaluation problem."""
+        other = self.inner.clone()
+        for k in range(1, 65):
+            other.reset(self.seed - k if self.seed >= k else self.seed + k)
+            answer = other.expert_answer()
+            if not self.inner.check_answer(answer):
+                fn = getattr(other, "expert_reasoning", None)
+                return self._with_tag(fn() if callable(fn) else "", answer)
+        raise RuntimeError(f"{self.name}: no neighbouring problem of seed {self.seed} has a wrong answer here")
 
     def check_answer(self, answer: str) -> bool:
         return bool(self.inner.check_answer(answer))

@@ -201,3 +201,40 @@ def test_unary_feedback_keeps_generalpoints_worked_derivation():
     assert make("generalpoints", style="compact").expert_reasoning() == ""
     with pytest.raises(ValueError, match="unknown style 'reason'; valid: compact, paper"):
         make("unary-feedback", env="math", style="reason")  # math has no reason style
+
+
+def test_expert_retries_show_a_correction_without_teaching_the_mistake():
+    """`expert_retries`: that share of expert dialogues first gives a neighbouring problem's answer (wrong
+    here, marked "train": false), gets the feedback, then answers right: a reference that has seen a
+    correction (DRIFT's offline data has none from a reference trained on first answers only)."""
+    from postlab.data.records import encode_record
+    from postlab.envs.export import expert_dialogue
+    from postlab.models import build_tokenizer
+
+    env = make("unary-feedback", env="generalpoints", split="id", style="reason", expert_retries=1.0)
+    messages = expert_dialogue(env, 5)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    wrong, feedback, right = messages[1], messages[2], messages[3]
+    assert wrong["train"] is False and "train" not in right and feedback["content"] == FEEDBACK
+    env.reset(5)
+    assert not env.check_answer(parse_answer_tag(wrong["content"]))
+    assert env.check_answer(parse_answer_tag(right["content"]))
+    assert " | " in wrong["content"]  # a whole attempt: the neighbour's derivation, then its formula
+    assert env.expert() == wrong["content"] and not env.expert_turn_trained()
+    env.step(wrong["content"])
+    assert env.expert() == right["content"] and env.expert_turn_trained()
+    # only the correction is trained: the wrong attempt's tokens carry no loss
+    tok = build_tokenizer([], "char")
+    enc = encode_record(tok, {"messages": messages})
+    trained = tok.decode([t for t, m in zip(enc.input_ids, enc.loss_mask) if m])
+    assert right["content"] in trained and wrong["content"] not in trained
+    # a share of 0.3: about that many dialogues retry, the same ones every time, each ending right
+    share = make("unary-feedback", env="math", split="id", expert_retries=0.3)
+    lengths = [len(expert_dialogue(share, s)) for s in range(300)]
+    assert lengths == [len(expert_dialogue(share, s)) for s in range(300)]
+    assert 0.2 < lengths.count(4) / 300 < 0.4 and set(lengths) == {2, 4}
+    assert [len(expert_dialogue(make("unary-feedback", env="math"), s)) for s in range(20)] == [2] * 20
+    with pytest.raises(ValueError, match=r"expert_retries must be a number in \[0, 1\]"):
+        make("unary-feedback", env="math", expert_retries=1.5)
+    with pytest.raises(ValueError, match="needs max_attempts >= 2"):
+        make("unary-feedback", env="math", max_attempts=1, expert_retries=0.5)

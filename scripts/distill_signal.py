@@ -26,6 +26,7 @@ import os
 import torch
 
 from postlab.envs.base import make
+from postlab.objectives.advantages import grpo_advantages
 from postlab.models.io import load_model, load_tokenizer
 from postlab.rollout.engine import SamplingParams
 from postlab.rollout.episodes import play
@@ -56,12 +57,8 @@ def teacher_return(episode) -> float:
     path = os.environ["POSTLAB_TEACHER"]
     if path not in _REWARD_TEACHER:
         _REWARD_TEACHER[path] = load_model(path).eval()
-    ids = torch.tensor(episode.input_ids)[None]
-    with torch.no_grad():
-        logp = torch.log_softmax(_REWARD_TEACHER[path](input_ids=ids).logits[0, :-1].float(), dim=-1)
-    sampled = torch.tensor(episode.loss_mask[1:], dtype=torch.bool)
-    teacher = logp.gather(-1, ids[0, 1:, None])[:, 0][sampled]
-    return float((teacher - torch.tensor(episode.logprobs[1:])[sampled]).sum())
+    (teacher,) = token_logprobs(_REWARD_TEACHER[path], [episode])
+    return float((teacher - torch.tensor(episode.target_logprobs())).sum())
 
 
 def distill_signal(student, teacher, tokenizer, make_env, problems: int = 64, samples: int = 8,
@@ -81,26 +78,24 @@ def distill_signal(student, teacher, tokenizer, make_env, problems: int = 64, sa
         xs = [x for x, k in zip(xs, keep) if k]
         return sum(xs) / len(xs) if xs else float("nan")
 
+    # GRPO's group-normalized advantage of each answer in the mixed groups, with the return as the reward and
+    # with the env's success as the reward: how far apart each puts right and wrong answers
+    grpo = {"return": grpo_advantages(torch.tensor(ret), samples).tolist(),
+            "success": grpo_advantages(torch.tensor(ok, dtype=torch.float32), samples).tolist()}
+    sep = {name: ([], []) for name in grpo}
     wins = pairs = mixed = 0
     for g in range(problems):
         group = range(g * samples, (g + 1) * samples)
-        mixed += 0 < sum(ok[i] for i in group) < samples
+        if not 0 < sum(ok[i] for i in group) < samples:
+            continue
+        mixed += 1
         for a in (i for i in group if ok[i]):
             for b in (i for i in group if not ok[i]):
                 wins += (ret[a] > ret[b]) + 0.5 * (ret[a] == ret[b])
                 pairs += 1
-    # GRPO's group-normalized advantage of each answer in the mixed groups, with the return as the reward and
-    # with the env's success as the reward: how far apart each puts right and wrong answers
-    sep = {"return": ([], []), "success": ([], [])}
-    for g in range(problems):
-        group = list(range(g * samples, (g + 1) * samples))
-        if not 0 < sum(ok[i] for i in group) < samples:
-            continue
-        for name, values in (("return", [ret[i] for i in group]), ("success", [float(ok[i]) for i in group])):
-            v = torch.tensor(values)
-            z = (v - v.mean()) / (v.std() + 1e-6)
-            for i, a in zip(group, z.tolist()):
-                sep[name][0 if ok[i] else 1].append(a)
+        for name, adv_of in grpo.items():
+            for i in group:
+                sep[name][0 if ok[i] else 1].append(adv_of[i])
     flat = torch.cat(adv)
     return {
         "grpo_advantage": {name: (sum(r) / max(1, len(r)), sum(w) / max(1, len(w))) for name, (r, w) in sep.items()},

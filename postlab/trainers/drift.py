@@ -30,7 +30,8 @@ One step = one weighted SFT step on the next `batch.sequences_per_step` records 
 (no shuffling, 1 epoch: the published run), on the shared loop (postlab.trainers.loop), which
 owns the schedule, cadence, checkpoints, resume and the final save. Each step logs the batch's
 mean and max weight, its effective sample size (Kish: (sum w)^2 / sum w^2) and the fraction of
-prompt groups kept by `drop_all_fail` (1 unless that option drops any).
+prompt groups kept by `drop_all_fail` (1 unless that option drops any); set-up prints the data's
+success rate, share of all-fail prompts and share of the weight on successful trajectories.
 
 Stated simplifications and defaults:
 - only the last model turn is a target (the authors' code), not every turn of tau;
@@ -203,7 +204,10 @@ def load_drift_data(cfg: DRIFTConfig) -> DriftData:
     stats = {"trajectories": len(trajs), "prompts": len(all_groups), "success rate": sum(success) / len(trajs),
              "all-fail prompts": len(all_groups - solved) / len(all_groups),
              "kept prompts": len(kept_groups) / len(all_groups), "records": len(records),
-             "weight max": max(kept_w), "ESS / records": effective_sample_size(kept_w) / len(kept_w)}
+             "weight max": max(kept_w), "ESS / records": effective_sample_size(kept_w) / len(kept_w),
+             # how much of the loss imitates successes: the rest is failures' last turns (all-fail prompts
+             # weigh ~1 per trajectory, so with many of them DRIFT mostly imitates failures)
+             "weight on successes": sum(w for w, s, k in zip(weights, success, keep) if s and k) / sum(kept_w)}
     files = fingerprint([file_sha256(Path(p)) for p in cfg.data.paths])
     return DriftData(records, [s for s, k in zip(success, keep) if k], ref, files, stats)
 
@@ -257,7 +261,7 @@ def setup_drift(cfg: DRIFTConfig, session: Session, data: DriftData, model_cfg: 
     optimizer, state = setup_optimizer(model, cfg.optim, session)
     order = DataOrder(len(seqs), cfg.run.seed, cfg.data.shuffle, **state.get("data", {}))
     kept_groups = data.stats["kept prompts"]
-    shares = ("success rate", "all-fail prompts", "kept prompts", "ESS / records")
+    shares = ("success rate", "all-fail prompts", "kept prompts", "ESS / records", "weight on successes")
     console.print(f"DRIFT: {count_parameters(model) / 1e6:.2f}M parameters, "
                   + ", ".join(f"{k} {v:.1%}" if k in shares else f"{k} {v:.3g}" for k, v in data.stats.items())
                   + f"; {steps} steps of {B}, reduction={cfg.reduction}, device={device}")

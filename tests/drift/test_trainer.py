@@ -96,6 +96,13 @@ def test_weights_are_recomputed_with_the_configs_gamma(nano_checkpoint, tmp_path
     data2 = write(tmp_path / "f.jsonl", fails)
     kept = load_drift_data(drift_cfg(nano_checkpoint, data2, tmp_path / "x", "weights.drop_all_fail=true"))
     assert [r["prompt_id"] for r in kept.records] == [0, 0, 1, 1] and kept.stats["kept prompts"] == pytest.approx(2 / 3)
+    # the share of the weight on successes: the all-fail prompt's two trajectories weigh ~1 each
+    everything = load_drift_data(drift_cfg(nano_checkpoint, data2, tmp_path / "y"))
+    w = [r["weight"] for r in everything.records]
+    won = sum(wi for wi, t in zip(w, fails) if t["success"]) / sum(w)
+    assert everything.stats["weight on successes"] == pytest.approx(won) and 0 < won < 1
+    assert kept.stats["weight on successes"] == pytest.approx(
+        sum(wi for wi, t in zip([r["weight"] for r in kept.records], trajs) if t["success"]) / 4)
 
 
 def test_only_last_turn_tokens_carry_loss_in_the_trainers_batches(nano_checkpoint, char_tokenizer, tmp_path,

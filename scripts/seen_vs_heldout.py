@@ -13,7 +13,7 @@ excludes 0 means the method gained more on what it saw than on what it did not.
         --env unary-feedback --env-arg env=generalpoints --env-arg max_attempts=5 --style reason \\
         --max-turns 10 --max-new-tokens 96 --heldout 64 REF/final DRIFT/final [MORE/final ...]
 
-(docs/results.md, drift `reason`.) Only the file's `env_seed`s are read: any trajectory file of the same
+(docs/results.md, drift `reason`.) Only the file's `env_seed`s are used: any trajectory file of the same
 env will do.
 """
 
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from postlab.config import parse_override
+from postlab.data.records import DataError
+from postlab.data.trajectories import read_trajectories
 from postlab.envs import make
 from postlab.eval.metrics import paired_difference_ci
 from postlab.models.io import load_model, load_tokenizer
@@ -37,18 +39,8 @@ from postlab.seeds import eval_seed
 
 
 def seen_seeds(path: str | Path) -> list[int]:
-    """The distinct `env_seed`s of a trajectory file, in file order."""
-    seeds: dict[int, None] = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            seeds[int(json.loads(line)["env_seed"])] = None
-        except (ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"{path}:{n}: not a trajectory line with an integer env_seed ({e})")
-    if not seeds:
-        raise SystemExit(f"{path}: no trajectory in it")
-    return list(seeds)
+    """The distinct `env_seed`s of a trajectory file (read and validated by `read_trajectories`), in file order."""
+    return list(dict.fromkeys(t["env_seed"] for t in read_trajectories(path)))
 
 
 def greedy_success(model, tok, make_env: Callable, seeds: Sequence[int], max_new_tokens: int) -> list[float]:
@@ -115,7 +107,10 @@ def main(argv=None) -> None:
     if args.max_turns is not None:
         env_args["max_turns"] = args.max_turns
     make_env = lambda: make(args.env, split="id", **style, **env_args)  # noqa: E731
-    seen = seen_seeds(args.trajectories)
+    try:
+        seen = seen_seeds(args.trajectories)
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
     held = [eval_seed(i) for i in range(args.heldout)]
     outcomes = {}
     for path in args.checkpoints:

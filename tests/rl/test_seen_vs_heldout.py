@@ -8,7 +8,9 @@ import shutil
 import pytest
 
 import postlab.envs.toy  # noqa: F401
+from postlab.data.records import DataError
 
+from drift.helpers import make_trajectory
 from harness import REPO, tiny_checkpoint
 
 
@@ -38,10 +40,12 @@ def test_gap_is_seen_change_minus_heldout_change():
 def test_seen_seeds_are_the_files_distinct_env_seeds_in_order(tmp_path):
     s = _script()
     f = tmp_path / "t.jsonl"
-    f.write_text("\n".join(json.dumps({"env_seed": x, "prompt_id": i}) for i, x in enumerate([7, 7, 3, 9, 3])) + "\n")
+    trajs = [make_trajectory(i, 0, env_seed=x) for i, x in enumerate([7, 7, 3, 9, 3])]
+    f.write_text("".join(json.dumps(t) + "\n" for t in trajs))
     assert s.seen_seeds(f) == [7, 3, 9]
-    f.write_text(json.dumps({"env_seed": 1}) + "\n" + json.dumps({"prompt_id": 2}) + "\n")
-    with pytest.raises(SystemExit, match=r"t.jsonl:2: not a trajectory line"):
+    no_seed = {k: v for k, v in trajs[1].items() if k != "env_seed"}
+    f.write_text(json.dumps(trajs[0]) + "\n" + json.dumps(no_seed) + "\n")
+    with pytest.raises(DataError, match=r"t.jsonl:2.*env_seed"):
         s.seen_seeds(f)
 
 
@@ -50,7 +54,7 @@ def test_end_to_end_a_checkpoint_against_its_copy_changes_nothing(tmp_path, caps
     ckpt = tiny_checkpoint(tmp_path / "m", preset="nano", seed=0)
     copy = shutil.copytree(ckpt, tmp_path / "copy")
     f = tmp_path / "t.jsonl"
-    f.write_text("".join(json.dumps({"env_seed": x}) + "\n" for x in (11, 12, 11, 13)))
+    f.write_text("".join(json.dumps(make_trajectory(0, 0, env_seed=x)) + "\n" for x in (11, 12, 11, 13)))
     out = tmp_path / "r.json"
     s.main([str(ckpt), str(copy), "--trajectories", str(f), "--env", "toy", "--heldout", "5",
             "--max-new-tokens", "4", "--out", str(out)])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +30,9 @@ import torch
 from postlab.config import parse_override
 from postlab.data.records import DataError
 from postlab.data.trajectories import read_trajectories
-from postlab.envs import make
 from postlab.eval.metrics import paired_difference_ci
+from postlab.eval.evaluate import evaluate
 from postlab.models.io import load_model, load_tokenizer
-from postlab.rollout.engine import SamplingParams
-from postlab.rollout.episodes import context_limit, play
-from postlab.seeds import eval_seed
 
 
 def seen_seeds(path: str | Path) -> list[int]:
@@ -43,14 +40,12 @@ def seen_seeds(path: str | Path) -> list[int]:
     return list(dict.fromkeys(t["env_seed"] for t in read_trajectories(path)))
 
 
-def greedy_success(model, tok, make_env: Callable, seeds: Sequence[int], max_new_tokens: int) -> list[float]:
-    """1.0 / 0.0 per problem: does the greedy episode (with the env's feedback) succeed? Played as
-    `postlab.eval.evaluate` plays it (the env's own turn limit, a 256-step cap)."""
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
+def greedy_success(model, tok, env: str, **evaluate_kwargs) -> list[float]:
+    """1.0 / 0.0 per problem: does the greedy episode (with the env's feedback) succeed? Played by
+    `postlab.eval.evaluate` (its `env_seeds`, or its evaluation range's first `n_episodes`), as a study's
+    evaluation plays its problems."""
     with torch.no_grad():
-        episodes = play(model, tok, make_env, list(seeds), params, max_turns=256,
-                        max_context=context_limit(model, max_new_tokens))
-    return [float(e.success) for e in episodes]
+        return evaluate(model, tok, env, "id", num_examples=0, **evaluate_kwargs)["per_problem"]
 
 
 def gap_ci(seen: Sequence[float], heldout: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -88,7 +83,7 @@ def main(argv=None) -> None:
     ap.add_argument("checkpoints", nargs="+", help="checkpoint directories; the first is the reference")
     ap.add_argument("--trajectories", required=True, help="a trajectory file whose env_seeds are the seen problems")
     ap.add_argument("--env", required=True)
-    ap.add_argument("--style", default=None)
+    ap.add_argument("--style", default="compact", help="the prompt style (as `postlab eval --style`)")
     ap.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="an environment option (repeatable), e.g. max_attempts=5")
     ap.add_argument("--heldout", type=int, default=64, help="held-out problems: the evaluation range's first N")
@@ -103,23 +98,19 @@ def main(argv=None) -> None:
     for item in args.env_arg:
         key, value = parse_override(item)
         env_args[".".join(key)] = value
-    style = {"style": args.style} if args.style else {}
-    if args.max_turns is not None:
-        env_args["max_turns"] = args.max_turns
-    make_env = lambda: make(args.env, split="id", **style, **env_args)  # noqa: E731
+    play_as = dict(env_args=env_args, style=args.style, max_turns=args.max_turns, max_new_tokens=args.max_new_tokens)
     try:
         seen = seen_seeds(args.trajectories)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
-    held = [eval_seed(i) for i in range(args.heldout)]
     outcomes = {}
     for path in args.checkpoints:
         model, tok = load_model(path).eval(), load_tokenizer(path)
-        outcomes[path] = {"seen": greedy_success(model, tok, make_env, seen, args.max_new_tokens),
-                          "heldout": greedy_success(model, tok, make_env, held, args.max_new_tokens)}
+        outcomes[path] = {"seen": greedy_success(model, tok, args.env, env_seeds=seen, **play_as),
+                          "heldout": greedy_success(model, tok, args.env, n_episodes=args.heldout, **play_as)}
         o = outcomes[path]
         print(f"{path}: seen {100 * np.mean(o['seen']):.1f}% of {len(seen)}, "
-              f"held-out {100 * np.mean(o['heldout']):.1f}% of {len(held)}", flush=True)
+              f"held-out {100 * np.mean(o['heldout']):.1f}% of {args.heldout}", flush=True)
     changes = compare(outcomes)
     for name, c in changes.items():
         print(f"{name} - {args.checkpoints[0]}: seen {_fmt(c['seen'])}, held-out {_fmt(c['heldout'])}, "

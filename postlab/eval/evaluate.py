@@ -3,7 +3,8 @@
 `evaluate(model, tokenizer, env, split, ...)` plays `n_episodes` problems (env seeds
 `postlab.seeds.eval_seed(seed + i)`: the evaluation range, disjoint from every training and
 corpus seed, and the same for every model, so every checkpoint sees the same problems)
-and returns a JSON-ready dict:
+and returns a JSON-ready dict. `env_seeds` plays the given problems instead, in that order
+(e.g. the training problems a run saw, to compare them with held-out ones), played the same way:
 
 - ``success_rate`` with a percentile-bootstrap 95% CI over problems (sampled decoding: the
   mean over samples, i.e. pass@1);
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Literal
 
 from postlab.eval.metrics import mean_ci, pass_at_k_per_problem
@@ -112,23 +114,29 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
              decoding: Literal["greedy", "sampled"] = "greedy", temperature: float = 1.0, k: int = 1,
              n_samples: int = 0, max_turns: int | None = None, style: str = "compact", seed: int = 0,
              max_new_tokens: int = 64, max_steps: int = 256, env_args: dict | None = None, batch_size: int = 256,
-             n_boot: int = 2000, num_examples: int = 3, backend=None) -> dict:
+             n_boot: int = 2000, num_examples: int = 3, backend=None, env_seeds: Sequence[int] | None = None) -> dict:
     """Play `n_episodes` evaluation problems of `env`/`split` (see the module doc); a JSON-ready dict.
 
-    `backend` (e.g. a `VLLMBackend` serving the same weights) samples instead of the local engine."""
+    `env_seeds`: play these problems (env seeds, in order; `n_episodes` is then their number) instead of
+    the evaluation range. `backend` (e.g. a `VLLMBackend` serving the same weights) samples instead of
+    the local engine."""
     from postlab.envs.base import env_class, make
 
     if decoding not in ("greedy", "sampled"):
         raise ValueError(f"decoding: {decoding!r}; valid: 'greedy', 'sampled'")
-    if n_episodes <= 0:
+    if env_seeds is None and n_episodes <= 0:
         raise ValueError(f"n_episodes must be > 0, got {n_episodes}")
+    if env_seeds is not None and not len(env_seeds):
+        raise ValueError("env_seeds is empty; give at least one env seed, or None for the evaluation range")
+    problems = [eval_seed(seed + i) for i in range(n_episodes)] if env_seeds is None else [int(s) for s in env_seeds]
+    n_episodes = len(problems)
     samples = 1 if decoding == "greedy" else max(n_samples or k, k)
     if decoding == "greedy" and k > 1:
         raise ValueError("pass@k with k > 1 needs decoding='sampled' (greedy gives one answer per problem)")
     kw = dict(env_args or {}) if max_turns is None else {**(env_args or {}), "max_turns": max_turns}
     start = time.time()
     # samples of one problem are consecutive episodes with the same env seed
-    seeds = [eval_seed(seed + i) for i in range(n_episodes) for _ in range(samples)]
+    seeds = [p for p in problems for _ in range(samples)]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0 if decoding == "greedy" else temperature,
                             seed=seed)
     episodes = play(model, tokenizer, lambda: make(env, split=split, style=style, **kw), seeds, params,
@@ -139,6 +147,8 @@ def evaluate(model, tokenizer, env: str, split: str = "id", n_episodes: int = 64
     result = {"env": env, "split": split, "style": style, "decoding": decoding,
               "temperature": params.temperature, "n_episodes": n_episodes,
               "n_samples": samples, "max_turns": max_turns, "seed": seed}
+    if env_seeds is not None:  # not the evaluation range: say which problems these are
+        result["env_seeds"] = problems
     sr = mean_ci(per_problem, n_boot=n_boot, seed=seed)
     result["success_rate"], result["ci"] = sr["mean"], [sr["ci_low"], sr["ci_high"]]
     # per problem, in seed order (the same problems for every model): lets a report bootstrap

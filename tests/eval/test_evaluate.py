@@ -97,3 +97,23 @@ def test_nav_decision_probe_groups_and_scores_decisions(monkeypatch, char_tokeni
     monkeypatch.setattr(engine, "generate", lambda model, tok, prompts, params: [
         Completion(i, [], "9. anything => stop", [], "stop") for i in range(len(prompts))])
     assert probe(None, char_tokenizer, "id", routes=3)["stop"] == (expected["stop"], expected["stop"])
+
+
+def test_env_seeds_play_the_given_problems_as_the_evaluation_range_is_played(nano_model, char_tokenizer):
+    from postlab.seeds import eval_seed
+
+    model, tok = nano_model, char_tokenizer
+    kw = dict(max_turns=3, max_new_tokens=4, env_args={"scripted": True})
+    # the evaluation range given as env seeds is the default evaluation, problem for problem
+    default = evaluate(model, tok, "toy-copy", "id", n_episodes=6, **kw)
+    given = evaluate(model, tok, "toy-copy", "id", env_seeds=[eval_seed(i) for i in range(6)], **kw)
+    assert given["per_problem"] == default["per_problem"] and given["success_by_turn"] == default["success_by_turn"]
+    assert "env_seeds" not in default and given["env_seeds"] == [eval_seed(i) for i in range(6)]
+    # other problems, in the given order, repeats kept (scripted: even seeds succeed at attempt 2);
+    # n_episodes is their number whatever was passed
+    r = evaluate(model, tok, "toy-copy", "id", n_episodes=64, env_seeds=[2, 3, 4, 4, 7], **kw)
+    assert r["per_problem"] == [1.0, 0.0, 1.0, 1.0, 0.0] and r["n_episodes"] == 5
+    sampled = evaluate(model, tok, "toy-copy", "id", env_seeds=[3, 8], decoding="sampled", n_samples=3, k=2, **kw)
+    assert sampled["per_problem"] == [0.0, 1.0] and sampled["pass_at_k"] == 0.5
+    with pytest.raises(ValueError, match="env_seeds is empty"):
+        evaluate(model, tok, "toy-copy", "id", env_seeds=[], **kw)

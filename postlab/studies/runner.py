@@ -93,6 +93,15 @@ def _stage_lock(path: Path, label: str):
         f"{label}: another process ({holder}) is rebuilding this stage; waiting for it", highlight=False))
 
 
+def reads_start(kind: str) -> bool:
+    """Does a stage of `kind` read its input's start model (`StageKind.reads_start`)? A custom kind says so with
+    a `reads_start` attribute on its function; without one it is assumed to (rebuilding too much costs time,
+    too little fails the stage)."""
+    if kind in STAGE_KINDS:
+        return STAGE_KINDS[kind].reads_start
+    return bool(getattr(resolve_kind(kind), "reads_start", True))
+
+
 def resolve_kind(kind: str):
     """The run function of a built-in kind, or of a custom `module:function` kind."""
     if kind in STAGE_KINDS:
@@ -264,7 +273,8 @@ class StudyRunner:
                     if not (path / "DONE").exists():  # not finished by another process while this one looked
                         steps = st.spec.get("points") == "all"  # an evaluation of every saved step (any kind)
                         for d in st.after:  # what it reads must be on disk
-                            self._materialize(seed, d, results[seed], dirs, tags[(seed, name)], steps)
+                            self._materialize(seed, d, results[seed], dirs, tags[(seed, name)], steps,
+                                              with_start=reads_start(st.kind))
                         results[seed][name] = self._run_stage_locked(
                             st, stage_seed, path, [results[seed][d] for d in st.after], [dirs[d] for d in st.after],
                             label)
@@ -277,20 +287,21 @@ class StudyRunner:
         return None
 
     def _materialize(self, seed: int, name: str, results: dict[str, dict], dirs: dict[str, Path], tag: str,
-                     steps: bool = False) -> None:
+                     steps: bool = False, with_start: bool = False) -> None:
         """Done stage `name`, read by a stage about to run: its checkpoint (and its saved `steps`, for an
-        evaluation of every point), and the start it records (which evaluation reads for drift), must be on
-        disk. A stage whose checkpoint is gone (pruned to save disk, or a results-only copy from `postlab
-        archive`) is rebuilt after its own inputs: same spec, seed and inputs, so it trains the same model
-        again. Only what a running stage reads is rebuilt."""
+        evaluation of every point), and `with_start` the start it records (which evaluation reads for drift),
+        must be on disk. A stage whose checkpoint is gone (pruned to save disk, or a results-only copy from
+        `postlab archive`) is rebuilt after its own inputs: same spec, seed and inputs, so it trains the same
+        model again. Only what a running stage reads is rebuilt: a trainer reading an archive's carried
+        warm-up does not rebuild the base that warm-up started from."""
         st, path = self.study.stages[name], dirs[name]
         start = results[name].get("start")
-        if start and st.after and not (path / start).exists():
+        if with_start and start and st.after and not (path / start).exists():
             self._materialize(seed, st.after[0], results, dirs, tag)
         if not missing_checkpoint(results[name], path, steps):
             return
         for d in st.after:
-            self._materialize(seed, d, results, dirs, tag)
+            self._materialize(seed, d, results, dirs, tag, with_start=reads_start(st.kind))
         results[name] = self.rebuild_stage(st, self.stage_seed(name, seed), path, [results[d] for d in st.after],
                                            [dirs[d] for d in st.after], f"{tag} seed {seed} {name} ({st.kind})", steps)
 

@@ -42,6 +42,9 @@ class StageKind:
     run: Callable  # run(ctx) -> result dict
     validate: Callable  # validate(ctx) -> None; raises ConfigError naming the stage and key
     doc: str = ""
+    # it reads its input's start model too (an evaluation measures drift from it): only then does a runner
+    # rebuild that start when an archive left it out
+    reads_start: bool = False
 
 
 STAGE_KINDS: Registry = Registry("stage kind")

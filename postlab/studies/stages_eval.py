@@ -206,4 +206,5 @@ def validate_eval(ctx) -> None:
         check_splits(ctx, [drift["split"]])
 
 
-register_stage_kind(StageKind("eval", run_eval, validate_eval, "ID/OOD evaluation (postlab.eval.evaluate)"))
+register_stage_kind(StageKind("eval", run_eval, validate_eval, "ID/OOD evaluation (postlab.eval.evaluate)",
+                               reads_start=True))

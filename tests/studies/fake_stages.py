@@ -40,10 +40,16 @@ def train(ctx) -> dict:
             (ctx.path / step_path[s]).mkdir(parents=True, exist_ok=True)
             (ctx.path / step_path[s] / "model.safetensors").write_text(f"weights at {s}")
             (ctx.path / step_path[s] / "trainer_state.safetensors").write_text(f"optimizer at {s}")
-    return {"checkpoint": "run/final", "value": value, "steps": steps,
-            "checkpoints": [{"step": s, "path": step_path[s], "tokens_trained": 100 * s, "tokens_generated": 10 * s,
-                             "flops": 6e3 * s} for s in range(1, steps + 1)],
-            "compute": {"params": 10, "tokens_trained": 100 * steps, "tokens_generated": 10 * steps}}
+    out = {"checkpoint": "run/final", "value": value, "steps": steps,
+           "checkpoints": [{"step": s, "path": step_path[s], "tokens_trained": 100 * s, "tokens_generated": 10 * s,
+                            "flops": 6e3 * s} for s in range(1, steps + 1)],
+           "compute": {"params": 10, "tokens_trained": 100 * steps, "tokens_generated": 10 * steps}}
+    if ctx.inputs:  # where it started, as the real trainer stages record it (evaluations read it for drift)
+        out["start"] = os.path.relpath(ctx.input_checkpoint(0), ctx.path)
+    return out
+
+
+train.reads_start = False  # a trainer reads its input's checkpoint, not where that input started
 
 
 def evaluate(ctx) -> dict:

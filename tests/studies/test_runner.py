@@ -405,15 +405,22 @@ def test_an_archive_may_carry_the_final_model_of_a_long_stage_so_that_it_is_not_
     assert weights == [f"toy/default/seed_0/{a.plan()[0]['warm'].name}/run/final/model.safetensors"]
     unarchive(tmp_path / "toy.tar.gz", tmp_path / "b")
     b = _run(STUDY, tmp_path / "b", tmp=tmp_path, overrides=["stages.eval-rl.data.offsets.id=0.05"])
-    assert [s for _, s in b.calls] == ["rl", "eval-rl"]  # from the carried warm-up: base is not rebuilt
+    # from the carried warm-up: base, where warm started, is not rebuilt (rl reads warm's model, not its start)
+    assert [s for _, s in b.calls] == ["rl", "eval-rl"]
+    # an evaluation reads its input's start too (drift from it): carrying rl alone, warm is rebuilt for it
+    archive(a.root, tmp_path / "rl.tar.gz", keep_models=["rl"])
+    unarchive(tmp_path / "rl.tar.gz", tmp_path / "c")
+    c = _run(STUDY, tmp_path / "c", tmp=tmp_path, overrides=["stages.eval-rl.data.offsets.id=0.05"])
+    assert [s for _, s in c.calls] == ["base", "warm", "eval-rl"]
+    assert (c.plan()[0]["warm"] / "run/final/model.safetensors").exists()
     with pytest.raises(ConfigError, match="--keep-models: wram is not a stage of this study"):
         archive(a.root, tmp_path / "x.tar.gz", keep_models=["wram"])
 
 
 def test_an_archive_may_carry_an_arms_saved_steps_for_an_evaluation_of_every_point(tmp_path):
     """`rl:steps` carries rl's final model and each saved step's model (not their optimizer state): an evaluation
-    of every point of rl then runs where the archive is unpacked without training rl again; with `rl` alone
-    (its final model) it rebuilds rl first."""
+    of every point of rl then runs where the archive is unpacked without training rl again (with warm, rl's start,
+    which an evaluation reads for drift); with `rl` alone (its final model) it rebuilds rl first."""
     import tarfile
 
     from postlab.studies.archive import archive, unarchive
@@ -422,7 +429,7 @@ def test_an_archive_may_carry_an_arms_saved_steps_for_an_evaluation_of_every_poi
                                                             "data": {"steps": 3, "gain": 0.2, "step_dirs": True}}}}
     a = _run(study, tmp_path / "a", tmp=tmp_path)
     rl = a.plan()[0]["rl"].name
-    archive(a.root, tmp_path / "steps.tar.gz", keep_models=["rl:steps"])
+    archive(a.root, tmp_path / "steps.tar.gz", keep_models=["rl:steps", "warm"])
     with tarfile.open(tmp_path / "steps.tar.gz") as tar:
         carried = sorted(n.split(f"{rl}/", 1)[1] for n in tar.getnames() if rl in n and "/run/" in n and
                          n.endswith(".safetensors"))

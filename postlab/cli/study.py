@@ -72,6 +72,10 @@ def _run_study(args) -> int:
     study = load_study(args.name, preset=args.preset, overrides=[*args.overrides, *args.set_overrides],
                        seeds=args.seeds, independent=args.independent)
     runner = StudyRunner(study, args.out, only_seeds=args.only_seeds)
+    for root, along in study.dropped_with().items():
+        names = ", ".join(along) if len(along) <= 6 else f"{len(along)} stages ({', '.join(along[:3])}, ..., {along[-1]})"
+        console.print(f"not planned: {names} (after {root}, which is disabled; "
+                      f"-s stages.NAME.after=[...] gives a stage other inputs)", highlight=False)
     if args.plan:
         runner.validate()  # the same checks `run` does before its first stage
         table = Table(title=f"study {study.name} ({study.preset or 'default'}): {runner.root}")

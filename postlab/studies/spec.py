@@ -67,6 +67,9 @@ class Study:
     stages: dict[str, Stage]  # topological order
     raw: dict  # the resolved study mapping (after presets and overrides)
     source: str
+    # stages dropped from the plan -> why: "disabled", or the disabled stage upstream that took it along
+    # (a user who disables a probe should hear that its RL stage went too, not find it missing)
+    dropped: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def is_shared(self, stage: str) -> bool:
         return bool(self.stages[stage].spec.get("shared"))
@@ -74,6 +77,14 @@ class Study:
     @property
     def report(self) -> dict:
         return self.raw.get("report") or {}
+
+    def dropped_with(self) -> dict[str, list[str]]:
+        """Each disabled stage that took other stages out of the plan -> those stages, in plan order."""
+        along: dict[str, list[str]] = {}
+        for sname, why in self.dropped.items():
+            if why != "disabled":
+                along.setdefault(why, []).append(sname)
+        return along
 
 
 def find_study_file(name: str) -> Path:
@@ -203,13 +214,17 @@ def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds
                                   f"{', '.join(unshared)} are not; mark them shared too or drop 'shared'")
     order = _toposort(stages, source)
     # a disabled stage disables every stage downstream of it
-    disabled: set[str] = set()
+    dropped: dict[str, str] = {}
     for sname in order:
-        if stages[sname].get("enabled", True) is False or any(d in disabled for d in stages[sname]["after"]):
-            disabled.add(sname)
+        if stages[sname].get("enabled", True) is False:
+            dropped[sname] = "disabled"
+        else:
+            upstream = next((d for d in stages[sname]["after"] if d in dropped), None)
+            if upstream is not None:  # name the stage the user disabled, not an intermediate one
+                dropped[sname] = upstream if dropped[upstream] == "disabled" else dropped[upstream]
     out = {}
     for sname in order:
-        if sname in disabled:
+        if sname in dropped:
             continue
         st = stages[sname]
         spec = {k: v for k, v in st.items() if k not in ("after", "enabled")}
@@ -219,7 +234,7 @@ def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds
     data["stages"] = {k: stages[k] for k in order}
     if independent:  # its own run directory and report, beside the shared-base study's
         preset = f"{preset or 'default'}-independent"
-    return Study(name, preset, seed_list, out, data, source)
+    return Study(name, preset, seed_list, out, data, source, dropped)
 
 
 def _toposort(stages: dict[str, dict], source: str) -> list[str]:

@@ -35,3 +35,15 @@ def test_plan_refuses_a_non_finite_stage_value(tmp_path, override, key):
     with pytest.raises(ConfigError, match=rf"{key}: must be a finite number"):
         runner.validate(runner.plan())
     assert not any(tmp_path.rglob("config.yaml"))  # no stage started
+
+
+def test_plan_says_which_stages_a_disabled_stage_took_along(tmp_path, capsys):
+    from postlab.cli.main import main
+
+    # disabling the probe drops the RL stage it feeds, and that stage's evaluation: the plan says so
+    assert main(["study", "drift", "--preset", "demo", "--plan", "--out", str(tmp_path),
+                 "-s", "stages.math-grpo.enabled=false"]) == 0
+    captured = capsys.readouterr()
+    out = " ".join((captured.out + captured.err).split())
+    assert "not planned: eval-math-grpo (after math-grpo, which is disabled" in out
+    assert "math-ref" in out  # the stages that stay are listed in the plan table

@@ -116,9 +116,13 @@ def test_disabled_stage_disables_dependents_and_defaults_merge():
     data = {"env": "x", "defaults": {"*": {"style": "compact"}, "sft": {"config": {"optim": {"lr": 0.1}}}},
             "stages": {"a": {"kind": "sft", "config": {"run": {"max_steps": 3}}},
                        "b": {"kind": "sft", "after": "a", "enabled": False},
-                       "c": {"kind": "eval", "after": "b"}, "d": {"kind": "eval", "after": "a"}}}
+                       "c": {"kind": "eval", "after": "b"}, "d": {"kind": "eval", "after": "a"},
+                       "e": {"kind": "eval", "after": "c"}}}
     st = resolve(data)
     assert list(st.stages) == ["a", "d"]
+    # what left the plan, and why: the disabled stage is named even two stages down
+    assert st.dropped == {"b": "disabled", "c": "b", "e": "b"}
+    assert st.dropped_with() == {"b": ["c", "e"]}
     assert st.stages["a"].spec["config"] == {"optim": {"lr": 0.1}, "run": {"max_steps": 3}}
     assert st.stages["a"].spec["env"] == "x" and st.stages["d"].spec["style"] == "compact"
 

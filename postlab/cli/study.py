@@ -73,7 +73,8 @@ def _run_study(args) -> int:
                        seeds=args.seeds, independent=args.independent)
     runner = StudyRunner(study, args.out, only_seeds=args.only_seeds)
     for root, along in study.dropped_with().items():
-        names = ", ".join(along) if len(along) <= 6 else f"{len(along)} stages ({', '.join(along[:3])}, ..., {along[-1]})"
+        names = (", ".join(along) if len(along) <= 6 else
+                 f"{len(along)} stages ({', '.join(along[:3])}, ..., {along[-1]})")
         console.print(f"not planned: {names} (after {root}, which is disabled; "
                       f"-s stages.NAME.after=[...] gives a stage other inputs)", highlight=False)
     if args.plan:

@@ -45,7 +45,12 @@ def rows(run_dir: Path) -> list[dict]:
             if json.loads(line)["kind"] == "train"]
 
 
-def assert_same_run(one: Path, two: Path, keys=("loss",), atol=1e-5):
+def assert_same_run(one: Path, two: Path, keys=("loss",), atol=1e-4):
+    """Metric rows equal to 1e-5 relative; final weights to `atol`. Adam divides each coordinate's gradient by
+    its own running scale, so where a gradient is ~0 the order in which ranks' gradients are summed (and the
+    CPU's vector width: AVX2 and AVX-512 sum differently) moves that coordinate by up to a fraction of the lr
+    (3e-3 here): 2e-5 measured on one AVX-512 machine. A rank's gradient lost or counted twice shows in the
+    loss and grad-norm rows, and a wrong shard saved differs by the weights' own scale (~0.1)."""
     a, b = rows(one), rows(two)
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, len(a) + 1))  # one row per step
     for ra, rb in zip(a, b):

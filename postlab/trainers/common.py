@@ -303,7 +303,12 @@ def setup_model(cfg: ModelConfig, device, texts_for_tokenizer=None, seed: int = 
         lora.apply(model, cfg.lora, base_path=cfg.path)
     if cfg.gradient_checkpointing:
         # Non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA) and with no_grad forwards.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers renamed it (activation_*, 5.x; the old name warns and goes in v6); older releases have only
+        # the old name, and pyproject allows them
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     set_autocast(model, cfg.autocast)
     return model, tok
 

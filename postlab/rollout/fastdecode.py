@@ -14,6 +14,8 @@ norms, sliding windows, ...) get `HFDecoder`.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -178,6 +180,10 @@ class HFDecoder:
 
     def __init__(self, model, max_len: int):
         self.model, self.max_len, self.past, self.attn = model, max_len, None, None
+        # transformers 5.x names the KV cache `cache` (argument and output); `past_key_values` warns there and is
+        # removed in 5.40, while the 4.x releases pyproject allows know only `past_key_values`
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
+        self.cache_name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
     def prefill(self, ids, pos, key_mask, rows: torch.Tensor):
         ids, pos, key_mask = (x.index_select(0, rows) for x in (ids, pos, key_mask))
@@ -185,11 +191,11 @@ class HFDecoder:
         self.attn = torch.ones(B, self.max_len, dtype=torch.long, device=ids.device)
         self.attn[:, :W] = key_mask.long()
         out = self.model(input_ids=ids, attention_mask=self.attn[:, :W], position_ids=pos, use_cache=True)
-        self.past = out.past_key_values
+        self.past = getattr(out, self.cache_name)
         return out.logits[:, -1].float()
 
     def step(self, tokens, pos, index):
         out = self.model(input_ids=tokens[:, None], attention_mask=self.attn[:, :index + 1], position_ids=pos[:, None],
-                         past_key_values=self.past, use_cache=True)
-        self.past = out.past_key_values
+                         use_cache=True, **{self.cache_name: self.past})
+        self.past = getattr(out, self.cache_name)
         return out.logits[:, -1].float()

@@ -44,7 +44,8 @@ def test_gradient_checkpointing_runs_a_step_with_the_same_update(tmp_path):
     plain = _setup(tmp_path / "a")
     ckpt = _setup(tmp_path / "b", gradient_checkpointing=True)
     # the property's name changed with transformers' rename (activation_*); either says the same
-    on = "is_activation_checkpointing" if hasattr(ckpt.model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    on = ("is_activation_checkpointing" if hasattr(ckpt.model, "is_activation_checkpointing")
+          else "is_gradient_checkpointing")
     assert getattr(ckpt.model, on) and not getattr(plain.model, on)
     a, b = plain.step(0).metrics, ckpt.step(0).metrics
     assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["grad_norm"] == pytest.approx(b["grad_norm"],

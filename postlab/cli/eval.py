@@ -34,6 +34,48 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the full results as JSON instead of the summary table")
     p.set_defaults(func=_run)
 
+    g = sub.add_parser("rl-gain", help="an RL run's training success vs its frozen start on the same problems",
+                       description="Replay the last --window steps of an RL run (postlab train rl, or a study's rl "
+                                   "stage: STAGE_DIR/run) with its frozen start model: the same problems, the same "
+                                   "sampling seeds. Prints on-policy vs frozen success, the gain with a 95%% CI over "
+                                   "those steps, and the share of groups the frozen model solves at least once: did RL "
+                                   "learn on its own training problems? (A study's rl stage after a probe reports this "
+                                   "itself, as `training_gain`.) No evaluation problem is played.")
+    g.add_argument("run", help="the RL run directory (holds config.yaml and metrics.jsonl)")
+    g.add_argument("--window", type=int, default=4, help="last steps to compare (default 4, the probes' default)")
+    g.add_argument("--json", action="store_true", help="print the result as JSON")
+    g.set_defaults(func=_run_gain)
+
+
+def _run_gain(args) -> int:
+    from postlab.config import ConfigError, load_config
+    from postlab.progress import console
+    from postlab.studies.probe import training_gain
+    from postlab.trainers.rl import RLConfig
+
+    run = Path(args.run)
+    for name in ("config.yaml", "metrics.jsonl"):
+        if not (run / name).is_file():
+            hint = " (a study stage's run is STAGE_DIR/run)" if (run / "run" / name).is_file() else ""
+            raise ConfigError(f"rl-gain {run}: no {name} there{hint}; give the directory of an RL run")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = sum(1 for r in rows if "success" in r and "time_training" in r)
+    if steps == 0:
+        raise ConfigError(f"rl-gain {run}: metrics.jsonl has no RL training step with a success rate; is it an RL run?")
+    if not 1 <= args.window <= steps:
+        raise ConfigError(f"rl-gain --window {args.window}: must be between 1 and the run's {steps} logged steps")
+    cfg = load_config(RLConfig, run / "config.yaml")
+    gain = {k: v for k, v in training_gain(cfg, run, args.window).items() if not k.startswith("tokens_")}
+    if args.json:
+        print(json.dumps(gain, indent=2))
+    else:
+        lo, hi = gain["gain_ci"]
+        console.print(f"{run}: training success {gain['on_policy_success']:.3f} vs frozen start "
+                      f"{gain['frozen_success']:.3f} on the last {args.window} steps' problems: gain "
+                      f"{gain['gain']:+.3f} [{lo:+.3f}, {hi:+.3f}]; the frozen start solves "
+                      f"{gain['frozen_groups_solved']:.1%} of their groups at least once", highlight=False)
+    return 0
+
 
 def _run(args) -> int:
     from postlab.config import ConfigError, parse_override

@@ -329,3 +329,24 @@ def test_a_shared_probe_is_reported_once_per_directory():
     titles = [t["title"] for t in probe_tables(run)]
     assert [t.split(":")[0] for t in titles] == ["RL budget probe shared-probe, seeds 0, 1, 2 (shared)"] + [
         f"RL budget probe own-probe, seed {s}" for s in range(3)]
+
+
+def test_rl_gain_command_replays_a_run_as_the_stage_does(tmp_path, capsys):
+    """`postlab rl-gain RUN` gives the rl stage's own `training_gain` (same window, same replay), so a run
+    without a probe (or outside a study) can be asked the same question; bad directories are refused."""
+    from postlab.cli.main import main
+
+    runner = StudyRunner(resolve(_study(False, {"optim.lr": [1.0e-2]})), tmp_path / "s")
+    res = runner.run()[0]
+    run_dir = runner.plan()[0]["rl"] / "run"
+    capsys.readouterr()
+    assert main(["rl-gain", str(run_dir), "--window", "1", "--json"]) == 0
+    gain = json.loads(capsys.readouterr().out)
+    assert gain == json.loads(json.dumps(res["rl"]["training_gain"]))
+    assert main(["rl-gain", str(run_dir), "--window", "2", "--json"]) == 0  # both steps
+    two = json.loads(capsys.readouterr().out)
+    assert two["window"] == 2 and two["on_policy_success"] == sum(two["success_by_step"]) / 2
+    assert main(["rl-gain", str(run_dir), "--window", "3"]) == 2
+    assert "between 1 and the run's 2 logged steps" in capsys.readouterr().err
+    assert main(["rl-gain", str(run_dir.parent)]) == 2
+    assert "a study stage's run is STAGE_DIR/run" in capsys.readouterr().err

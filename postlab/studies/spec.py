@@ -67,9 +67,9 @@ class Study:
     stages: dict[str, Stage]  # topological order
     raw: dict  # the resolved study mapping (after presets and overrides)
     source: str
-    # stages dropped from the plan -> why: "disabled", or the disabled stage upstream that took it along
-    # (a user who disables a probe should hear that its RL stage went too, not find it missing)
-    dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+    # stages dropped from the plan -> the disabled stage upstream that took it along, or None for a stage disabled
+    # itself (a user who disables a probe should hear that its RL stage went too, not find it missing)
+    dropped: dict[str, str | None] = dataclasses.field(default_factory=dict)
 
     def is_shared(self, stage: str) -> bool:
         return bool(self.stages[stage].spec.get("shared"))
@@ -81,9 +81,9 @@ class Study:
     def dropped_with(self) -> dict[str, list[str]]:
         """Each disabled stage that took other stages out of the plan -> those stages, in plan order."""
         along: dict[str, list[str]] = {}
-        for sname, why in self.dropped.items():
-            if why != "disabled":
-                along.setdefault(why, []).append(sname)
+        for sname, root in self.dropped.items():
+            if root is not None:
+                along.setdefault(root, []).append(sname)
         return along
 
 
@@ -214,14 +214,14 @@ def resolve(data: dict, preset: str | None = None, source: str = "<dict>", seeds
                                   f"{', '.join(unshared)} are not; mark them shared too or drop 'shared'")
     order = _toposort(stages, source)
     # a disabled stage disables every stage downstream of it
-    dropped: dict[str, str] = {}
+    dropped: dict[str, str | None] = {}
     for sname in order:
         if stages[sname].get("enabled", True) is False:
-            dropped[sname] = "disabled"
+            dropped[sname] = None
         else:
             upstream = next((d for d in stages[sname]["after"] if d in dropped), None)
             if upstream is not None:  # name the stage the user disabled, not an intermediate one
-                dropped[sname] = upstream if dropped[upstream] == "disabled" else dropped[upstream]
+                dropped[sname] = dropped[upstream] or upstream
     out = {}
     for sname in order:
         if sname in dropped:

@@ -121,7 +121,7 @@ def test_disabled_stage_disables_dependents_and_defaults_merge():
     st = resolve(data)
     assert list(st.stages) == ["a", "d"]
     # what left the plan, and why: the disabled stage is named even two stages down
-    assert st.dropped == {"b": "disabled", "c": "b", "e": "b"}
+    assert st.dropped == {"b": None, "c": "b", "e": "b"}
     assert st.dropped_with() == {"b": ["c", "e"]}
     assert st.stages["a"].spec["config"] == {"optim": {"lr": 0.1}, "run": {"max_steps": 3}}
     assert st.stages["a"].spec["env"] == "x" and st.stages["d"].spec["style"] == "compact"

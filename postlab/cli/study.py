@@ -72,7 +72,15 @@ def _run_study(args) -> int:
     study = load_study(args.name, preset=args.preset, overrides=[*args.overrides, *args.set_overrides],
                        seeds=args.seeds, independent=args.independent)
     runner = StudyRunner(study, args.out, only_seeds=args.only_seeds)
+    # the stages this command disabled (-s stages.X.enabled=false) and what they took along; a preset's own
+    # disabled stages are its design and go unmentioned
+    from postlab.config import parse_override
+
+    disabled_here = {key[1] for key, value in map(parse_override, [*args.overrides, *args.set_overrides])
+                     if len(key) == 3 and key[0] == "stages" and key[2] == "enabled" and value is False}
     for root, along in study.dropped_with().items():
+        if root not in disabled_here:
+            continue
         names = (", ".join(along) if len(along) <= 6 else
                  f"{len(along)} stages ({', '.join(along[:3])}, ..., {along[-1]})")
         console.print(f"not planned: {names} (after {root}, which is disabled; "

@@ -47,3 +47,4 @@ def test_plan_says_which_stages_a_disabled_stage_took_along(tmp_path, capsys):
     out = " ".join((captured.out + captured.err).split())
     assert "not planned: eval-math-grpo (after math-grpo, which is disabled" in out
     assert "math-ref" in out  # the stages that stay are listed in the plan table
+    assert "after gp-base" not in out  # the preset disables GeneralPoints itself: its design, not news

@@ -40,7 +40,7 @@ def test_plan_refuses_a_non_finite_stage_value(tmp_path, override, key):
 def test_plan_says_which_stages_a_disabled_stage_took_along(tmp_path, capsys):
     from postlab.cli.main import main
 
-    # disabling the probe drops the RL stage it feeds, and that stage's evaluation: the plan says so
+    # disabling an RL stage drops the evaluation that follows it: the plan says so
     assert main(["study", "drift", "--preset", "demo", "--plan", "--out", str(tmp_path),
                  "-s", "stages.math-grpo.enabled=false"]) == 0
     captured = capsys.readouterr()

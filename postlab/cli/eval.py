@@ -58,14 +58,11 @@ def _run_gain(args) -> int:
         if not (run / name).is_file():
             hint = " (a study stage's run is STAGE_DIR/run)" if (run / "run" / name).is_file() else ""
             raise ConfigError(f"rl-gain {run}: no {name} there{hint}; give the directory of an RL run")
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    steps = sum(1 for r in rows if "success" in r and "time_training" in r)
-    if steps == 0:
-        raise ConfigError(f"rl-gain {run}: metrics.jsonl has no RL training step with a success rate; is it an RL run?")
-    if not 1 <= args.window <= steps:
-        raise ConfigError(f"rl-gain --window {args.window}: must be between 1 and the run's {steps} logged steps")
     cfg = load_config(RLConfig, run / "config.yaml")
-    gain = {k: v for k, v in training_gain(cfg, run, args.window).items() if not k.startswith("tokens_")}
+    try:  # training_gain checks the run's steps and the window before it replays anything
+        gain = {k: v for k, v in training_gain(cfg, run, args.window).items() if not k.startswith("tokens_")}
+    except ValueError as e:
+        raise ConfigError(f"rl-gain: {e}") from None
     if args.json:
         print(json.dumps(gain, indent=2))
     else:

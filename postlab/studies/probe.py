@@ -135,7 +135,11 @@ def training_gain(cfg, run_dir: Path, window: int, cache: dict | None = None) ->
     solves at least once, and the run's token totals."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     on_policy = {int(r["step"]): float(r["success"]) for r in rows if "success" in r and "time_training" in r}
+    if not on_policy:
+        raise ValueError(f"{run_dir}: metrics.jsonl has no RL training step with a success rate; is it an RL run?")
     steps = max(on_policy)
+    if not 1 <= window <= steps:
+        raise ValueError(f"window {window}: must be between 1 and the run's {steps} logged steps")
     last = list(range(steps - window, steps))  # 0-based step indices; logged as step + 1
     frozen, groups_solved = _frozen_success(cfg, last, cache)
     ci = mean_ci([on_policy[i + 1] - f for i, f in zip(last, frozen)])

@@ -20,7 +20,11 @@ The gate: where the frozen checkpoint solves no problem of any probe group (pass
 group), RL has no signal from a group baseline, and the probe says ``skip``: an `rl` stage fed
 by it returns its start unchanged (and says so). Otherwise the setting with the largest gain is
 ``chosen`` (ties: the cheaper one, fewer sequences per step), whether or not its gain is above 0;
-the report shows every probe so a reader sees how sure the choice was.
+the report shows every probe so a reader sees how sure the choice was. ``probe.select: ci_low``
+chooses by the lower end of the gain's 95% CI instead: for a grid over batch sizes, where a small
+batch's gain is measured on a few dozen sequences and its mean is the noisiest (the largest of
+several noisy means is biased up: in `atomic-to-composite --preset lab-probe` seed 1 the 8-composite
+probe's +3.1 [-9.4, +14.1] won on its mean and the run then lost 10.9 points of training success).
 
 An `rl` stage takes the choice with ``after: [START, PROBE]``: the chosen values replace the
 grid keys of its config. The probes' compute is the stage's compute (the report counts it).
@@ -39,17 +43,23 @@ from postlab.config import ConfigError
 from postlab.eval.metrics import mean_ci
 from postlab.progress import console
 
-PROBE_KEYS = ("steps", "window", "grid")
+PROBE_KEYS = ("steps", "window", "grid", "select")
+SELECT = ("gain", "ci_low")  # what `probe.select` ranks the settings by: the mean gain, or its CI's lower end
 
 
 def probe_options(given: dict | None, where: str) -> dict:
-    """A stage's ``probe`` mapping, checked: steps >= 2, 1 <= window <= steps, a non-empty grid of dotted config keys."""
+    """A stage's ``probe`` mapping, checked: steps >= 2, 1 <= window <= steps, a non-empty grid of dotted config
+    keys, select one of SELECT."""
     p = dict(given or {})
     for k in p:
         if k not in PROBE_KEYS:
             raise ConfigError(f"{where}.{k}: unknown key; valid: {', '.join(PROBE_KEYS)}")
     p.setdefault("steps", 20)
     p.setdefault("window", max(1, p["steps"] // 2))
+    p.setdefault("select", "gain")
+    if p["select"] not in SELECT:
+        raise ConfigError(f"{where}.select: {p['select']!r}; valid: {', '.join(SELECT)} (the mean gain, or the "
+                          "lower end of its 95% CI, which prefers a precisely measured gain to a noisy one)")
     if not (isinstance(p["steps"], int) and p["steps"] >= 2):
         raise ConfigError(f"{where}.steps must be an integer >= 2, got {p['steps']!r}")
     if not (isinstance(p["window"], int) and 1 <= p["window"] <= p["steps"]):
@@ -180,15 +190,23 @@ def run_probes(path: Path, rl_data: dict, opts: dict) -> dict:
         tokens_trained += probe["tokens_trained"]
         tokens_generated += probe["tokens_generated"]
     skip = all(p["frozen_groups_solved"] == 0 for p in probes)
-    best = max(probes, key=lambda p: (p["gain"], -p["sequences_per_step"]))
-    result = {"probes": probes, "steps": steps, "window": window, "skip": skip,
+    best = choose(probes, opts.get("select", "gain"))
+    by = ("largest gain in training success over the frozen checkpoint" if opts.get("select", "gain") == "gain" else
+          "largest lower end of the 95% CI of the gain in training success over the frozen checkpoint")
+    result = {"probes": probes, "steps": steps, "window": window, "skip": skip, "select": opts.get("select", "gain"),
               "chosen": None if skip else best["setting"],
               "reason": ("no group of any probe had a success under the frozen checkpoint (pass@G = 0): "
                          "RL has no signal" if skip else
-                         f"largest gain in training success over the frozen checkpoint ({best['gain']:+.3f})"),
+                         f"{by} ({best['gain']:+.3f} [{best['gain_ci'][0]:+.3f}, {best['gain_ci'][1]:+.3f}])"),
               "tokens_trained": tokens_trained, "tokens_generated": tokens_generated}
     console.print(f"probe choice: {'skip RL' if skip else result['chosen']} ({result['reason']})", highlight=False)
     return result
+
+
+def choose(probes: list[dict], select: str = "gain") -> dict:
+    """The probe whose gain ranks first by `select` (SELECT); ties go to fewer sequences per step."""
+    rank = (lambda p: p["gain"]) if select == "gain" else (lambda p: p["gain_ci"][0])
+    return max(probes, key=lambda p: (rank(p), -p["sequences_per_step"]))
 
 
 def apply_choice(data: dict, probe_result: dict) -> None:

@@ -314,6 +314,27 @@ def test_probe_settings_are_checked_before_anything_runs(tmp_path):
     assert not any(tmp_path.rglob("DONE"))
 
 
+def test_probe_select_ranks_by_the_mean_gain_or_by_its_cis_lower_end():
+    """seed 1 of atomic-to-composite lab-probe: the noisy small-batch probe has the largest mean, the
+    large-batch one the largest lower bound; equal ranks go to the cheaper setting."""
+    from postlab.config import ConfigError
+    from postlab.studies.probe import choose, probe_options
+
+    def probe(lr, prompts, gain, low):
+        return {"setting": {"optim.lr": lr, "batch.prompts_per_step": prompts}, "sequences_per_step": prompts * 4,
+                "gain": gain, "gain_ci": [low, 2 * gain - low]}
+
+    probes = [probe(1e-4, 8, 0.023, -0.016), probe(1e-4, 64, 0.005, -0.002), probe(3e-4, 8, 0.031, -0.094),
+              probe(3e-4, 64, 0.008, -0.010)]
+    assert choose(probes)["setting"] == {"optim.lr": 3e-4, "batch.prompts_per_step": 8}
+    assert choose(probes, "ci_low")["setting"] == {"optim.lr": 1e-4, "batch.prompts_per_step": 64}
+    tied = [probe(1e-4, 64, 0.01, 0.0), probe(3e-4, 8, 0.01, 0.0)]
+    assert choose(tied, "ci_low")["setting"]["batch.prompts_per_step"] == 8
+    assert probe_options({"grid": {"optim.lr": [1e-4]}}, "p")["select"] == "gain"
+    with pytest.raises(ConfigError, match=r"stages.p.probe.select: 'ci'; valid: gain, ci_low"):
+        probe_options({"grid": {"optim.lr": [1e-4]}, "select": "ci"}, "stages.p.probe")
+
+
 def test_a_shared_probe_is_reported_once_per_directory():
     """A shared probe ran once (one directory under every seed): one table naming the seeds it served;
     per-seed probes (a directory each) keep a table each."""

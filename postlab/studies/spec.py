@@ -27,7 +27,7 @@ stage and every stage that depends on it), ``env``, ``env_args``, ``style``, ``s
 ``data``, ``config`` (the trainer's config overrides), ``eval`` (evaluation options),
 ``points`` (eval: ``final`` or ``all`` checkpoints along training), ``sampled`` (eval: also N samples
 per problem, split ``SPLIT@sampled``), ``drift`` (eval: KL to the start's options, or false),
-``probe`` (rl-probe: steps, window, grid), ``max_turns``, ``shared``
+``probe`` (rl-probe: steps, window, grid, select), ``max_turns``, ``shared``
 (true: run once with the first seed and reuse the result for every seed, as the papers start every
 seed from one pre-trained model; only for stages whose inputs are shared too).
 """

@@ -190,14 +190,15 @@ def run_probes(path: Path, rl_data: dict, opts: dict) -> dict:
         tokens_trained += probe["tokens_trained"]
         tokens_generated += probe["tokens_generated"]
     skip = all(p["frozen_groups_solved"] == 0 for p in probes)
-    best = choose(probes, opts.get("select", "gain"))
-    by = ("largest gain in training success over the frozen checkpoint" if opts.get("select", "gain") == "gain" else
-          "largest lower end of the 95% CI of the gain in training success over the frozen checkpoint")
-    result = {"probes": probes, "steps": steps, "window": window, "skip": skip, "select": opts.get("select", "gain"),
+    select = opts.get("select", "gain")
+    best = choose(probes, select)
+    by = {"gain": "largest gain", "ci_low": "largest lower end of the 95% CI of the gain"}[select]
+    result = {"probes": probes, "steps": steps, "window": window, "skip": skip, "select": select,
               "chosen": None if skip else best["setting"],
               "reason": ("no group of any probe had a success under the frozen checkpoint (pass@G = 0): "
                          "RL has no signal" if skip else
-                         f"{by} ({best['gain']:+.3f} [{best['gain_ci'][0]:+.3f}, {best['gain_ci'][1]:+.3f}])"),
+                         f"{by} in training success over the frozen checkpoint "
+                         f"({best['gain']:+.3f} [{best['gain_ci'][0]:+.3f}, {best['gain_ci'][1]:+.3f}])"),
               "tokens_trained": tokens_trained, "tokens_generated": tokens_generated}
     console.print(f"probe choice: {'skip RL' if skip else result['chosen']} ({result['reason']})", highlight=False)
     return result

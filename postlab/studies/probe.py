@@ -44,7 +44,9 @@ from postlab.eval.metrics import mean_ci
 from postlab.progress import console
 
 PROBE_KEYS = ("steps", "window", "grid", "select")
-SELECT = ("gain", "ci_low")  # what `probe.select` ranks the settings by: the mean gain, or its CI's lower end
+# what `probe.select` ranks the settings by -> (the rank of a probe, how the choice is reported)
+SELECT = {"gain": (lambda p: p["gain"], "largest gain"),
+          "ci_low": (lambda p: p["gain_ci"][0], "largest lower end of the 95% CI of the gain")}
 
 
 def probe_options(given: dict | None, where: str) -> dict:
@@ -190,14 +192,13 @@ def run_probes(path: Path, rl_data: dict, opts: dict) -> dict:
         tokens_trained += probe["tokens_trained"]
         tokens_generated += probe["tokens_generated"]
     skip = all(p["frozen_groups_solved"] == 0 for p in probes)
-    select = opts.get("select", "gain")
+    select = opts["select"]
     best = choose(probes, select)
-    by = {"gain": "largest gain", "ci_low": "largest lower end of the 95% CI of the gain"}[select]
     result = {"probes": probes, "steps": steps, "window": window, "skip": skip, "select": select,
               "chosen": None if skip else best["setting"],
               "reason": ("no group of any probe had a success under the frozen checkpoint (pass@G = 0): "
                          "RL has no signal" if skip else
-                         f"{by} in training success over the frozen checkpoint "
+                         f"{SELECT[select][1]} in training success over the frozen checkpoint "
                          f"({best['gain']:+.3f} [{best['gain_ci'][0]:+.3f}, {best['gain_ci'][1]:+.3f}])"),
               "tokens_trained": tokens_trained, "tokens_generated": tokens_generated}
     console.print(f"probe choice: {'skip RL' if skip else result['chosen']} ({result['reason']})", highlight=False)
@@ -206,7 +207,7 @@ def run_probes(path: Path, rl_data: dict, opts: dict) -> dict:
 
 def choose(probes: list[dict], select: str = "gain") -> dict:
     """The probe whose gain ranks first by `select` (SELECT); ties go to fewer sequences per step."""
-    rank = (lambda p: p["gain"]) if select == "gain" else (lambda p: p["gain_ci"][0])
+    rank = SELECT[select][0]
     return max(probes, key=lambda p: (rank(p), -p["sequences_per_step"]))
 
 
